@@ -1,0 +1,32 @@
+"""boto3 clients built one way: standard retry mode, the configured region and endpoint."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
+
+from bot.config import AwsSettings
+from bot.errors import AwsError
+
+RETRIES = Config(retries={"mode": "standard", "max_attempts": 5}, connect_timeout=5,
+                 read_timeout=20)
+
+
+def client(service: str, aws: AwsSettings, **kwargs: Any) -> Any:
+    """A boto3 client; `AWS_ENDPOINT_URL` (moto server offline) applies to every service."""
+    return boto3.client(service,  # type: ignore[call-overload]
+                        region_name=aws.region, endpoint_url=aws.endpoint_url,
+                        config=kwargs.pop("config", RETRIES), **kwargs)
+
+
+def aws_error(operation: str, exc: Exception) -> AwsError:
+    """Turn a botocore failure into an AwsError naming the AWS error code."""
+    if isinstance(exc, ClientError):
+        err = exc.response.get("Error", {})
+        return AwsError(operation, str(err.get("Code", "Unknown")), str(err.get("Message", ""))[:300])
+    if isinstance(exc, BotoCoreError):
+        return AwsError(operation, type(exc).__name__, str(exc)[:300])
+    raise exc

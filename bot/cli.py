@@ -1,0 +1,87 @@
+"""The core of the `bedrock-bot` command: parser and the subcommands that need no Slack.
+
+`handlers.main` adds the ones that serve Slack or run jobs (bot/ never imports handlers).
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import logging
+import sys
+from collections.abc import Callable
+
+from pydantic import ValidationError
+
+from bot.config import Settings, load_settings
+from bot.db import Database
+from bot.migrate import upgrade
+from bot.services import audit
+
+Command = Callable[[argparse.Namespace, Settings], int]
+
+
+def cli_actor() -> str:
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):
+        return "cli:unknown"
+
+
+def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
+    upgrade(settings.db.url)
+    print(f"database at head: {_safe_url(settings.db.url)}")
+    return 0
+
+
+def cmd_audit_verify(args: argparse.Namespace, settings: Settings) -> int:
+    db = Database(settings.db.url)
+    with db.session_scope() as session:
+        result = audit.verify(session)
+    if result.ok:
+        print(f"audit chain intact: {result.rows} rows")
+        return 0
+    print(f"audit chain BROKEN at row {result.broken_id}: {result.reason}", file=sys.stderr)
+    return 1
+
+
+def _safe_url(url: str) -> str:
+    """The URL without a password, for messages."""
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        creds, host = rest.rsplit("@", 1)
+        return f"{scheme}://{creds.split(':', 1)[0]}:***@{host}" if ":" in creds else url
+    return url
+
+
+def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]:  # type: ignore[type-arg]
+    parser = argparse.ArgumentParser(prog="bedrock-bot",
+                                     description="Govern Amazon Bedrock usage from Slack.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("migrate", help="upgrade the database to the latest schema").set_defaults(
+        func=cmd_migrate)
+    audit_p = sub.add_parser("audit", help="audit log tools")
+    audit_sub = audit_p.add_subparsers(dest="audit_command", required=True)
+    audit_sub.add_parser("verify", help="walk the hash chain; non-zero on the first broken row"
+                         ).set_defaults(func=cmd_audit_verify)
+    return parser, sub
+
+
+def run(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> int:
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        settings = load_settings()
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        name = first.get("loc", ("?",))[0]
+        print(f"configuration error: {name}: {first.get('msg')}", file=sys.stderr)
+        return 2
+    return int(args.func(args, settings))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser, _ = build_parser()
+    return run(parser, argv)

@@ -1,0 +1,346 @@
+"""`/bedrock …` text → a typed command. Pure: no database, no Slack.
+
+Slack sends the text with `should_escape: true`, so mentions arrive as `<@U123|alice>` or
+`<@U123>` and `&`, `<`, `>` as entities. Every refusal is a BadInput carrying the usage
+line of the subcommand, so the person sees what to type instead.
+"""
+
+from __future__ import annotations
+
+import html
+import re
+from dataclasses import dataclass, field
+
+from bot.errors import BadInput
+from bot.quantities import (
+    Amount,
+    Metric,
+    QuantityError,
+    Window,
+    parse_limit_spec,
+    parse_percent_list,
+    parse_window,
+)
+from bot.services.directory import SubjectRef
+
+MAX_TEXT = 2000
+MENTION = re.compile(r"^<@([UW][A-Z0-9]{2,20})(?:\|([^>]{0,80}))?>$")
+PLAIN_NAME = re.compile(r"^@?([A-Za-z0-9][A-Za-z0-9._-]{0,63})$")
+PERIODS = ("today", "yesterday", "week", "month", "7d", "30d")
+
+USAGE: dict[str, str] = {
+    "help": "/bedrock help [subcommand]",
+    "usage": "/bedrock usage [@user|team] [today|yesterday|week|month|7d|30d]",
+    "limit": "/bedrock limit <subject> <amount>/<window> [input|output|requests] "
+             "[warn=80,90] [action=revoke|notify] [alarm=on|off]",
+    "limits": "/bedrock limits [subject]",
+    "unlimit": "/bedrock unlimit <subject> [window] [metric]",
+    "provision": "/bedrock provision <subject> <model> [key=value …]",
+    "profiles": "/bedrock profiles [subject]",
+    "link": "/bedrock link @user <iam-user-or-role-arn>",
+    "team": "/bedrock team <team-name> add|remove @user …",
+    "meter": "/bedrock meter <metadata-key>=<value> <subject>",
+    "revoke": "/bedrock revoke <subject> [reason]",
+    "restore": "/bedrock restore <subject> [reason]",
+    "audit": "/bedrock audit [subject] [n]",
+    "admins": "/bedrock admins [add|remove @user [owner|admin|approver]]",
+    "digest": "/bedrock digest",
+}
+
+HELP_TEXT: dict[str, str] = {
+    "help": "Show this help, or the details of one subcommand.",
+    "usage": "Tokens in/out, estimated cost, each limit as a bar, forecast and status. "
+             "Anyone for themselves and their teams; admins for everyone.",
+    "limit": "Set or change a limit (admin). Amounts: 5M, 500k, 1.5B, $200. Windows: day, "
+             "week, month (calendar) or 24h, 7d, 30d (rolling).",
+    "limits": "List limits, for one subject or everyone.",
+    "unlimit": "Remove a subject's limit(s) (admin).",
+    "provision": "Create a tagged Application Inference Profile for a user or team (admin). "
+                 "Model: a foundation-model id or ARN, or a system inference-profile id.",
+    "profiles": "List inference profiles and the ARN to call them with.",
+    "link": "Bind an IAM user or role to a user, so revocation and log metering reach it (admin).",
+    "team": "Add or remove team members (admin); the team is created when first named.",
+    "meter": "Attribute a requestMetadata value in invocation logs to a subject (admin).",
+    "revoke": "Deny a subject access to Bedrock now (admin).",
+    "restore": "Give access back (admin), or ask for it back (anyone else).",
+    "audit": "Recent audit events (admin).",
+    "admins": "List admins, or add/remove one (owner).",
+    "digest": "Post the daily digest now (admin).",
+}
+
+
+@dataclass(frozen=True)
+class Command:
+    name: str
+
+
+@dataclass(frozen=True)
+class Help(Command):
+    topic: str | None = None
+
+
+@dataclass(frozen=True)
+class UsageQuery(Command):
+    subject: SubjectRef | None = None
+    period: str | None = None
+
+
+@dataclass(frozen=True)
+class SetLimit(Command):
+    subject: SubjectRef
+    amount: Amount
+    window: Window
+    metric: Metric
+    warn: tuple[int, ...] = (80, 90)
+    action: str = "revoke"
+    alarm: bool = True
+
+
+@dataclass(frozen=True)
+class SubjectCommand(Command):
+    """limits / profiles / audit / unlimit / revoke / restore: a subject and some extras."""
+
+    subject: SubjectRef | None = None
+    reason: str = ""
+    window: Window | None = None
+    metric: Metric | None = None
+    count: int = 20
+
+
+@dataclass(frozen=True)
+class Provision(Command):
+    subject: SubjectRef
+    model: str
+    tags: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Link(Command):
+    subject: SubjectRef
+    arn: str
+
+
+@dataclass(frozen=True)
+class TeamChange(Command):
+    team: str
+    op: str
+    members: tuple[SubjectRef, ...]
+
+
+@dataclass(frozen=True)
+class MeterMap(Command):
+    key: str
+    value: str
+    subject: SubjectRef
+
+
+@dataclass(frozen=True)
+class Admins(Command):
+    op: str | None = None
+    user_id: str | None = None
+    role: str = "admin"
+
+
+def _bad(name: str, reason: str) -> BadInput:
+    return BadInput(reason, USAGE.get(name, USAGE["help"]))
+
+
+def parse_subject(token: str, name: str) -> SubjectRef:
+    m = MENTION.match(token)
+    if m:
+        return SubjectRef(name=(m.group(2) or None), slack_user_id=m.group(1))
+    m = PLAIN_NAME.match(token)
+    if m:
+        return SubjectRef(name=m.group(1).lower())
+    raise _bad(name, f"{token[:80]!r} is not a user mention or a subject name")
+
+
+def parse_user_mention(token: str, name: str) -> str:
+    m = MENTION.match(token)
+    if not m:
+        raise _bad(name, f"{token[:80]!r} is not a user mention (type @ and pick the person)")
+    return m.group(1)
+
+
+def tokenize(text: str) -> list[str]:
+    if len(text) > MAX_TEXT:
+        raise _bad("help", f"the command is too long ({len(text)} characters; at most {MAX_TEXT})")
+    return html.unescape(text).split() if "&" in text else text.split()
+
+
+def parse(text: str) -> Command:
+    """Parse the text after `/bedrock`. Raises BadInput with a reason and a usage line."""
+    words = tokenize(text)
+    if not words:
+        return Help("help")
+    name, args = words[0].lower(), words[1:]
+    parser = _PARSERS.get(name)
+    if parser is None:
+        raise _bad("help", f"unknown subcommand {words[0][:40]!r}; try `/bedrock help`")
+    return parser(name, args)
+
+
+def _help(name: str, args: list[str]) -> Command:
+    topic = args[0].lower() if args else None
+    if topic is not None and topic not in USAGE:
+        raise _bad("help", f"no help for {topic[:40]!r}")
+    return Help(name, topic)
+
+
+def _usage(name: str, args: list[str]) -> Command:
+    subject, period = None, None
+    for tok in args:
+        if tok.lower() in PERIODS and period is None:
+            period = tok.lower()
+        elif subject is None:
+            subject = parse_subject(tok, name)
+        else:
+            raise _bad(name, f"unexpected {tok[:40]!r}")
+    return UsageQuery(name, subject, period)
+
+
+def _limit(name: str, args: list[str]) -> Command:
+    if len(args) < 2:
+        raise _bad(name, "a subject and an amount/window are needed, e.g. team-eng 5M/week")
+    subject = parse_subject(args[0], name)
+    try:
+        amount, window = parse_limit_spec(args[1])
+    except QuantityError as exc:
+        raise _bad(name, str(exc)) from exc
+    metric = Metric.COST if amount.is_cost else Metric.TOKENS
+    warn: tuple[int, ...] = (80, 90)
+    action, alarm = "revoke", True
+    for tok in args[2:]:
+        key, _, val = tok.partition("=")
+        key = key.lower()
+        if not _:
+            metric = _limit_metric(name, key, amount)
+        elif key == "warn":
+            try:
+                warn = tuple(parse_percent_list(val))
+            except QuantityError as exc:
+                raise _bad(name, str(exc)) from exc
+        elif key == "action" and val.lower() in ("revoke", "notify"):
+            action = val.lower()
+        elif key == "alarm" and val.lower() in ("on", "off"):
+            alarm = val.lower() == "on"
+        else:
+            raise _bad(name, f"unknown option {tok[:40]!r}")
+    return SetLimit(name, subject, amount, window, metric, warn, action, alarm)
+
+
+_METRIC_WORDS = {"input": Metric.INPUT, "output": Metric.OUTPUT, "requests": Metric.REQUESTS,
+                 "tokens": Metric.TOKENS}
+
+
+def _limit_metric(name: str, word: str, amount: Amount) -> Metric:
+    metric = _METRIC_WORDS.get(word)
+    if metric is None:
+        raise _bad(name, f"unknown metric {word[:40]!r}: use input, output or requests")
+    if amount.is_cost:
+        raise _bad(name, "a $ amount is a cost limit; it cannot also be input/output/requests")
+    return metric
+
+
+def _optional_subject(name: str, args: list[str]) -> Command:
+    if len(args) > 1:
+        raise _bad(name, f"unexpected {args[1][:40]!r}")
+    return SubjectCommand(name, parse_subject(args[0], name) if args else None)
+
+
+def _unlimit(name: str, args: list[str]) -> Command:
+    if not args:
+        raise _bad(name, "which subject?")
+    window, metric = None, None
+    for tok in args[1:]:
+        if tok.lower() in _METRIC_WORDS or tok.lower() == "cost":
+            metric = Metric.COST if tok.lower() == "cost" else _METRIC_WORDS[tok.lower()]
+            continue
+        try:
+            window = parse_window(tok)
+        except QuantityError as exc:
+            raise _bad(name, str(exc)) from exc
+    return SubjectCommand(name, parse_subject(args[0], name), window=window, metric=metric)
+
+
+def _with_reason(name: str, args: list[str]) -> Command:
+    if not args:
+        raise _bad(name, "which subject?")
+    reason = " ".join(args[1:])[:500]
+    return SubjectCommand(name, parse_subject(args[0], name), reason=reason)
+
+
+def _audit(name: str, args: list[str]) -> Command:
+    subject, count = None, 20
+    for tok in args:
+        if tok.isdigit():
+            count = int(tok)
+            if not 1 <= count <= 100:
+                raise _bad(name, "n must be between 1 and 100")
+        elif subject is None:
+            subject = parse_subject(tok, name)
+        else:
+            raise _bad(name, f"unexpected {tok[:40]!r}")
+    return SubjectCommand(name, subject, count=count)
+
+
+def _provision(name: str, args: list[str]) -> Command:
+    if len(args) < 2:
+        raise _bad(name, "a subject and a model are needed")
+    tags: dict[str, str] = {}
+    for tok in args[2:]:
+        key, eq, val = tok.partition("=")
+        if not eq or not key:
+            raise _bad(name, f"{tok[:40]!r} is not a key=value tag")
+        tags[key] = val
+    return Provision(name, parse_subject(args[0], name), args[1], tags)
+
+
+def _link(name: str, args: list[str]) -> Command:
+    if len(args) != 2:
+        raise _bad(name, "a user and one IAM ARN are needed")
+    return Link(name, parse_subject(args[0], name), args[1])
+
+
+def _team(name: str, args: list[str]) -> Command:
+    if len(args) < 3 or args[1].lower() not in ("add", "remove"):
+        raise _bad(name, "say which team, add or remove, and who")
+    members = tuple(parse_subject(tok, name) for tok in args[2:])
+    if any(m.slack_user_id is None and (m.name or "").startswith("team-") for m in members):
+        raise _bad(name, "teams cannot contain teams")
+    return TeamChange(name, args[0].lower(), args[1].lower(), members)
+
+
+def _meter(name: str, args: list[str]) -> Command:
+    if len(args) != 2 or "=" not in args[0]:
+        raise _bad(name, "a key=value and a subject are needed")
+    key, _, value = args[0].partition("=")
+    if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", key) or not 0 < len(value) <= 256:
+        raise _bad(name, f"{args[0][:60]!r} is not a metadata key=value")
+    return MeterMap(name, key, value, parse_subject(args[1], name))
+
+
+def _admins(name: str, args: list[str]) -> Command:
+    if not args:
+        return Admins(name)
+    op = args[0].lower()
+    if op not in ("add", "remove") or len(args) < 2 or len(args) > 3:
+        raise _bad(name, "use add or remove, then one @user")
+    role = args[2].lower() if len(args) == 3 else "admin"
+    if role not in ("owner", "admin", "approver"):
+        raise _bad(name, f"unknown role {role[:20]!r}: use owner, admin or approver")
+    return Admins(name, op, parse_user_mention(args[1], name), role)
+
+
+def _no_args(name: str, args: list[str]) -> Command:
+    if args:
+        raise _bad(name, f"`{name}` takes no arguments")
+    return Command(name)
+
+
+_PARSERS = {
+    "help": _help, "usage": _usage, "limit": _limit, "limits": _optional_subject,
+    "unlimit": _unlimit, "provision": _provision, "profiles": _optional_subject, "link": _link,
+    "team": _team, "meter": _meter, "revoke": _with_reason, "restore": _with_reason,
+    "audit": _audit, "admins": _admins, "digest": _no_args,
+}

@@ -1,0 +1,164 @@
+"""Settings, grouped by concern and built once by `load_settings()`.
+
+Nothing here reads the environment at import time: `load_settings()` is called by the
+CLI (or a test) and the resulting object is passed down.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import time
+from typing import Annotated, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+_BASE = SettingsConfigDict(env_file=".env", extra="ignore", populate_by_name=True)
+
+WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
+_SLACK_ID = re.compile(r"^[UW][A-Z0-9]{2,}$")
+_TOPIC_ARN = re.compile(r"^arn:aws[a-z-]*:sns:[a-z0-9-]+:\d{12}:[A-Za-z0-9_-]{1,256}$")
+
+
+def _split_csv(value: object) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    if isinstance(value, list | tuple):
+        return [str(v).strip() for v in value if str(v).strip()]
+    raise ValueError("expected a comma-separated list")
+
+
+class SlackSettings(BaseSettings):
+    model_config = _BASE
+    bot_token: str = Field("", validation_alias="SLACK_BOT_TOKEN", repr=False)
+    signing_secret: str = Field("", validation_alias="SLACK_SIGNING_SECRET", repr=False)
+    app_token: str = Field("", validation_alias="SLACK_APP_TOKEN", repr=False)
+    api_url: str = Field("https://slack.com/api/", validation_alias="SLACK_API_URL")
+
+    @field_validator("api_url")
+    @classmethod
+    def _trailing_slash(cls, v: str) -> str:
+        if not v.startswith(("http://", "https://")):
+            raise ValueError("SLACK_API_URL must be an http(s) URL")
+        return v if v.endswith("/") else v + "/"
+
+
+class DatabaseSettings(BaseSettings):
+    model_config = _BASE
+    url: str = Field("sqlite:///bedrock-bot.db", validation_alias="DATABASE_URL")
+
+    @field_validator("url")
+    @classmethod
+    def _known_dialect(cls, v: str) -> str:
+        if v.startswith("postgres://"):
+            v = "postgresql+psycopg://" + v.removeprefix("postgres://")
+        if v.startswith("postgresql://"):
+            v = "postgresql+psycopg://" + v.removeprefix("postgresql://")
+        if not v.startswith(("sqlite:", "postgresql+psycopg:")):
+            raise ValueError("DATABASE_URL must be sqlite:/// or postgresql+psycopg://")
+        return v
+
+
+class AwsSettings(BaseSettings):
+    model_config = _BASE
+    region: str = Field("us-east-1", validation_alias="AWS_REGION")
+    endpoint_url: str | None = Field(None, validation_alias="AWS_ENDPOINT_URL")
+    profiles_backend: Literal["aws", "local"] = Field("aws", validation_alias="BOT_PROFILES_BACKEND")
+    invocation_log_group: str | None = Field(None, validation_alias="BOT_INVOCATION_LOG_GROUP")
+    metadata_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, validation_alias="BOT_METADATA_KEYS"
+    )
+    sns_topic_arns: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, validation_alias="BOT_SNS_TOPIC_ARNS"
+    )
+    alarm_topic_arn_raw: str | None = Field(None, validation_alias="BOT_ALARM_TOPIC_ARN")
+    sns_cert_dir: str | None = Field(None, validation_alias="BOT_SNS_CERT_DIR")
+    sqs_queue_url: str | None = Field(None, validation_alias="BOT_SQS_QUEUE_URL")
+    dry_run: bool = Field(False, validation_alias="BOT_DRY_RUN")
+
+    _split = field_validator("metadata_keys", "sns_topic_arns", mode="before")(
+        classmethod(lambda cls, v: _split_csv(v))
+    )
+
+    @field_validator("sns_topic_arns")
+    @classmethod
+    def _valid_arns(cls, v: list[str]) -> list[str]:
+        for arn in v:
+            if not _TOPIC_ARN.match(arn):
+                raise ValueError(f"not an SNS topic ARN: {arn!r}")
+        return v
+
+    @property
+    def alarm_topic_arn(self) -> str | None:
+        return self.alarm_topic_arn_raw or (self.sns_topic_arns[0] if self.sns_topic_arns else None)
+
+
+class BotSettings(BaseSettings):
+    model_config = _BASE
+    admins: Annotated[list[str], NoDecode] = Field(default_factory=list, validation_alias="BOT_ADMINS")
+    alert_channel: str | None = Field(None, validation_alias="BOT_ALERT_CHANNEL")
+    digest_channel: str | None = Field(None, validation_alias="BOT_DIGEST_CHANNEL")
+    digest_time: time = Field(time(9, 0), validation_alias="BOT_DIGEST_TIME")
+    timezone: str = Field("UTC", validation_alias="BOT_TIMEZONE")
+    week_start: str = Field("monday", validation_alias="BOT_WEEK_START")
+    sync_seconds: int = Field(60, ge=10, le=3600, validation_alias="BOT_SYNC_SECONDS")
+    port: int = Field(3000, ge=1, le=65535, validation_alias="BOT_PORT")
+    request_ttl_hours: int = Field(72, ge=1, le=24 * 30, validation_alias="BOT_REQUEST_TTL_HOURS")
+
+    _split = field_validator("admins", mode="before")(classmethod(lambda cls, v: _split_csv(v)))
+
+    @field_validator("admins")
+    @classmethod
+    def _slack_ids(cls, v: list[str]) -> list[str]:
+        for uid in v:
+            if not _SLACK_ID.match(uid):
+                raise ValueError(f"BOT_ADMINS: {uid!r} is not a Slack user id (like U012ABC)")
+        return v
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, v: str) -> str:
+        try:
+            ZoneInfo(v)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown time zone {v!r}") from exc
+        return v
+
+    @field_validator("week_start")
+    @classmethod
+    def _weekday(cls, v: str) -> str:
+        v = v.strip().lower()
+        if v not in WEEKDAYS:
+            raise ValueError(f"BOT_WEEK_START must be one of {', '.join(WEEKDAYS)}")
+        return v
+
+    @property
+    def tz(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)
+
+    @property
+    def week_start_index(self) -> int:
+        return WEEKDAYS.index(self.week_start)
+
+
+@dataclass(frozen=True)
+class Settings:
+    slack: SlackSettings
+    db: DatabaseSettings
+    aws: AwsSettings
+    bot: BotSettings
+
+
+def load_settings(env_file: str | None = ".env", **overrides: object) -> Settings:
+    """Build every settings group once. `overrides` are env-style names (tests, demo)."""
+    groups = {}
+    for key, cls in (("slack", SlackSettings), ("db", DatabaseSettings), ("aws", AwsSettings),
+                     ("bot", BotSettings)):
+        names = {f.validation_alias for f in cls.model_fields.values()}
+        mine = {k: v for k, v in overrides.items() if k in names}
+        groups[key] = cls(_env_file=env_file, **mine)  # type: ignore[call-arg, arg-type]
+    return Settings(**groups)  # type: ignore[arg-type]

@@ -1,0 +1,85 @@
+"""Engine and session factory. `session_scope()` is the only place that commits."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.orm import Session, sessionmaker
+
+
+def make_engine(url: str, **kwargs: Any) -> Engine:
+    if url.startswith("sqlite"):
+        return _sqlite_engine(url, **kwargs)
+    kwargs.setdefault("pool_pre_ping", True)
+    kwargs.setdefault("pool_size", 10)
+    kwargs.setdefault("max_overflow", 20)
+    return create_engine(url, **kwargs)
+
+
+def _sqlite_engine(url: str, **kwargs: Any) -> Engine:
+    connect_args = kwargs.pop("connect_args", {})
+    connect_args.setdefault("check_same_thread", False)
+    connect_args.setdefault("timeout", 30)
+    engine = create_engine(url, connect_args=connect_args, **kwargs)
+
+    # pysqlite's deferred BEGIN lets two writers read the same audit head and then fail
+    # on upgrade; BEGIN IMMEDIATE serialises writers up front, which is what we want for
+    # an embedded, low-write database.
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA foreign_keys=ON")
+        if ":memory:" not in url:
+            cur.execute("PRAGMA journal_mode=WAL")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return engine
+
+
+class Database:
+    """Owns the engine and hands out sessions. Built once from settings."""
+
+    def __init__(self, url: str, **engine_kwargs: Any) -> None:
+        self.url = url
+        self.engine = make_engine(url, **engine_kwargs)
+        self.factory = sessionmaker(self.engine, expire_on_commit=False, autoflush=True)
+        self._current: ContextVar[Session | None] = ContextVar(f"session_{id(self)}", default=None)
+
+    @property
+    def dialect(self) -> str:
+        return self.engine.dialect.name
+
+    @contextmanager
+    def session_scope(self, join: bool = False) -> Iterator[Session]:
+        """One transaction: commit when the block ends cleanly, roll back otherwise.
+
+        `join=True` reuses the transaction already open in this thread, if any (the local
+        AIP registry lives in our own database; on SQLite a second writer would deadlock).
+        """
+        current = self._current.get()
+        if join and current is not None:
+            yield current
+            return
+        session = self.factory()
+        token = self._current.set(session)
+        try:
+            yield session
+            session.commit()
+        except BaseException:
+            session.rollback()
+            raise
+        finally:
+            self._current.reset(token)
+            session.close()
+
+    def dispose(self) -> None:
+        self.engine.dispose()

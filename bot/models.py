@@ -1,0 +1,284 @@
+"""Every table, as typed SQLAlchemy 2 models. Schema changes go through Alembic.
+
+Conventions:
+- times are stored as UTC (`UTCDateTime` gives aware datetimes back on every dialect);
+- money is stored as integer micro-dollars (exact on SQLite and PostgreSQL alike);
+- a limit's `amount` is tokens/requests, or micro-dollars for `cost_usd`.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
+
+NAMING = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Stores naive UTC, returns aware UTC; refuses naive input so no local time sneaks in."""
+
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        return value.astimezone(UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+    type_annotation_map = {datetime: UTCDateTime(), dict[str, Any]: JSON, list[int]: JSON}
+
+
+class Subject(Base):
+    __tablename__ = "subjects"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(8))  # user | team
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    slack_user_id: Mapped[str | None] = mapped_column(String(32), unique=True)
+    created_by: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[datetime]
+
+
+class TeamMember(Base):
+    __tablename__ = "team_members"
+    team_id: Mapped[int] = mapped_column(ForeignKey("subjects.id", ondelete="CASCADE"), primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("subjects.id", ondelete="CASCADE"), primary_key=True)
+    added_by: Mapped[str] = mapped_column(String(128))
+    added_at: Mapped[datetime]
+
+
+class Principal(Base):
+    __tablename__ = "principals"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    arn: Mapped[str] = mapped_column(String(2048), unique=True)
+    subject_id: Mapped[int] = mapped_column(ForeignKey("subjects.id", ondelete="CASCADE"), index=True)
+    created_by: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[datetime]
+
+
+class Profile(Base):
+    """An Application Inference Profile. `profile_id` is what CloudWatch calls ModelId."""
+
+    __tablename__ = "profiles"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    arn: Mapped[str] = mapped_column(String(2048), unique=True)
+    profile_id: Mapped[str] = mapped_column(String(64), unique=True)
+    name: Mapped[str] = mapped_column(String(64))
+    model_source: Mapped[str] = mapped_column(String(2048))
+    model_id: Mapped[str] = mapped_column(String(256))  # for pricing
+    tags: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    subject_id: Mapped[int | None] = mapped_column(ForeignKey("subjects.id", ondelete="SET NULL"), index=True)
+    status: Mapped[str] = mapped_column(String(16), default="ACTIVE")
+    managed: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_by: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[datetime]
+    backfilled_at: Mapped[datetime | None]
+
+
+class Meter(Base):
+    """What usage is measured by: an AIP id, an IAM principal ARN, or `key=value` metadata.
+
+    Each meter belongs to one subject; the ledger is keyed by meter so that a subject's
+    usage is one join, whatever produced it.
+    """
+
+    __tablename__ = "meters"
+    __table_args__ = (UniqueConstraint("kind", "key"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))  # profile | principal | metadata
+    key: Mapped[str] = mapped_column(String(2048))
+    subject_id: Mapped[int | None] = mapped_column(ForeignKey("subjects.id", ondelete="SET NULL"), index=True)
+    created_at: Mapped[datetime]
+
+
+class Usage(Base):
+    __tablename__ = "usage"
+    meter_id: Mapped[int] = mapped_column(ForeignKey("meters.id", ondelete="CASCADE"), primary_key=True)
+    hour: Mapped[datetime] = mapped_column(primary_key=True)
+    input_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    output_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    cache_read_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    cache_write_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    requests: Mapped[int] = mapped_column(BigInteger, default=0)
+    cost_micro_usd: Mapped[int] = mapped_column(BigInteger, default=0)
+    updated_at: Mapped[datetime]
+
+
+Index("ix_usage_hour", Usage.hour)
+
+
+class Limit(Base):
+    __tablename__ = "limits"
+    __table_args__ = (UniqueConstraint("subject_id", "metric", "window"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    subject_id: Mapped[int] = mapped_column(ForeignKey("subjects.id", ondelete="CASCADE"))
+    metric: Mapped[str] = mapped_column(String(16))
+    amount: Mapped[int] = mapped_column(BigInteger)
+    window: Mapped[str] = mapped_column(String(8))
+    warn: Mapped[list[int]] = mapped_column(default=lambda: [80, 90])
+    action: Mapped[str] = mapped_column(String(8), default="revoke")
+    alarm: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_by: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+
+
+class Revocation(Base):
+    __tablename__ = "revocations"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    subject_id: Mapped[int] = mapped_column(ForeignKey("subjects.id", ondelete="CASCADE"), index=True)
+    reason: Mapped[str] = mapped_column(String(8))  # limit | manual | alarm | budget
+    note: Mapped[str] = mapped_column(Text, default="")
+    limit_id: Mapped[int | None] = mapped_column(ForeignKey("limits.id", ondelete="SET NULL"))
+    window_start: Mapped[datetime | None]
+    window_end: Mapped[datetime | None]
+    state: Mapped[str] = mapped_column(String(12), default="active")  # active | restored
+    revoked_by: Mapped[str] = mapped_column(String(128))
+    revoked_at: Mapped[datetime]
+    restored_by: Mapped[str | None] = mapped_column(String(128))
+    restored_at: Mapped[datetime | None]
+
+
+class RestoreRequest(Base):
+    __tablename__ = "restore_requests"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    revocation_id: Mapped[int] = mapped_column(ForeignKey("revocations.id", ondelete="CASCADE"), index=True)
+    requester: Mapped[str] = mapped_column(String(32))
+    reason: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(10), default="pending")
+    decided_by: Mapped[str | None] = mapped_column(String(32))
+    decided_at: Mapped[datetime | None]
+    decision_note: Mapped[str] = mapped_column(Text, default="")
+    channel: Mapped[str | None] = mapped_column(String(32))
+    ts: Mapped[str | None] = mapped_column(String(32))
+    created_at: Mapped[datetime]
+    expires_at: Mapped[datetime]
+
+
+class LimitException(Base):
+    __tablename__ = "exceptions"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    limit_id: Mapped[int] = mapped_column(ForeignKey("limits.id", ondelete="CASCADE"), index=True)
+    request_id: Mapped[int | None] = mapped_column(ForeignKey("restore_requests.id", ondelete="SET NULL"))
+    granted_by: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[datetime]
+    expires_at: Mapped[datetime]
+
+
+class AlertMark(Base):
+    __tablename__ = "alert_marks"
+    __table_args__ = (UniqueConstraint("limit_id", "window_start", "threshold"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    limit_id: Mapped[int] = mapped_column(ForeignKey("limits.id", ondelete="CASCADE"))
+    window_start: Mapped[datetime]
+    threshold: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime]
+
+
+class SnsMessage(Base):
+    __tablename__ = "sns_messages"
+    message_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    topic_arn: Mapped[str] = mapped_column(String(512))
+    type: Mapped[str] = mapped_column(String(32))
+    received_at: Mapped[datetime]
+    processed_at: Mapped[datetime | None]
+    outcome: Mapped[str] = mapped_column(String(32), default="received")
+    body: Mapped[str] = mapped_column(Text, default="")
+
+
+class Admin(Base):
+    __tablename__ = "admins"
+    slack_user_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    role: Mapped[str] = mapped_column(String(10))  # owner | admin | approver
+    added_by: Mapped[str] = mapped_column(String(128))
+    added_at: Mapped[datetime]
+
+
+class AuditEvent(Base):
+    """Append-only. `id` is assigned by the audit service (previous id + 1) under a lock."""
+
+    __tablename__ = "audit_events"
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True,
+                                    autoincrement=False)
+    at: Mapped[datetime]
+    actor: Mapped[str] = mapped_column(String(160))
+    action: Mapped[str] = mapped_column(String(64))
+    target: Mapped[str] = mapped_column(String(512))
+    details: Mapped[str] = mapped_column(Text)  # canonical JSON, exactly what was hashed
+    outcome: Mapped[str] = mapped_column(String(8))  # ok | denied | error
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    hash: Mapped[str] = mapped_column(String(64))
+
+
+class Lease(Base):
+    __tablename__ = "leases"
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(128))
+    expires_at: Mapped[datetime]
+
+
+class Digest(Base):
+    __tablename__ = "digests"
+    __table_args__ = (UniqueConstraint("channel", "day"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    channel: Mapped[str] = mapped_column(String(32))
+    day: Mapped[str] = mapped_column(String(10))  # ISO date in BOT_TIMEZONE
+    posted_at: Mapped[datetime]
+    ts: Mapped[str | None] = mapped_column(String(32))
+
+
+class SyncCursor(Base):
+    """How far a collector has read (usage sync, invocation logs), so a gap is re-read."""
+
+    __tablename__ = "sync_cursors"
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    position: Mapped[datetime]
+    updated_at: Mapped[datetime]
+
+
+class LocalInferenceProfile(Base):
+    """The `local` AIP backend's registry: same ids and ARN shapes as Bedrock's."""
+
+    __tablename__ = "local_inference_profiles"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    arn: Mapped[str] = mapped_column(String(2048), unique=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    description: Mapped[str] = mapped_column(Text, default="")
+    model_source: Mapped[str] = mapped_column(String(2048))
+    models: Mapped[dict[str, Any]] = mapped_column(default=dict)  # {"arns": [...]}
+    tags: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    status: Mapped[str] = mapped_column(String(16), default="ACTIVE")
+    client_request_token: Mapped[str | None] = mapped_column(String(256), unique=True)
+    created_at: Mapped[datetime]

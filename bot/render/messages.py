@@ -1,0 +1,72 @@
+"""Replies to commands → Block Kit (pure). Every builder returns (fallback text, blocks)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from slack_sdk.models.blocks import ContextBlock, HeaderBlock, MarkdownTextObject, SectionBlock
+
+from bot.commands import HELP_TEXT, USAGE
+from bot.render.text import escape
+from bot.services.profiles import ProfileView
+
+Reply = tuple[str, list[dict[str, Any]]]
+MAX_BLOCKS = 50
+
+
+def _section(text: str) -> SectionBlock:
+    return SectionBlock(text=MarkdownTextObject(text=text[:3000]))
+
+
+def _done(blocks: list[Any]) -> list[dict[str, Any]]:
+    return [b.to_dict() for b in blocks[:MAX_BLOCKS]]
+
+
+def text_reply(text: str) -> Reply:
+    return text, _done([_section(text)])
+
+
+def error_reply(message: str) -> Reply:
+    return f"⚠️ {message}", _done([_section(f"⚠️ {escape(message)}".replace("&lt;@", "<@"))])
+
+
+def help_reply(topic: str | None) -> Reply:
+    if topic:
+        text = f"*`{USAGE[topic]}`*\n{HELP_TEXT[topic]}"
+        return text, _done([_section(text)])
+    lines = [f"`{USAGE[name]}`\n    {HELP_TEXT[name]}" for name in USAGE]
+    blocks: list[Any] = [HeaderBlock(text="/bedrock commands")]
+    chunk: list[str] = []
+    for line in lines:  # sections are capped at 3,000 characters
+        if sum(len(x) + 1 for x in chunk) + len(line) > 2800:
+            blocks.append(_section("\n".join(chunk)))
+            chunk = []
+        chunk.append(line)
+    blocks.append(_section("\n".join(chunk)))
+    return "/bedrock commands: " + ", ".join(USAGE), _done(blocks)
+
+
+def profiles_reply(profiles: list[ProfileView], title: str) -> Reply:
+    if not profiles:
+        return text_reply(f"No inference profiles for {title} yet.")
+    blocks: list[Any] = [HeaderBlock(text=f"Inference profiles: {title}"[:150])]
+    for p in profiles[:40]:
+        blocks.append(_section(
+            f"*{p.name}* ({p.subject or 'unbound'}) · {p.model_id} · {p.status}"
+            f"{'' if p.managed else ' · adopted'}\n`{p.arn}`"))
+    if len(profiles) > 40:
+        blocks.append(ContextBlock(elements=[MarkdownTextObject(
+            text=f"…and {len(profiles) - 40} more; name a subject to narrow it down")]))
+    return f"{len(profiles)} inference profiles", _done(blocks)
+
+
+def provisioned_reply(p: ProfileView, actor_id: str) -> Reply:
+    text = (f"✅ <@{actor_id}> provisioned *{p.name}* for `{p.subject}` ({p.model_id}).\n"
+            f"Call Bedrock with this model id:\n`{p.arn}`")
+    return f"Provisioned {p.name}: {p.arn}", _done([_section(text)])
+
+
+def admins_reply(rows: list[tuple[str, str]]) -> Reply:
+    if not rows:
+        return text_reply("No admins yet: set BOT_ADMINS to bootstrap an owner.")
+    return text_reply("*Admins*\n" + "\n".join(f"• <@{uid}>: {role}" for uid, role in rows))

@@ -1,0 +1,65 @@
+"""Usage report → Block Kit (pure)."""
+
+from __future__ import annotations
+
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from slack_sdk.models.blocks import (
+    ContextBlock,
+    DividerBlock,
+    HeaderBlock,
+    MarkdownTextObject,
+    SectionBlock,
+)
+
+from bot.quantities import format_tokens, format_usd
+from bot.render.text import METRIC_LABEL, bar, escape, metric_value, trend, when
+from bot.services.usage import LimitStatus, UsageReport
+
+
+def limit_line(s: LimitStatus, tz: ZoneInfo) -> str:
+    pct = s.percent
+    flag = " ⛔" if pct >= 100 else " ⚠️" if s.warn and pct >= min(s.warn) else ""
+    return (f"`{bar(pct)}` *{pct:.0f}%*{flag} {METRIC_LABEL[s.metric]}/{s.window} "
+            f"({s.subject}): {metric_value(s.metric, s.used)} of {metric_value(s.metric, s.amount)}"
+            f" · resets {when(s.window_end, tz)}" + (" · notify only" if s.action == "notify" else ""))
+
+
+def usage_blocks(r: UsageReport, tz: ZoneInfo) -> list[dict[str, Any]]:
+    t, p = r.totals, r.previous
+    fields = [
+        MarkdownTextObject(text=f"*Tokens in*\n{format_tokens(t.input_tokens)}"),
+        MarkdownTextObject(text=f"*Tokens out*\n{format_tokens(t.output_tokens)}"),
+        MarkdownTextObject(text=f"*Requests*\n{format_tokens(t.requests)}"),
+        MarkdownTextObject(text=f"*Est. cost*\n{format_usd(t.cost_micro_usd)}"),
+        MarkdownTextObject(text=f"*vs previous*\n{trend(t.tokens, p.tokens)} tokens, "
+                                f"{trend(t.cost_micro_usd, p.cost_micro_usd)} cost"),
+    ]
+    if r.forecast is not None:
+        fields.append(MarkdownTextObject(
+            text=f"*Forecast to period end*\n{format_tokens(r.forecast.tokens)} tokens, "
+                 f"{format_usd(r.forecast.cost_micro_usd)}"))
+    blocks: list[Any] = [
+        HeaderBlock(text=f"Bedrock usage: {r.subject.name} ({r.label})"[:150]),
+        SectionBlock(fields=fields),
+    ]
+    if r.limits:
+        blocks += [DividerBlock(), SectionBlock(text=MarkdownTextObject(
+            text="*Limits*\n" + "\n".join(limit_line(s, tz) for s in r.limits[:20])))]
+    status = ("⛔ *Revoked*: " + escape("; ".join(r.revoked))) if r.revoked else "✅ *Active*"
+    blocks.append(SectionBlock(text=MarkdownTextObject(text=status[:2900])))
+    context = []
+    if r.teams:
+        context.append("teams: " + ", ".join(r.teams))
+    if r.members:
+        context.append(f"{len(r.members)} members: " + ", ".join(r.members[:20]))
+    context.append(f"{when(r.start, tz)} → {when(r.end, tz)}; costs are estimates from list prices")
+    blocks.append(ContextBlock(elements=[MarkdownTextObject(text=" · ".join(context)[:2900])]))
+    return [b.to_dict() for b in blocks]
+
+
+def usage_text(r: UsageReport) -> str:
+    """The notification fallback text (and what a screen reader says)."""
+    return (f"{r.subject.name} {r.label}: {format_tokens(r.totals.input_tokens)} in, "
+            f"{format_tokens(r.totals.output_tokens)} out, {format_usd(r.totals.cost_micro_usd)}")

@@ -1,0 +1,77 @@
+"""The services container: built once from settings, handed to handlers, jobs and the CLI."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any
+
+from bot.aws import clients
+from bot.aws.metrics import CloudWatchMetrics
+from bot.aws.profiles import AwsProfiles, LocalProfiles, ProfilesBackend
+from bot.clock import Clock, utcnow
+from bot.config import Settings
+from bot.db import Database
+from bot.notify import Notifier, NullNotifier
+from bot.pricing import PriceTable
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Services:
+    """Adapters to every external system, each replaceable by a fake in tests."""
+
+    settings: Settings
+    db: Database
+    clock: Clock = utcnow
+    notifier: Notifier = field(default_factory=NullNotifier)
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+    def _client(self, service: str) -> Any:
+        return self.overrides.get(service) or clients.client(service, self.settings.aws)
+
+    @cached_property
+    def profiles(self) -> ProfilesBackend:
+        if "profiles" in self.overrides:
+            return self.overrides["profiles"]  # type: ignore[no-any-return]
+        aws = self.settings.aws
+        if aws.profiles_backend == "local":
+            account = self.overrides.get("account_id") or self._account_id()
+            return LocalProfiles(self.db, aws.region, account, self.clock)
+        return AwsProfiles(self._client("bedrock"), sts_client=self._client("sts"))
+
+    def _account_id(self) -> str:
+        try:
+            return str(self._client("sts").get_caller_identity()["Account"])
+        except Exception as exc:  # offline without any endpoint: a fixed, obviously fake id
+            log.warning("no AWS account id (%s); the local registry uses 000000000000",
+                        type(exc).__name__)
+            return "000000000000"
+
+    @cached_property
+    def metrics(self) -> CloudWatchMetrics:
+        return CloudWatchMetrics(self._client("cloudwatch"))
+
+    @cached_property
+    def iam(self) -> Any:
+        return self._client("iam")
+
+    @cached_property
+    def prices(self) -> PriceTable:
+        return PriceTable.load(self.overrides.get("pricing_file"))
+
+    @property
+    def tz(self) -> Any:
+        return self.settings.bot.tz
+
+    @property
+    def week_start(self) -> int:
+        return self.settings.bot.week_start_index
+
+
+def build_services(settings: Settings, clock: Clock = utcnow, notifier: Notifier | None = None,
+                   **overrides: Any) -> Services:
+    return Services(settings, Database(settings.db.url), clock, notifier or NullNotifier(),
+                    dict(overrides))

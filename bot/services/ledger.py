@@ -1,0 +1,97 @@
+"""The hourly usage ledger: idempotent upserts in, per-subject sums out."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import func, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.orm import Session
+
+from bot.models import Meter, Usage
+
+HOUR = timedelta(hours=1)
+_VALUE_COLS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens",
+               "requests", "cost_micro_usd")
+
+
+def floor_hour(at: datetime) -> datetime:
+    return at.replace(minute=0, second=0, microsecond=0)
+
+
+@dataclass(frozen=True)
+class LedgerRow:
+    meter_id: int
+    hour: datetime
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
+    requests: int = 0
+    cost_micro_usd: int = 0
+
+
+@dataclass(frozen=True)
+class Totals:
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
+    requests: int = 0
+    cost_micro_usd: int = 0
+
+    @property
+    def tokens(self) -> int:
+        return self.input_tokens + self.output_tokens
+
+    def metric(self, name: str) -> int:
+        """The value a limit on `name` is measured against."""
+        return {"tokens": self.tokens, "input_tokens": self.input_tokens,
+                "output_tokens": self.output_tokens, "requests": self.requests,
+                "cost_usd": self.cost_micro_usd}[name]
+
+
+def upsert(session: Session, rows: Sequence[LedgerRow], now: datetime,
+           chunk: int = 2000) -> int:
+    """Insert or overwrite (meter, hour) rows: re-reading an hour replaces it, never adds."""
+    if not rows:
+        return 0
+    dialect = session.get_bind().dialect.name
+    insert = pg_insert if dialect == "postgresql" else sqlite_insert
+    for i in range(0, len(rows), chunk):
+        values = [{"meter_id": r.meter_id, "hour": r.hour, "updated_at": now,
+                   **{c: getattr(r, c) for c in _VALUE_COLS}} for r in rows[i:i + chunk]]
+        stmt = insert(Usage).values(values)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["meter_id", "hour"],
+            set_={c: stmt.excluded[c] for c in (*_VALUE_COLS, "updated_at")})
+        session.execute(stmt)
+    return len(rows)
+
+
+def totals(session: Session, subject_ids: Iterable[int], start: datetime,
+           end: datetime) -> Totals:
+    """Sum of every meter of these subjects over hour buckets in [start, end)."""
+    ids = list(subject_ids)
+    if not ids:
+        return Totals()
+    cols = [func.coalesce(func.sum(getattr(Usage, c)), 0) for c in _VALUE_COLS]
+    q = (select(*cols).join(Meter, Meter.id == Usage.meter_id)
+         .where(Meter.subject_id.in_(ids), Usage.hour >= floor_hour(start), Usage.hour < end))
+    row = session.execute(q).one()
+    return Totals(*(int(v) for v in row))
+
+
+def daily_series(session: Session, subject_ids: Iterable[int], start: datetime,
+                 end: datetime) -> list[tuple[datetime, int, int]]:
+    """(hour, tokens, micro-usd) rows for charts and trends."""
+    ids = list(subject_ids)
+    q = (select(Usage.hour, func.sum(Usage.input_tokens + Usage.output_tokens),
+                func.sum(Usage.cost_micro_usd))
+         .join(Meter, Meter.id == Usage.meter_id)
+         .where(Meter.subject_id.in_(ids), Usage.hour >= start, Usage.hour < end)
+         .group_by(Usage.hour).order_by(Usage.hour))
+    return [(h, int(t or 0), int(c or 0)) for h, t, c in session.execute(q)]

@@ -1,0 +1,36 @@
+"""The Bolt app, built on demand (no work at import time)."""
+
+from __future__ import annotations
+
+from slack_bolt import App
+from slack_sdk import WebClient
+from slack_sdk.http_retry.builtin_handlers import (
+    ConnectionErrorRetryHandler,
+    RateLimitErrorRetryHandler,
+    ServerErrorRetryHandler,
+)
+
+from bot.config import Settings
+from bot.notify import NullNotifier, SlackNotifier
+from bot.runtime import Services
+from handlers import commands
+
+
+def slack_client(settings: Settings) -> WebClient:
+    """A WebClient that honours Retry-After on 429 and retries 5xx and dropped connections."""
+    client = WebClient(token=settings.slack.bot_token or None, base_url=settings.slack.api_url)
+    client.retry_handlers.extend([RateLimitErrorRetryHandler(max_retry_count=2),
+                                  ServerErrorRetryHandler(max_retry_count=2),
+                                  ConnectionErrorRetryHandler(max_retry_count=2)])
+    return client
+
+
+def create_app(settings: Settings, services: Services, client: WebClient | None = None) -> App:
+    client = client or slack_client(settings)
+    if isinstance(services.notifier, NullNotifier):
+        services.notifier = SlackNotifier(client)
+    app = App(client=client, signing_secret=settings.slack.signing_secret or "unset",
+              token_verification_enabled=False, process_before_response=False,
+              ignoring_self_events_enabled=False)
+    commands.register(app, services)
+    return app

@@ -1,0 +1,162 @@
+"""`/bedrock` slash command: ack at once, then parse → service → render → respond()."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from slack_bolt import Ack, App, Respond
+from slack_sdk import WebClient
+from slack_sdk.errors import SlackApiError
+
+from bot import commands as cmds
+from bot.errors import BadInput
+from bot.execute import Outcome, execute
+from bot.notify import safe
+from bot.render import messages
+from bot.render.messages import Reply
+from bot.render.usage import usage_blocks, usage_text
+from bot.runtime import Services
+from bot.services import directory, profiles, usage
+from bot.services.directory import Actor, SubjectRef
+
+log = logging.getLogger(__name__)
+Handler = Callable[["Ctx", Any], Reply]
+
+
+class Ctx:
+    """What one command invocation needs: services, the actor and the Slack client."""
+
+    def __init__(self, services: Services, client: WebClient, user_id: str) -> None:
+        self.services = services
+        self.client = client
+        self.actor = Actor.slack(user_id)
+
+    def run(self, action: str, target: str, work: Callable[[Any], Any]) -> Outcome[Any]:
+        s = self.services
+        return execute(s.db, s.clock, self.actor, action, target, work)
+
+    def named(self, ref: SubjectRef) -> SubjectRef:
+        """Fill in a mention's user name from Slack when the mention carried none."""
+        if ref.slack_user_id is None or ref.name:
+            return ref
+        try:
+            user = self.client.users_info(user=ref.slack_user_id)["user"]
+            return SubjectRef(name=user.get("name") or ref.slack_user_id.lower(),
+                              slack_user_id=ref.slack_user_id)
+        except (SlackApiError, KeyError, TypeError):
+            return SubjectRef(name=ref.slack_user_id.lower(), slack_user_id=ref.slack_user_id)
+
+    def broadcast(self, text: str) -> None:
+        """State changes are also posted to the alert channel, after the commit."""
+        channel = self.services.settings.bot.alert_channel
+        if channel:
+            safe(self.services.notifier.post, channel, text)
+
+
+def _or_error(outcome: Outcome[Any], ok: Callable[[Any], Reply]) -> Reply:
+    return ok(outcome.value) if outcome.ok else messages.error_reply(outcome.message)
+
+
+def do_help(ctx: Ctx, cmd: cmds.Help) -> Reply:
+    return messages.help_reply(cmd.topic)
+
+
+def do_usage(ctx: Ctx, cmd: cmds.UsageQuery) -> Reply:
+    s = ctx.services
+    out = ctx.run("usage.view", str(cmd.subject or ctx.actor.label), lambda session: usage.report(
+        session, s.clock, s.tz, s.week_start, ctx.actor, cmd.subject, cmd.period))
+    return _or_error(out, lambda r: (usage_text(r), usage_blocks(r, s.tz)))
+
+
+def do_provision(ctx: Ctx, cmd: cmds.Provision) -> Reply:
+    s, ref = ctx.services, ctx.named(cmd.subject)
+    out = ctx.run("profile.provision", str(ref), lambda session: profiles.provision(
+        session, s.clock, s.profiles, s.settings.aws.region, ctx.actor, ref, cmd.model, cmd.tags))
+    if out.ok:
+        ctx.broadcast(f"<@{ctx.actor.slack_user_id}> provisioned `{out.value.name}` for "
+                      f"`{out.value.subject}`: `{out.value.arn}`")
+    return _or_error(out, lambda p: messages.provisioned_reply(p, ctx.actor.slack_user_id or ""))
+
+
+def do_profiles(ctx: Ctx, cmd: cmds.SubjectCommand) -> Reply:
+    out = ctx.run("profile.list", str(cmd.subject or "all"),
+                  lambda session: profiles.list_profiles(session, cmd.subject))
+    return _or_error(out, lambda ps: messages.profiles_reply(ps, str(cmd.subject or "everyone")))
+
+
+def do_link(ctx: Ctx, cmd: cmds.Link) -> Reply:
+    s, ref = ctx.services, ctx.named(cmd.subject)
+    out = ctx.run("principal.link", str(ref), lambda session: directory.link_principal(
+        session, s.clock, ctx.actor, ref, cmd.arn)[0].name)
+    if out.ok:
+        ctx.broadcast(f"<@{ctx.actor.slack_user_id}> linked `{cmd.arn}` to `{out.value}`")
+    return _or_error(out, lambda name: messages.text_reply(f"✅ Linked `{cmd.arn}` to `{name}`."))
+
+
+def do_team(ctx: Ctx, cmd: cmds.TeamChange) -> Reply:
+    s = ctx.services
+    members = [ctx.named(m) for m in cmd.members]
+    out = ctx.run(f"team.{cmd.op}", f"team:{cmd.team}", lambda session: [
+        u.name for u in directory.change_members(session, s.clock, ctx.actor, cmd.team, cmd.op,
+                                                 members)[1]])
+    if not out.ok:
+        return messages.error_reply(out.message)
+    verb = "added to" if cmd.op == "add" else "removed from"
+    text = (f"✅ {', '.join(out.value)} {verb} `{cmd.team}`." if out.value
+            else f"Nothing changed in `{cmd.team}`.")
+    if out.value:
+        ctx.broadcast(f"<@{ctx.actor.slack_user_id}>: {', '.join(out.value)} {verb} `{cmd.team}`")
+    return messages.text_reply(text)
+
+
+def do_admins(ctx: Ctx, cmd: cmds.Admins) -> Reply:
+    s = ctx.services
+    if cmd.op is None:
+        out = ctx.run("admins.list", "admins", directory.list_admins)
+        return _or_error(out, messages.admins_reply)
+    uid = cmd.user_id or ""
+    if cmd.op == "add":
+        out = ctx.run("admins.add", f"slack:{uid}", lambda session: directory.set_admin(
+            session, s.clock, ctx.actor, uid, cmd.role))
+        done = f"<@{uid}> is now {cmd.role}."
+    else:
+        out = ctx.run("admins.remove", f"slack:{uid}", lambda session: directory.remove_admin(
+            session, s.clock, ctx.actor, uid))
+        done = f"<@{uid}> is no longer an admin."
+    if out.ok:
+        ctx.broadcast(f"<@{ctx.actor.slack_user_id}>: {done}")
+    return _or_error(out, lambda _: messages.text_reply(f"✅ {done}"))
+
+
+HANDLERS: dict[str, Handler] = {
+    "help": do_help, "usage": do_usage, "provision": do_provision, "profiles": do_profiles,
+    "link": do_link, "team": do_team, "admins": do_admins,
+}
+
+
+def answer(services: Services, client: WebClient, user_id: str, text: str) -> Reply:
+    """Everything after the ack: one reply, whatever happens (never a stack trace)."""
+    ctx = Ctx(services, client, user_id)
+    try:
+        cmd = cmds.parse(text)
+    except BadInput as exc:
+        return messages.error_reply(Outcome(error=exc).message)
+    handler = HANDLERS.get(cmd.name)
+    if handler is None:
+        return messages.error_reply(f"`{cmd.name}` is not available in this version yet.")
+    try:
+        return handler(ctx, cmd)
+    except Exception:
+        log.exception("/bedrock %s failed", cmd.name)
+        return messages.error_reply("something went wrong on our side; it has been logged.")
+
+
+def register(app: App, services: Services) -> None:
+    @app.command("/bedrock")
+    def bedrock(ack: Ack, body: dict[str, Any], respond: Respond, client: WebClient) -> None:
+        ack()
+        text, blocks = answer(services, client, str(body.get("user_id", "")),
+                              str(body.get("text", "")))
+        respond(text=text, blocks=blocks, response_type="ephemeral")

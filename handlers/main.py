@@ -1,0 +1,69 @@
+"""`bedrock-bot`: the core subcommands plus serve, run-job (and later socket, demo)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from bot.cli import build_parser, run
+from bot.config import Settings
+from bot.migrate import upgrade
+from bot.runtime import build_services
+from bot.services import directory
+
+log = logging.getLogger(__name__)
+
+
+def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    import waitress
+
+    from handlers.app import create_app
+    from handlers.http import WsgiApp
+
+    if not settings.slack.signing_secret or not settings.slack.bot_token:
+        print("serve needs SLACK_BOT_TOKEN and SLACK_SIGNING_SECRET", file=sys.stderr)
+        return 2
+    upgrade(settings.db.url)
+    services = build_services(settings)
+    with services.db.session_scope() as session:
+        directory.bootstrap_admins(session, services.clock, settings.bot.admins)
+    app = WsgiApp(services, create_app(settings, services))
+    port = args.port or settings.bot.port
+    log.info("serving on %s:%d (Slack at /slack/events)", args.host, port)
+    waitress.serve(app, host=args.host, port=port, threads=args.threads, ident="bedrock-bot",
+                   _quiet=True)
+    return 0
+
+
+def cmd_run_job(args: argparse.Namespace, settings: Settings) -> int:
+    from jobs.registry import JOBS
+
+    upgrade(settings.db.url)
+    services = build_services(settings)
+    out = JOBS[args.job](services)
+    if getattr(out, "ok", True):
+        print(f"{args.job}: ok {getattr(out, 'value', '')}")
+        return 0
+    print(f"{args.job}: {out.message}", file=sys.stderr)
+    return 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    from jobs.registry import JOBS
+
+    parser, sub = build_parser()
+    serve = sub.add_parser("serve", help="HTTP server: /slack/events, /sns, /healthz, /metrics")
+    serve.add_argument("--host", default="0.0.0.0")
+    serve.add_argument("--port", type=int, default=None)
+    serve.add_argument("--threads", type=int, default=16)
+    serve.add_argument("--no-scheduler", action="store_true", help="do not run jobs here")
+    serve.set_defaults(func=cmd_serve)
+    job = sub.add_parser("run-job", help="run one job now, then exit")
+    job.add_argument("job", choices=sorted(JOBS))
+    job.set_defaults(func=cmd_run_job)
+    return run(parser, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

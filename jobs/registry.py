@@ -1,0 +1,13 @@
+"""Job name → one run. `bedrock-bot run-job <name>` and the scheduler use the same table."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from bot.runtime import Services
+from jobs import usage_sync
+
+JOBS: dict[str, Callable[[Services], Any]] = {
+    usage_sync.NAME: usage_sync.run,
+}

@@ -1,0 +1,26 @@
+"""usage_sync: CloudWatch → ledger, every BOT_SYNC_SECONDS (then enforce runs)."""
+
+from __future__ import annotations
+
+import logging
+
+from bot.execute import Outcome, execute
+from bot.runtime import Services
+from bot.services.directory import Actor
+from bot.services.usage import SyncResult, sync_usage
+
+log = logging.getLogger(__name__)
+NAME = "usage_sync"
+
+
+def run(services: Services, discover: bool = True) -> Outcome[SyncResult]:
+    s = services
+    out = execute(s.db, s.clock, Actor.system(NAME), NAME, "usage", lambda session: sync_usage(
+        session, s.clock, s.metrics, s.profiles, s.prices, discover=discover))
+    if out.ok and out.value is not None:
+        r = out.value
+        log.info("usage_sync: %d active, %d backfilled, %d ledger rows, calls %s",
+                 r.active, r.backfilled, r.rows, r.calls)
+    else:
+        log.warning("usage_sync failed: %s", out.message)
+    return out

@@ -1,0 +1,89 @@
+"""A running bot for tests: Bolt app + services + fake Slack, driven with signed requests."""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from slack_bolt import App
+from slack_bolt.request import BoltRequest
+
+from bot.clock import FixedClock
+from bot.config import Settings, load_settings
+from bot.db import Database
+from bot.runtime import Services
+from bot.services import directory
+from handlers.app import create_app, slack_client
+from tests.fakes.signing import interactive_body, signed_headers, slash_command_body
+from tests.fakes.slack_api import FakeSlack
+
+SECRET = "test-signing-secret"
+ADMIN, ALICE, BOB = "UADMIN01", "UALICE01", "UBOB0001"
+ALERTS = "CALERTS01"
+
+
+def make_settings(db_url: str, slack_url: str, **extra: str) -> Settings:
+    env = {"SLACK_BOT_TOKEN": "xoxb-test", "SLACK_SIGNING_SECRET": SECRET,
+           "SLACK_API_URL": slack_url, "DATABASE_URL": db_url, "BOT_ADMINS": ADMIN,
+           "BOT_PROFILES_BACKEND": "local", "BOT_ALERT_CHANNEL": ALERTS,
+           "BOT_TIMEZONE": "UTC", **extra}
+    return load_settings(None, **env)
+
+
+@dataclass
+class Harness:
+    settings: Settings
+    services: Services
+    app: App
+    slack: FakeSlack
+    _seq: Iterator[int] = field(default_factory=itertools.count)
+
+    def dispatch(self, body: str, timestamp: int | None = None,
+                 headers: dict[str, str] | None = None) -> Any:
+        hdrs = headers if headers is not None else signed_headers(SECRET, body, timestamp)
+        return self.app.dispatch(BoltRequest(body=body, headers=hdrs))
+
+    def command(self, text: str, user: str = ADMIN) -> dict[str, Any]:
+        """Send a signed `/bedrock` command; return the JSON posted to its response_url."""
+        name = f"r{next(self._seq)}"
+        body = slash_command_body(text, user_id=user, user_name=user.lower(),
+                                  response_url=self.slack.response_url(name))
+        started = time.monotonic()
+        resp = self.dispatch(body)
+        assert resp.status == 200, resp.body
+        assert time.monotonic() - started < 3.0  # Slack's limit; normally milliseconds
+        return self.slack.wait_for(f"response_url:{name}", timeout=10)[0].args
+
+    def action(self, payload: dict[str, Any]) -> Any:
+        return self.dispatch(interactive_body(payload))
+
+
+def reply_text(reply: dict[str, Any]) -> str:
+    """Everything a person would read in a reply: fallback text plus block text."""
+    parts = [str(reply.get("text", ""))]
+    for block in reply.get("blocks") or []:
+        parts.append(_block_text(block))
+    return "\n".join(parts)
+
+
+def _block_text(obj: Any) -> str:
+    if isinstance(obj, dict):
+        return " ".join(_block_text(v) for k, v in obj.items() if k not in ("type", "block_id"))
+    if isinstance(obj, list):
+        return " ".join(_block_text(v) for v in obj)
+    return str(obj)
+
+
+@contextmanager
+def running_bot(db: Database, clock: FixedClock, **extra: str) -> Iterator[Harness]:
+    with FakeSlack() as slack:
+        settings = make_settings(db.url, slack.url, **extra)
+        services = Services(settings, db, clock, overrides={"account_id": "123456789012"})
+        with db.session_scope() as session:
+            directory.bootstrap_admins(session, clock, settings.bot.admins)
+        app = create_app(settings, services, slack_client(settings))
+        yield Harness(settings, services, app, slack)
