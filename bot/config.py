@@ -108,6 +108,7 @@ class BotSettings(BaseSettings):
     sync_seconds: int = Field(60, ge=10, le=3600, validation_alias="BOT_SYNC_SECONDS")
     port: int = Field(3000, ge=1, le=65535, validation_alias="BOT_PORT")
     request_ttl_hours: int = Field(72, ge=1, le=24 * 30, validation_alias="BOT_REQUEST_TTL_HOURS")
+    pricing_file: str | None = Field(None, validation_alias="BOT_PRICING_FILE")
 
     _split = field_validator("admins", mode="before")(classmethod(lambda cls, v: _split_csv(v)))
 

@@ -29,7 +29,7 @@ class Services:
     notifier: Notifier = field(default_factory=NullNotifier)
     overrides: dict[str, Any] = field(default_factory=dict)
 
-    def _client(self, service: str) -> Any:
+    def aws_client(self, service: str) -> Any:
         return self.overrides.get(service) or clients.client(service, self.settings.aws)
 
     @cached_property
@@ -40,11 +40,11 @@ class Services:
         if aws.profiles_backend == "local":
             account = self.overrides.get("account_id") or self._account_id()
             return LocalProfiles(self.db, aws.region, account, self.clock)
-        return AwsProfiles(self._client("bedrock"), sts_client=self._client("sts"))
+        return AwsProfiles(self.aws_client("bedrock"), sts_client=self.aws_client("sts"))
 
     def _account_id(self) -> str:
         try:
-            return str(self._client("sts").get_caller_identity()["Account"])
+            return str(self.aws_client("sts").get_caller_identity()["Account"])
         except Exception as exc:  # offline without any endpoint: a fixed, obviously fake id
             log.warning("no AWS account id (%s); the local registry uses 000000000000",
                         type(exc).__name__)
@@ -52,15 +52,15 @@ class Services:
 
     @cached_property
     def metrics(self) -> CloudWatchMetrics:
-        return CloudWatchMetrics(self._client("cloudwatch"))
+        return CloudWatchMetrics(self.aws_client("cloudwatch"))
 
     @cached_property
     def iam(self) -> Any:
-        return self._client("iam")
+        return self.aws_client("iam")
 
     @cached_property
     def prices(self) -> PriceTable:
-        return PriceTable.load(self.overrides.get("pricing_file"))
+        return PriceTable.load(self.overrides.get("pricing_file") or self.settings.bot.pricing_file)
 
     @property
     def tz(self) -> Any:

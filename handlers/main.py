@@ -49,6 +49,14 @@ def cmd_run_job(args: argparse.Namespace, settings: Settings) -> int:
     return 1
 
 
+def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
+    from handlers.demo import run_demo
+
+    if not args.verbose:  # the story is the output; logs only when asked for
+        logging.getLogger().setLevel(logging.WARNING)
+    return run_demo()
+
+
 def main(argv: list[str] | None = None) -> int:
     from jobs.registry import JOBS
 
@@ -62,6 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     job = sub.add_parser("run-job", help="run one job now, then exit")
     job.add_argument("job", choices=sorted(JOBS))
     job.set_defaults(func=cmd_run_job)
+    sub.add_parser("demo", help="the offline walk-through: real server, moto as AWS, "
+                   "a printing Slack stand-in").set_defaults(func=cmd_demo)
     return run(parser, argv)
 
 

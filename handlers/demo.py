@@ -1,0 +1,246 @@
+"""`bedrock-bot demo`: the real bot, offline, walked through a story.
+
+Real HTTP server, Slack-shaped signed requests, moto server as AWS, the local AIP
+registry, a temporary SQLite database, and a local stand-in for the Slack Web API that
+prints every message the bot sends. Any failed step makes the exit code non-zero.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import secrets
+import socket
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+from slack_sdk.signature import SignatureVerifier
+
+from bot.config import Settings, load_settings
+from bot.migrate import upgrade
+from bot.render.terminal import blocks_to_text
+from bot.runtime import Services, build_services
+from bot.services import audit, directory
+from handlers.slack_stub import Call, FakeSlack
+
+ADMIN, ALICE, BOB, CAROL = "UADMIN0001", "UALICE0001", "UBOB000001", "UCAROL0001"
+NAMES = {ADMIN: "dana (admin)", ALICE: "alice", BOB: "bob", CAROL: "carol", "UBOT": "bedrock-bot"}
+ALERTS = "CALERTS001"
+MODEL = "anthropic.claude-3-haiku-20240307-v1:0"
+
+
+class DemoFailed(Exception):
+    pass
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _print_call(call: Call) -> None:
+    """The Slack stand-in's output: every message the bot sends, as readable text."""
+    a = call.args
+    if call.method.startswith("response_url:"):
+        where = "reply (only you can see this)" if a.get("response_type") != "in_channel" else "reply"
+    elif call.method in ("chat.postMessage", "chat.update", "chat.postEphemeral"):
+        channel = str(a.get("channel"))
+        where = f"{call.method} → {'#alerts' if channel == ALERTS else NAMES.get(channel, channel)}"
+    elif call.method == "files.completeUploadExternal":
+        print(f"    [slack] file uploaded: {a.get('files')}")
+        return
+    else:
+        return
+    text = blocks_to_text(a.get("blocks"), str(a.get("text", "")), NAMES)
+    print(f"    [slack] {where}:")
+    for line in text.splitlines():
+        print(f"      │ {line}")
+
+
+class Demo:
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.secret = secrets.token_hex(16)
+        self.slack = FakeSlack(on_call=_print_call)
+        self.seq = itertools.count()
+        self.base_url = ""
+        self.services: Services | None = None
+
+    @property
+    def svc(self) -> Services:
+        assert self.services is not None
+        return self.services
+
+    def settings(self, aws_url: str) -> Settings:
+        return load_settings(
+            None, SLACK_BOT_TOKEN="xoxb-demo", SLACK_SIGNING_SECRET=self.secret,
+            SLACK_API_URL=self.slack.url, DATABASE_URL=f"sqlite:///{self.workdir}/demo.db",
+            BOT_ADMINS=ADMIN, BOT_PROFILES_BACKEND="local", BOT_ALERT_CHANNEL=ALERTS,
+            BOT_DIGEST_CHANNEL=ALERTS, AWS_REGION="us-east-1", AWS_ENDPOINT_URL=aws_url)
+
+    def command(self, user: str, text: str) -> str:
+        """POST a signed slash command to the real server; return the reply as text."""
+        name = f"demo{next(self.seq)}"
+        body = urlencode({"token": "x", "team_id": "T0001", "channel_id": "CGENERAL01",
+                          "user_id": user, "user_name": NAMES[user], "command": "/bedrock",
+                          "text": text, "response_url": self.slack.response_url(name),
+                          "trigger_id": "1.2.3"})
+        print(f"\n  {NAMES[user]} types: /bedrock {text}")
+        ts = str(int(time.time()))
+        sig = SignatureVerifier(self.secret).generate_signature(timestamp=ts, body=body)
+        req = urllib.request.Request(
+            f"{self.base_url}/slack/events", data=body.encode(), method="POST",
+            headers={"X-Slack-Request-Timestamp": ts, "X-Slack-Signature": sig,
+                     "Content-Type": "application/x-www-form-urlencoded"})
+        started = time.monotonic()
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            if resp.status != 200:
+                raise DemoFailed(f"server answered {resp.status}")
+        print(f"    (acknowledged in {1000 * (time.monotonic() - started):.0f} ms)")
+        reply = self.slack.wait_for(f"response_url:{name}", timeout=15)[0].args
+        time.sleep(0.05)  # let the printer finish the alert-channel posts of this step
+        return blocks_to_text(reply.get("blocks"), str(reply.get("text", "")), NAMES)
+
+    def traffic(self, profile_id: str, input_tokens: int, output_tokens: int, calls: int) -> None:
+        cw = self.svc.aws_client("cloudwatch")
+        now = datetime.now(UTC)
+        data = [("InputTokenCount", input_tokens), ("OutputTokenCount", output_tokens),
+                ("Invocations", calls)]
+        cw.put_metric_data(Namespace="AWS/Bedrock", MetricData=[
+            {"MetricName": n, "Dimensions": [{"Name": "ModelId", "Value": profile_id}],
+             "Timestamp": now, "Value": v, "Unit": "Count"} for n, v in data])
+        print(f"\n  Bedrock traffic through AIP {profile_id}: {calls} calls, "
+              f"{input_tokens:,} tokens in, {output_tokens:,} out (CloudWatch AWS/Bedrock)")
+
+
+def expect(condition: bool, what: str) -> None:
+    if not condition:
+        raise DemoFailed(what)
+    print(f"    ✓ {what}")
+
+
+@contextmanager
+def _moto() -> Iterator[str]:
+    try:
+        from moto.server import ThreadedMotoServer
+    except ImportError as exc:  # the demo needs the dev extra
+        raise DemoFailed("the demo needs moto: pip install -e '.[dev]' (make demo does it)") from exc
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    port = _free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.stop()
+
+
+@contextmanager
+def _http_server(app: Any) -> Iterator[str]:
+    import waitress
+
+    port = _free_port()
+    server = waitress.create_server(app, host="127.0.0.1", port=port, threads=8)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.close()
+
+
+def _profile_id(services: Services, subject: str) -> str:
+    from sqlalchemy import select
+
+    from bot.models import Profile, Subject
+
+    with services.db.session_scope() as s:
+        q = select(Profile.profile_id).join(Subject, Subject.id == Profile.subject_id).where(
+            Subject.name == subject)
+        return str(s.scalars(q).first())
+
+
+def story(d: Demo) -> None:
+    from jobs import usage_sync
+
+    step("An admin provisions Application Inference Profiles for two users and a team")
+    reply = d.command(ADMIN, f"provision <@{ALICE}|alice> {MODEL} cost-center=research")
+    expect("application-inference-profile/" in reply, "alice's AIP ARN is in the reply")
+    d.command(ADMIN, f"provision <@{BOB}|bob> amazon.nova-lite-v1:0")
+    d.command(ADMIN, f"team team-eng add <@{ALICE}|alice> <@{BOB}|bob>")
+    reply = d.command(ADMIN, f"provision team-eng {MODEL}")
+    expect("team-eng" in reply, "team-eng has its own AIP")
+    d.command(ADMIN, f"link <@{ALICE}|alice> arn:aws:iam::123456789012:user/alice")
+
+    step("Traffic arrives and the usage sync reads it from CloudWatch")
+    d.traffic(_profile_id(d.svc, "alice"), 1_240_000, 310_000, 420)
+    d.traffic(_profile_id(d.svc, "bob"), 380_000, 95_000, 130)
+    d.traffic(_profile_id(d.svc, "team-eng"), 2_100_000, 600_000, 800)
+    out = usage_sync.run(d.svc)
+    expect(out.ok and out.value is not None and out.value.rows >= 3,
+           f"usage_sync wrote ledger rows (CloudWatch calls: {out.value.calls if out.value else '-'})")
+
+    step("People look at usage")
+    reply = d.command(ALICE, "usage today")
+    expect("1.24M" in reply, "alice sees her own 1.24M input tokens")
+    reply = d.command(ADMIN, "usage team-eng today")
+    expect("3.72M" in reply, "team-eng = its AIP + alice + bob = 3.72M input tokens")
+    reply = d.command(CAROL, f"usage <@{ALICE}>")
+    expect("your own usage" in reply, "carol (not an admin) may not see alice's usage")
+    reply = d.command(BOB, f"provision <@{BOB}|bob> {MODEL}")
+    expect("needs the admin role" in reply, "bob (not an admin) may not provision")
+
+
+def step(title: str) -> None:
+    print(f"\n=== {title}")
+
+
+def verify_audit(d: Demo) -> None:
+    step("The audit log is intact")
+    with d.svc.db.session_scope() as s:
+        result = audit.verify(s)
+        denied = [e for e in audit.recent(s, limit=100) if e.outcome == "denied"]
+    expect(result.ok, f"audit verify: {result.rows} rows, chain intact")
+    expect(len(denied) == 2, "both refusals are in the audit log with outcome 'denied'")
+
+
+def run_demo(keep: bool = False, steps: Callable[[Demo], None] = story) -> int:
+    workdir = Path(tempfile.mkdtemp(prefix="bedrock-bot-demo-"))
+    for k, v in {"AWS_ACCESS_KEY_ID": "demo", "AWS_SECRET_ACCESS_KEY": "demo",
+                 "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        os.environ.setdefault(k, v)
+    d = Demo(workdir)
+    started = time.monotonic()
+    try:
+        with d.slack, _moto() as aws_url:
+            settings = d.settings(aws_url)
+            upgrade(settings.db.url)
+            d.services = build_services(settings)
+            with d.svc.db.session_scope() as s:
+                directory.bootstrap_admins(s, d.svc.clock, settings.bot.admins)
+            from handlers.app import create_app, slack_client
+            from handlers.http import WsgiApp
+
+            app = WsgiApp(d.svc, create_app(settings, d.svc, slack_client(settings)))
+            with _http_server(app) as url:
+                d.base_url = url
+                print(f"bedrock-bot demo: server {url}, AWS (moto) {aws_url}, "
+                      f"Slack stand-in {d.slack.url}, database {workdir}/demo.db")
+                steps(d)
+                verify_audit(d)
+    except DemoFailed as exc:
+        print(f"\n✗ demo step failed: {exc}", file=sys.stderr)
+        return 1
+    print(f"\n✓ demo finished in {time.monotonic() - started:.1f} s; files in {workdir}")
+    return 0
