@@ -1,0 +1,40 @@
+"""`bedrock-bot migrate` and `audit verify` as a user runs them."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import update
+
+from bot.clock import FixedClock
+from bot.db import Database
+from bot.models import AuditEvent
+from bot.services import audit
+from handlers.main import main
+
+
+def test_audit_verify_catches_an_edited_row(tmp_path: object, monkeypatch: pytest.MonkeyPatch,
+                                            capsys: pytest.CaptureFixture[str],
+                                            clock: FixedClock) -> None:
+    url = f"sqlite:///{tmp_path}/cli.db"
+    monkeypatch.setenv("DATABASE_URL", url)
+    monkeypatch.chdir(str(tmp_path))
+    assert main(["migrate"]) == 0
+    db = Database(url)
+    for i in range(3):
+        with db.session_scope() as s:
+            audit.record(s, clock, "cli:test", "x", f"t{i}")
+    assert main(["audit", "verify"]) == 0
+    assert "intact: 3 rows" in capsys.readouterr().out
+    with db.session_scope() as s:
+        s.execute(update(AuditEvent).where(AuditEvent.id == 2).values(target="forged"))
+    assert main(["audit", "verify"]) == 1
+    assert "BROKEN at row 2" in capsys.readouterr().err
+
+
+def test_bad_configuration_is_one_line(monkeypatch: pytest.MonkeyPatch, tmp_path: object,
+                                       capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.chdir(str(tmp_path))
+    monkeypatch.setenv("BOT_TIMEZONE", "Mars/Olympus")
+    assert main(["migrate"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("configuration error: BOT_TIMEZONE") and "\n" not in err
