@@ -74,13 +74,17 @@ def upsert(session: Session, rows: Sequence[LedgerRow], now: datetime,
 
 def totals(session: Session, subject_ids: Iterable[int], start: datetime,
            end: datetime) -> Totals:
-    """Sum of every meter of these subjects over hour buckets in [start, end)."""
+    """Sum of every meter of these subjects over the hour buckets that start in [start, end).
+
+    Not floored: a rolling window starting at 10:30 begins with the 11:00 bucket, so
+    consecutive periods never count the same bucket twice.
+    """
     ids = list(subject_ids)
     if not ids:
         return Totals()
     cols = [func.coalesce(func.sum(getattr(Usage, c)), 0) for c in _VALUE_COLS]
     q = (select(*cols).join(Meter, Meter.id == Usage.meter_id)
-         .where(Meter.subject_id.in_(ids), Usage.hour >= floor_hour(start), Usage.hour < end))
+         .where(Meter.subject_id.in_(ids), Usage.hour >= start, Usage.hour < end))
     row = session.execute(q).one()
     return Totals(*(int(v) for v in row))
 

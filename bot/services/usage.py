@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
@@ -9,7 +10,7 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from bot.aws.metrics import TOKEN_METRICS, CloudWatchMetrics, HourlyUsage
+from bot.aws.metrics import ALL_METRICS, CloudWatchMetrics, HourlyUsage
 from bot.aws.profiles import ProfilesBackend
 from bot.clock import Clock
 from bot.errors import Denied, NotFound
@@ -41,9 +42,11 @@ def _cursor(session: Session) -> SyncCursor | None:
     return session.get(SyncCursor, CURSOR)
 
 
-def _previous_month_start(now: datetime) -> datetime:
+def backfill_start(now: datetime) -> datetime:
+    """The start of the previous month, a day early: whatever BOT_TIMEZONE is (±14 h),
+    its previous calendar month is covered."""
     first = now.astimezone(UTC).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
-    return (first - timedelta(days=1)).replace(day=1)
+    return (first - timedelta(days=1)).replace(day=1) - timedelta(days=1)
 
 
 def sync_usage(session: Session, clock: Clock, metrics: CloudWatchMetrics,
@@ -54,11 +57,12 @@ def sync_usage(session: Session, clock: Clock, metrics: CloudWatchMetrics,
     A profile never synced before is backfilled from the start of the previous month.
     """
     now = clock()
+    calls_before = Counter(metrics.calls)
     adopted = adopt_tagged(session, clock, backend) if (discover and backend) else []
     cur = _cursor(session)
     start = floor_hour(now) - HOUR
     if cur is not None and cur.position < start:
-        start = max(cur.position, _previous_month_start(now))
+        start = max(cur.position, backfill_start(now))
     active = metrics.active_model_ids(recently_active=now - start <= RECENT)
     profiles = {p.profile_id: p for p in session.scalars(select(Profile))}
     fresh = [p for p in profiles.values() if p.backfilled_at is None]
@@ -66,15 +70,17 @@ def sync_usage(session: Session, clock: Clock, metrics: CloudWatchMetrics,
               if pid in profiles and profiles[pid].backfilled_at is not None}
     readings = metrics.hourly(wanted, start, now) if wanted else []
     if fresh:
-        backfill = {p.profile_id: active.get(p.profile_id, frozenset(TOKEN_METRICS)) for p in fresh}
-        readings += metrics.hourly(backfill, _previous_month_start(now), now)
+        # The last 3 hours say nothing about last month: ask for every metric, cache
+        # tokens included (a one-off cost per profile).
+        backfill = {p.profile_id: frozenset(ALL_METRICS) for p in fresh}
+        readings += metrics.hourly(backfill, backfill_start(now), now)
         for p in fresh:
             p.backfilled_at = now
     rows = _ledger_rows(session, clock, readings, profiles, prices)
     ledger.upsert(session, rows, now)
     _advance(session, cur, floor_hour(now), now)
     return SyncResult(len(wanted), len(readings), len(fresh), len(rows), len(adopted), start, now,
-                      dict(metrics.calls))
+                      dict(Counter(metrics.calls) - calls_before))
 
 
 def _ledger_rows(session: Session, clock: Clock, readings: list[HourlyUsage],
