@@ -58,7 +58,8 @@ class UTCDateTime(TypeDecorator[datetime]):
 
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING)
-    type_annotation_map = {datetime: UTCDateTime(), dict[str, Any]: JSON, list[int]: JSON}
+    type_annotation_map = {datetime: UTCDateTime(), dict[str, Any]: JSON, list[int]: JSON,
+                           list[str]: JSON}
 
 
 class Subject(Base):
@@ -169,6 +170,8 @@ class Revocation(Base):
     revoked_at: Mapped[datetime]
     restored_by: Mapped[str | None] = mapped_column(String(128))
     restored_at: Mapped[datetime | None]
+    # Every principal the deny was put on, so a lift also reaches one unbound meanwhile.
+    principals: Mapped[list[str]] = mapped_column(default=list)
 
 
 class RestoreRequest(Base):

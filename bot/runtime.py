@@ -8,6 +8,7 @@ from functools import cached_property
 from typing import Any
 
 from bot.aws import clients
+from bot.aws.access import IamAccess
 from bot.aws.metrics import CloudWatchMetrics
 from bot.aws.profiles import AwsProfiles, LocalProfiles, ProfilesBackend
 from bot.clock import Clock, utcnow
@@ -55,8 +56,8 @@ class Services:
         return CloudWatchMetrics(self.aws_client("cloudwatch"))
 
     @cached_property
-    def iam(self) -> Any:
-        return self.aws_client("iam")
+    def access(self) -> IamAccess:
+        return IamAccess(self.aws_client("iam"), dry_run=self.settings.aws.dry_run)
 
     @cached_property
     def prices(self) -> PriceTable:

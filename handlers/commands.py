@@ -10,6 +10,7 @@ from slack_bolt import Ack, App, Respond
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
 
+from bot import announce
 from bot import commands as cmds
 from bot.errors import BadInput
 from bot.execute import Outcome, execute
@@ -18,7 +19,7 @@ from bot.render import messages
 from bot.render.messages import Reply
 from bot.render.usage import usage_blocks, usage_text
 from bot.runtime import Services
-from bot.services import directory, profiles, usage
+from bot.services import access, directory, limits, profiles, usage
 from bot.services.directory import Actor, SubjectRef
 
 log = logging.getLogger(__name__)
@@ -130,9 +131,65 @@ def do_admins(ctx: Ctx, cmd: cmds.Admins) -> Reply:
     return _or_error(out, lambda _: messages.text_reply(f"✅ {done}"))
 
 
+def do_limit(ctx: Ctx, cmd: cmds.SetLimit) -> Reply:
+    s = ctx.services
+    out = ctx.run("limit.set", str(cmd.subject), lambda session: limits.set_limit(
+        session, s.clock, ctx.actor, cmd.subject, cmd.amount, cmd.window, cmd.metric, cmd.warn,
+        cmd.action, cmd.alarm))
+    if out.ok:
+        new = out.value[0]
+        ctx.broadcast(f"<@{ctx.actor.slack_user_id}> set a limit on `{new.subject}`: "
+                      f"{new.amount_text} {new.metric}/{new.window} ({new.action})")
+    return _or_error(out, lambda v: messages.limit_set_reply(*v))
+
+
+def do_limits(ctx: Ctx, cmd: cmds.SubjectCommand) -> Reply:
+    out = ctx.run("limit.list", str(cmd.subject or "all"),
+                  lambda session: limits.list_limits(session, cmd.subject))
+    return _or_error(out, lambda ls: messages.limits_reply(ls, str(cmd.subject or "everyone")))
+
+
+def do_unlimit(ctx: Ctx, cmd: cmds.SubjectCommand) -> Reply:
+    s = ctx.services
+    assert cmd.subject is not None
+    out = ctx.run("limit.remove", str(cmd.subject), lambda session: limits.remove_limits(
+        session, s.clock, ctx.actor, cmd.subject, cmd.window, cmd.metric))
+    if not out.ok:
+        return messages.error_reply(out.message)
+    gone = ", ".join(f"{v.metric}/{v.window}" for v in out.value)
+    ctx.broadcast(f"<@{ctx.actor.slack_user_id}> removed limits on `{cmd.subject}`: {gone}")
+    return messages.text_reply(f"✅ Removed {gone} on `{cmd.subject}`. A revocation caused by a "
+                               "removed limit is lifted at the next enforcement run.")
+
+
+def do_revoke(ctx: Ctx, cmd: cmds.SubjectCommand) -> Reply:
+    s = ctx.services
+    assert cmd.subject is not None
+    out = ctx.run("access.revoke", str(cmd.subject), lambda session: access.revoke_manual(
+        session, s.clock, s.access, ctx.actor, cmd.subject, cmd.reason))
+    if not out.ok:
+        return messages.error_reply(out.message)
+    announce.revoked(s.notifier, s.settings.bot.alert_channel, out.value, ctx.actor.slack_user_id)
+    return messages.text_reply(f"⛔ Revoked `{out.value.subject.name}` on "
+                               f"{len(out.value.principals)} IAM principal(s).")
+
+
+def do_restore(ctx: Ctx, cmd: cmds.SubjectCommand) -> Reply:
+    s = ctx.services
+    assert cmd.subject is not None
+    out = ctx.run("access.restore", str(cmd.subject), lambda session: access.restore_manual(
+        session, s.clock, s.access, ctx.actor, cmd.subject, cmd.reason))
+    if not out.ok:
+        return messages.error_reply(out.message)
+    announce.restored(s.notifier, s.settings.bot.alert_channel, out.value,
+                      f"<@{ctx.actor.slack_user_id}>", cmd.reason)
+    return messages.text_reply(f"✅ Restored `{out.value[0].subject.name}`.")
+
+
 HANDLERS: dict[str, Handler] = {
     "help": do_help, "usage": do_usage, "provision": do_provision, "profiles": do_profiles,
-    "link": do_link, "team": do_team, "admins": do_admins,
+    "link": do_link, "team": do_team, "admins": do_admins, "limit": do_limit, "limits": do_limits,
+    "unlimit": do_unlimit, "revoke": do_revoke, "restore": do_restore,
 }
 
 

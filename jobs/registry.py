@@ -6,8 +6,9 @@ from collections.abc import Callable
 from typing import Any
 
 from bot.runtime import Services
-from jobs import usage_sync
+from jobs import enforce, usage_sync
 
 JOBS: dict[str, Callable[[Services], Any]] = {
     usage_sync.NAME: usage_sync.run,
+    enforce.NAME: enforce.run,
 }

@@ -8,12 +8,14 @@ from bot.execute import Outcome, execute
 from bot.runtime import Services
 from bot.services.directory import Actor
 from bot.services.usage import SyncResult, sync_usage
+from jobs import enforce
 
 log = logging.getLogger(__name__)
 NAME = "usage_sync"
 
 
-def run(services: Services, discover: bool = True) -> Outcome[SyncResult]:
+def run(services: Services, discover: bool = True, then_enforce: bool = True) -> Outcome[SyncResult]:
+    """One sync; then enforce, so a breach is acted on in the same minute it is seen."""
     s = services
     out = execute(s.db, s.clock, Actor.system(NAME), NAME, "usage", lambda session: sync_usage(
         session, s.clock, s.metrics, s.profiles, s.prices, discover=discover))
@@ -23,4 +25,6 @@ def run(services: Services, discover: bool = True) -> Outcome[SyncResult]:
                  r.active, r.backfilled, r.rows, r.calls)
     else:
         log.warning("usage_sync failed: %s", out.message)
+    if then_enforce:
+        enforce.run(services)
     return out

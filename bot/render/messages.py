@@ -8,6 +8,7 @@ from slack_sdk.models.blocks import ContextBlock, HeaderBlock, MarkdownTextObjec
 
 from bot.commands import HELP_TEXT, USAGE
 from bot.render.text import escape
+from bot.services.limits import LimitView
 from bot.services.profiles import ProfileView
 
 Reply = tuple[str, list[dict[str, Any]]]
@@ -70,3 +71,18 @@ def admins_reply(rows: list[tuple[str, str]]) -> Reply:
     if not rows:
         return text_reply("No admins yet: set BOT_ADMINS to bootstrap an owner.")
     return text_reply("*Admins*\n" + "\n".join(f"• <@{uid}>: {role}" for uid, role in rows))
+
+
+def limits_reply(limits: list[LimitView], title: str) -> Reply:
+    if not limits:
+        return text_reply(f"No limits for {title}.")
+    lines = [f"• `{v.subject}`: {v.amount_text} {v.metric}/{v.window} · warn at "
+             f"{', '.join(f'{t}%' for t in v.warn) or 'never'} · {v.action}"
+             + ("" if v.alarm else " · alarm off") for v in limits[:100]]
+    return f"{len(limits)} limits", _done([_section(f"*Limits: {title}*\n" + "\n".join(lines))])
+
+
+def limit_set_reply(new: LimitView, before: LimitView | None) -> Reply:
+    was = f" (was {before.amount_text})" if before else ""
+    return text_reply(f"✅ Limit for `{new.subject}`: {new.amount_text} {new.metric}/{new.window}{was}, "
+                      f"warn at {', '.join(f'{t}%' for t in new.warn) or 'never'}, then {new.action}.")

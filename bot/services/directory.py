@@ -13,6 +13,7 @@ from datetime import datetime
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from bot.aws.access import parse_principal
 from bot.clock import Clock
 from bot.errors import BadInput, Denied, NotFound
 from bot.models import Admin, Meter, Principal, Subject, TeamMember
@@ -22,8 +23,6 @@ ROLES = ("owner", "admin", "approver")
 _RANK = {"approver": 1, "admin": 2, "owner": 3}
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 TEAM_RE = re.compile(r"^team-[a-z0-9][a-z0-9._-]{0,58}$")
-PRINCIPAL_RE = re.compile(
-    r"^arn:aws[a-z-]*:iam::\d{12}:(user|role)/([\w+=,.@/-]{1,512})$", re.ASCII)
 
 
 @dataclass(frozen=True)
@@ -281,10 +280,10 @@ def ensure_meter(session: Session, clock: Clock, kind: str, key: str,
 def link_principal(session: Session, clock: Clock, actor: Actor, ref: SubjectRef,
                    arn: str) -> tuple[Subject, Principal]:
     authorize(session, actor, "admin", "link")
-    arn = arn.strip()
-    if not PRINCIPAL_RE.match(arn):
-        raise BadInput(f"{arn[:100]!r} is not an IAM user or role ARN "
-                       "(arn:aws:iam::123456789012:user/alice or …:role/name)")
+    try:
+        arn = parse_principal(arn).arn
+    except ValueError as exc:
+        raise BadInput(f"{exc} (expected arn:aws:iam::123456789012:user/alice or …:role/name)") from exc
     subject = ensure(session, clock, actor, ref)
     existing = session.scalar(select(Principal).where(Principal.arn == arn))
     if existing is not None and existing.subject_id != subject.id:

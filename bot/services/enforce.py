@@ -1,0 +1,154 @@
+"""Enforce: warnings at thresholds, revocation at 100%, lifting when usage is back under.
+
+Runs after every usage sync. Each step is idempotent, so a second run for the same breach
+does nothing again:
+- a warning fires once per (limit, window, threshold) through `alert_marks`;
+- a limit holds at most one active revocation;
+- a limit revocation is lifted as soon as the limit's *current* window is under the
+  amount: at the next calendar window, when a rolling window slides below it, when the
+  amount is raised, or when the limit is removed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from bot.aws.access import IamAccess
+from bot.clock import Clock
+from bot.models import AlertMark, Limit, LimitException, Revocation, Subject
+from bot.quantities import Window
+from bot.services import access, directory
+from bot.services.access import RevocationView
+from bot.services.directory import Actor, SubjectInfo
+from bot.services.usage import LimitStatus, limit_status
+
+ACTOR = Actor.system("enforce")
+# Rolling windows have no fixed start: their marks share this key and are re-armed
+# (deleted) when usage drops back under the threshold.
+ROLLING_KEY = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+@dataclass(frozen=True)
+class Warning:
+    status: LimitStatus
+    threshold: int
+    subject: SubjectInfo
+    users: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Breach:
+    status: LimitStatus
+    revocation: RevocationView
+
+
+@dataclass
+class EnforceResult:
+    checked: int = 0
+    warnings: list[Warning] = field(default_factory=list)
+    breaches: list[Breach] = field(default_factory=list)
+    restored: list[RevocationView] = field(default_factory=list)
+    suspended: list[LimitStatus] = field(default_factory=list)
+    reasserted: list[str] = field(default_factory=list)
+
+
+def enforce(session: Session, clock: Clock, iam: IamAccess, tz: ZoneInfo,
+            week_start: int) -> EnforceResult:
+    result = EnforceResult()
+    now = clock()
+    result.restored = _lift_finished(session, clock, iam, now, tz, week_start)
+    result.reasserted = access.reassert(session, clock, iam)
+    limits = session.execute(select(Limit, Subject).join(Subject, Subject.id == Limit.subject_id)
+                             .order_by(Limit.id)).all()
+    for limit, subject in limits:
+        status = limit_status(session, limit, subject, now, tz, week_start)
+        result.checked += 1
+        _check(session, clock, iam, limit, subject, status, result)
+    return result
+
+
+def _check(session: Session, clock: Clock, iam: IamAccess, limit: Limit, subject: Subject,
+           status: LimitStatus, result: EnforceResult) -> None:
+    key = ROLLING_KEY if Window(limit.window).rolling else status.window_start
+    pct = status.percent
+    users = tuple(access.affected_users(session, subject))
+    for threshold in sorted(limit.warn):
+        if pct >= threshold and _mark(session, clock, limit.id, key, threshold):
+            result.warnings.append(Warning(status, threshold, directory.info(subject), users))
+    if pct < 100:
+        if key == ROLLING_KEY:
+            _rearm(session, limit.id, pct)
+        return
+    if limit.action == "notify" or _suspended(session, limit.id, clock()):
+        if limit.action != "notify":
+            result.suspended.append(status)
+        if _mark(session, clock, limit.id, key, 100) and limit.action == "notify":
+            result.warnings.append(Warning(status, 100, directory.info(subject), users))
+        return
+    if _limit_revocation(session, limit.id) is None:
+        rev = access.revoke(session, clock, iam, ACTOR, subject, "limit",
+                            _breach_note(status), limit.id, (status.window_start, status.window_end))
+        _mark(session, clock, limit.id, key, 100)
+        result.breaches.append(Breach(status, rev))
+
+
+def _breach_note(s: LimitStatus) -> str:
+    return f"{s.metric}/{s.window} limit reached: {s.used} of {s.amount}"
+
+
+def _mark(session: Session, clock: Clock, limit_id: int, key: datetime, threshold: int) -> bool:
+    """Record that a threshold fired; False when it already had (in this window)."""
+    exists = session.scalar(select(AlertMark.id).where(
+        AlertMark.limit_id == limit_id, AlertMark.window_start == key,
+        AlertMark.threshold == threshold))
+    if exists is not None:
+        return False
+    session.add(AlertMark(limit_id=limit_id, window_start=key, threshold=threshold,
+                          created_at=clock()))
+    session.flush()
+    return True
+
+
+def _rearm(session: Session, limit_id: int, pct: float) -> None:
+    for mark in session.scalars(select(AlertMark).where(
+            AlertMark.limit_id == limit_id, AlertMark.window_start == ROLLING_KEY)):
+        if pct < mark.threshold:
+            session.delete(mark)
+    session.flush()
+
+
+def _suspended(session: Session, limit_id: int, now: datetime) -> bool:
+    """An approved time-boxed exception suspends enforcement of this limit."""
+    return session.scalar(select(LimitException.id).where(
+        LimitException.limit_id == limit_id, LimitException.expires_at > now)) is not None
+
+
+def _limit_revocation(session: Session, limit_id: int) -> Revocation | None:
+    return session.scalar(select(Revocation).where(
+        Revocation.limit_id == limit_id, Revocation.reason == "limit",
+        Revocation.state == "active"))
+
+
+def _lift_finished(session: Session, clock: Clock, iam: IamAccess, now: datetime, tz: ZoneInfo,
+                   week_start: int) -> list[RevocationView]:
+    lifted = []
+    revs = session.scalars(select(Revocation).where(
+        Revocation.reason == "limit", Revocation.state == "active").order_by(Revocation.id)).all()
+    for rev in revs:
+        limit = session.get(Limit, rev.limit_id) if rev.limit_id else None
+        subject = session.get(Subject, rev.subject_id)
+        if subject is None:
+            continue
+        if limit is None:
+            lifted.append(access.lift(session, clock, iam, ACTOR, rev, "limit removed"))
+            continue
+        status = limit_status(session, limit, subject, now, tz, week_start)
+        if status.used < status.amount:
+            why = "new window" if rev.window_end and rev.window_end <= now else "under the limit"
+            lifted.append(access.lift(session, clock, iam, ACTOR, rev, why))
+    return lifted
