@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from bot.alerts import AlarmEvent, BudgetEvent, UnrecognisedMessage, parse_alarm, parse_any, parse_budget
 
-FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "aws"
+FIXTURES = Path(__file__).resolve().parents[1] / "vectors" / "aws"
 SIMPLE = (FIXTURES / "cloudwatch-alarm-simple.message.json").read_text()
 SINGLE = (FIXTURES / "cloudwatch-alarm-single-metric.message.json").read_text()
 MATH = (FIXTURES / "cloudwatch-alarm-metric-math.message.json").read_text()

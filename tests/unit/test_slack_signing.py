@@ -16,7 +16,7 @@ from tests.fakes.signing import (
     slash_command_body,
 )
 
-VECTOR_PATH = Path("/work/shared/fixtures/slack/signature-vector.json")
+VECTOR_PATH = Path(__file__).resolve().parents[1] / "vectors" / "slack" / "signature-vector.json"
 
 
 class FixedClock(Clock):

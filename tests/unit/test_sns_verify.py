@@ -39,7 +39,7 @@ from tests.fakes.sns_signing import (
     write_cert,
 )
 
-FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "sns"
+FIXTURES = Path(__file__).resolve().parents[1] / "vectors" / "sns"
 REAL: dict[str, Any] = json.loads((FIXTURES / "real-notification-v1.json").read_text())
 REAL_CERT = FIXTURES / "sns-signing-cert-2015.pem"
 REAL_TOPIC = "arn:aws:sns:us-east-1:810605503585:just_testing"
