@@ -13,7 +13,7 @@ from slack_sdk.http_retry.builtin_handlers import (
 from bot.config import Settings
 from bot.notify import NullNotifier, SlackNotifier
 from bot.runtime import Services
-from handlers import commands
+from handlers import approvals, commands
 
 
 def slack_client(settings: Settings) -> WebClient:
@@ -33,4 +33,5 @@ def create_app(settings: Settings, services: Services, client: WebClient | None 
               token_verification_enabled=False, process_before_response=False,
               ignoring_self_events_enabled=False)
     commands.register(app, services)
+    approvals.register(app, services)
     return app

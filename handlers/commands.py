@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from datetime import timedelta
 from typing import Any
 
 from slack_bolt import Ack, App, Respond
@@ -19,8 +20,9 @@ from bot.render import messages
 from bot.render.messages import Reply
 from bot.render.usage import usage_blocks, usage_text
 from bot.runtime import Services
-from bot.services import access, directory, limits, profiles, usage
+from bot.services import access, directory, limits, profiles, requests, usage
 from bot.services.directory import Actor, SubjectRef
+from handlers.approvals import Approvals
 
 log = logging.getLogger(__name__)
 Handler = Callable[["Ctx", Any], Reply]
@@ -175,10 +177,19 @@ def do_revoke(ctx: Ctx, cmd: cmds.SubjectCommand) -> Reply:
 
 
 def do_restore(ctx: Ctx, cmd: cmds.SubjectCommand) -> Reply:
+    """Admins restore; anyone else files a restore request (the same one the button makes)."""
     s = ctx.services
-    assert cmd.subject is not None
-    out = ctx.run("access.restore", str(cmd.subject), lambda session: access.restore_manual(
-        session, s.clock, s.access, ctx.actor, cmd.subject, cmd.reason))
+    ref = cmd.subject
+    assert ref is not None
+    is_admin = ctx.run("access.restore", str(ref), lambda session: directory.has_role(
+        session, ctx.actor, "admin"))
+    if is_admin.ok and not is_admin.value:
+        ttl = timedelta(hours=s.settings.bot.request_ttl_hours)
+        out = ctx.run("request.create", str(ref), lambda session: requests.create_for_subject(
+            session, s.clock, ctx.actor, ref, cmd.reason, ttl))
+        return messages.text_reply(Approvals(s).after_request(ctx.actor, out))
+    out = ctx.run("access.restore", str(ref), lambda session: access.restore_manual(
+        session, s.clock, s.access, ctx.actor, ref, cmd.reason))
     if not out.ok:
         return messages.error_reply(out.message)
     announce.restored(s.notifier, s.settings.bot.alert_channel, out.value,

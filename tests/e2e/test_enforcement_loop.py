@@ -71,7 +71,9 @@ def test_limit_breach_revoke_alert_restore(db: Database, clock: FixedClock) -> N
 
         status = reply_text(bot.command("usage today", user=ALICE))
         assert "Revoked" in status and "limit" in status, status
-        assert "only admins restore" in reply_text(bot.command("restore alice please", user=ALICE))
+        # a non-admin's restore files a request for approval instead of restoring
+        assert "with the admins" in reply_text(bot.command("restore alice please", user=ALICE))
+        assert _policies(iam) == ["bedrock-bot-deny-alice"]
         assert "Restored" in reply_text(bot.command("restore alice approved in standup"))
         assert _policies(iam) == []
         # the restore holds for the rest of the window even though alice is still over

@@ -1,0 +1,213 @@
+"""Restore requests: ask for access back, and a four-eyes decision on it.
+
+A decision is a conditional UPDATE (`… WHERE status = 'pending' AND expires_at > now`):
+of two clicks, two admins or two replicas, exactly one wins and the rest do nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import CursorResult, select, update
+from sqlalchemy.orm import Session
+
+from bot.aws.access import IamAccess
+from bot.clock import Clock
+from bot.errors import BadInput, Denied, NotFound
+from bot.models import RestoreRequest, Revocation, Subject
+from bot.services import access, audit, directory, usage
+from bot.services.access import RevocationView
+from bot.services.directory import Actor, SubjectInfo, SubjectRef
+from bot.services.usage import UsageReport
+
+DECISIONS = {"approve": "approved", "approve_24h": "approved", "deny": "denied"}
+EXCEPTION_HOURS = 24
+MAX_REASON = 500
+
+
+@dataclass(frozen=True)
+class RequestView:
+    id: int
+    revocation_id: int
+    subject: SubjectInfo
+    revocation_reason: str
+    requester: str
+    reason: str
+    status: str
+    decided_by: str | None
+    decided_at: datetime | None
+    decision: str | None
+    decision_note: str
+    created_at: datetime
+    expires_at: datetime
+    channel: str | None
+    ts: str | None
+
+
+@dataclass(frozen=True)
+class Decision:
+    request: RequestView
+    restored: list[RevocationView]
+    changed: bool  # False: someone else decided first, or it had expired
+
+
+def _view(session: Session, r: RestoreRequest, decision: str | None = None) -> RequestView:
+    rev = session.get(Revocation, r.revocation_id)
+    assert rev is not None
+    subject = session.get(Subject, rev.subject_id)
+    assert subject is not None
+    return RequestView(r.id, rev.id, directory.info(subject), rev.reason, r.requester, r.reason,
+                       r.status, r.decided_by, r.decided_at, decision, r.decision_note, r.created_at,
+                       r.expires_at, r.channel, r.ts)
+
+
+def get(session: Session, request_id: int) -> RequestView:
+    r = session.get(RestoreRequest, request_id)
+    if r is None:
+        raise NotFound(f"no restore request {request_id}")
+    return _view(session, r)
+
+
+def _may_ask(session: Session, actor: Actor, subject: Subject) -> bool:
+    """The affected people may ask: the revoked user, or a member of the revoked team."""
+    return actor.slack_user_id in access.affected_users(session, subject)
+
+
+def check_can_ask(session: Session, actor: Actor, revocation_id: int) -> str:
+    """Before opening the modal: may this person ask? Returns the subject's name."""
+    rev = session.get(Revocation, revocation_id)
+    if rev is None:
+        raise NotFound(f"no revocation {revocation_id}")
+    subject = session.get(Subject, rev.subject_id)
+    assert subject is not None
+    if not _may_ask(session, actor, subject):
+        raise Denied(f"only the people affected by {subject.name}'s revocation can ask for it back")
+    if rev.state != "active":
+        raise BadInput(f"{subject.name}'s access is not revoked any more")
+    return subject.name
+
+
+def check_decider(session: Session, actor: Actor, request_id: int) -> RequestView:
+    """Before the deny modal: the same checks a decision makes, so refusals come at once."""
+    directory.authorize(session, actor, "approver", "approve or deny restore requests")
+    req = session.get(RestoreRequest, request_id)
+    if req is None:
+        raise NotFound(f"no restore request {request_id}")
+    if actor.slack_user_id == req.requester:
+        raise Denied("four eyes: you cannot decide your own request; another admin has to")
+    return _view(session, req)
+
+
+def create(session: Session, clock: Clock, actor: Actor, revocation_id: int, reason: str,
+           ttl: timedelta) -> tuple[RequestView, bool]:
+    """File a request; (view, created). An open request for the same revocation is reused."""
+    reason = reason.strip()
+    if not reason:
+        raise BadInput("say why you need access back (a short reason)")
+    check_can_ask(session, actor, revocation_id)
+    rev = session.get(Revocation, revocation_id)
+    assert rev is not None
+    subject = session.get(Subject, rev.subject_id)
+    assert subject is not None
+    now = clock()
+    open_ = session.scalar(select(RestoreRequest).where(
+        RestoreRequest.revocation_id == rev.id, RestoreRequest.status == "pending",
+        RestoreRequest.expires_at > now))
+    if open_ is not None:
+        return _view(session, open_), False
+    req = RestoreRequest(revocation_id=rev.id, requester=actor.slack_user_id or actor.label,
+                         reason=reason[:MAX_REASON], status="pending", created_at=now,
+                         expires_at=now + ttl)
+    session.add(req)
+    session.flush()
+    audit.record(session, clock, actor.label, "request.create", f"{subject.kind}:{subject.name}",
+                 {"request": req.id, "revocation": rev.id, "reason": req.reason})
+    return _view(session, req), True
+
+
+def create_for_subject(session: Session, clock: Clock, actor: Actor, ref: SubjectRef, reason: str,
+                       ttl: timedelta) -> tuple[RequestView, bool]:
+    """`/bedrock restore <self> <reason>` by a non-admin: the newest active revocation."""
+    subject = directory.get(session, ref)
+    revs = access.active(session, subject.id)
+    if not revs:
+        raise BadInput(f"{subject.name} is not revoked")
+    return create(session, clock, actor, revs[-1].id, reason, ttl)
+
+
+def record_message(session: Session, request_id: int, channel: str, ts: str) -> None:
+    session.execute(update(RestoreRequest).where(RestoreRequest.id == request_id)
+                    .values(channel=channel, ts=ts))
+
+
+def decide(session: Session, clock: Clock, iam: IamAccess, actor: Actor, request_id: int,
+           decision: str, note: str = "") -> Decision:
+    if decision not in DECISIONS:
+        raise BadInput(f"unknown decision {decision!r}")
+    check_decider(session, actor, request_id)
+    req = session.get(RestoreRequest, request_id)
+    assert req is not None
+    now = clock()
+    result: CursorResult[Any] = session.execute(  # type: ignore[assignment]
+        update(RestoreRequest)
+        .where(RestoreRequest.id == request_id, RestoreRequest.status == "pending",
+               RestoreRequest.expires_at > now)
+        .values(status=DECISIONS[decision], decided_by=actor.slack_user_id, decided_at=now,
+                decision_note=note.strip()[:MAX_REASON])
+        .execution_options(synchronize_session=False))
+    session.refresh(req)
+    if result.rowcount != 1:
+        return Decision(_view(session, req), [], changed=False)
+    restored = _apply(session, clock, iam, actor, req, decision) if decision != "deny" else []
+    audit.record(session, clock, actor.label, f"request.{decision}", f"request:{req.id}",
+                 {"revocation": req.revocation_id, "requester": req.requester, "note": req.decision_note,
+                  "restored": [r.id for r in restored]})
+    return Decision(_view(session, req, decision), restored, changed=True)
+
+
+def _apply(session: Session, clock: Clock, iam: IamAccess, actor: Actor, req: RestoreRequest,
+           decision: str) -> list[RevocationView]:
+    rev = session.get(Revocation, req.revocation_id)
+    assert rev is not None
+    if rev.state != "active":
+        return []
+    until = clock() + timedelta(hours=EXCEPTION_HOURS) if decision == "approve_24h" else None
+    access.hold_off(session, clock, actor, rev, until=until, request_id=req.id)
+    return [access.lift(session, clock, iam, actor, rev, f"request {req.id} approved")]
+
+
+def expire(session: Session, clock: Clock) -> list[RequestView]:
+    now = clock()
+    due = list(session.scalars(select(RestoreRequest).where(
+        RestoreRequest.status == "pending", RestoreRequest.expires_at <= now)))
+    for req in due:
+        req.status = "expired"
+        audit.record(session, clock, "system:expire_requests", "request.expire", f"request:{req.id}",
+                     {"requester": req.requester})
+    session.flush()
+    return [_view(session, r) for r in due]
+
+
+def pending_for(session: Session, subject_ids: list[int]) -> list[RequestView]:
+    q = (select(RestoreRequest).join(Revocation, Revocation.id == RestoreRequest.revocation_id)
+         .where(Revocation.subject_id.in_(subject_ids), RestoreRequest.status == "pending")
+         .order_by(RestoreRequest.id))
+    return [_view(session, r) for r in session.scalars(q)]
+
+
+def home(session: Session, clock: Clock, tz: ZoneInfo, week_start: int, actor: Actor
+         ) -> tuple[UsageReport | None, list[UsageReport], list[RequestView], int | None]:
+    """The App Home's data: own usage today / this week / this month, limits, status."""
+    me = directory.find(session, SubjectRef(slack_user_id=actor.slack_user_id))
+    if me is None:
+        return None, [], [], None
+    ref = SubjectRef(slack_user_id=actor.slack_user_id)
+    periods = [usage.report(session, clock, tz, week_start, actor, ref, p)
+               for p in ("today", "week", "month")]
+    ids = [me.id, *(t.id for t in directory.teams_of(session, me))]
+    revs = [r for i in ids for r in access.active(session, i)]
+    pending = [r for r in pending_for(session, ids) if r.requester == actor.slack_user_id]
+    return periods[-1], periods, pending, revs[-1].id if revs else None
