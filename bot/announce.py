@@ -32,6 +32,10 @@ def enforcement(notifier: Notifier, channel: str | None, tz: ZoneInfo, result: E
         _dm_all(notifier, b.revocation.affected_users, msg)
     for r in result.restored:
         restored(notifier, channel, [r], "the bot (the limit's window has room again)")
+    if result.reasserted and channel:
+        names = ", ".join(f"`{n}`" for n in result.reasserted)
+        safe(notifier.post, channel, f"🔁 Deny policy put back for {names}: it was missing or changed "
+             "outside the bot, or a principal was linked since the revocation.")
 
 
 def revoked(notifier: Notifier, channel: str | None, r: RevocationView, actor_id: str | None) -> None:

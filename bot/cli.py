@@ -45,6 +45,31 @@ def cmd_audit_verify(args: argparse.Namespace, settings: Settings) -> int:
     return 1
 
 
+def cmd_manifest(args: argparse.Namespace, settings: Settings) -> int:
+    from bot.manifest import build_manifest, to_json
+
+    try:
+        print(to_json(build_manifest(args.url)), end="")
+    except ValueError as exc:
+        print(f"manifest: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def cmd_iam_policy(args: argparse.Namespace, settings: Settings) -> int:
+    from bot.iam_policy import bot_policy, to_json
+
+    aws = settings.aws
+    try:
+        policy = bot_policy(aws.region, args.account_id, aws.sns_topic_arns or None, aws.sqs_queue_url,
+                            log_group=aws.invocation_log_group)
+    except ValueError as exc:
+        print(f"iam-policy: {exc}", file=sys.stderr)
+        return 2
+    print(to_json(policy), end="")
+    return 0
+
+
 def _safe_url(url: str) -> str:
     """The URL without a password, for messages."""
     if "@" in url and "://" in url:
@@ -65,6 +90,12 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]
     audit_sub = audit_p.add_subparsers(dest="audit_command", required=True)
     audit_sub.add_parser("verify", help="walk the hash chain; non-zero on the first broken row"
                          ).set_defaults(func=cmd_audit_verify)
+    manifest = sub.add_parser("manifest", help="print the Slack app manifest (JSON)")
+    manifest.add_argument("--url", help="public https base URL; without it: a Socket Mode manifest")
+    manifest.set_defaults(func=cmd_manifest)
+    policy = sub.add_parser("iam-policy", help="print the least-privilege IAM policy the bot needs")
+    policy.add_argument("--account-id", help="12-digit account id (default: any)")
+    policy.set_defaults(func=cmd_iam_policy)
     return parser, sub
 
 

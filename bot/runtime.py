@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from datetime import timedelta
 from functools import cached_property
 from typing import Any
 
@@ -11,6 +12,7 @@ from bot.aws import clients
 from bot.aws.access import IamAccess
 from bot.aws.metrics import CloudWatchMetrics
 from bot.aws.profiles import AwsProfiles, LocalProfiles, ProfilesBackend
+from bot.aws.sns import DEFAULT_MAX_AGE, CertificateStore, SnsVerifier
 from bot.clock import Clock, utcnow
 from bot.config import Settings
 from bot.db import Database
@@ -58,6 +60,15 @@ class Services:
     @cached_property
     def access(self) -> IamAccess:
         return IamAccess(self.aws_client("iam"), dry_run=self.settings.aws.dry_run)
+
+    def sns_verifier(self, max_age: timedelta | None = DEFAULT_MAX_AGE) -> SnsVerifier:
+        """HTTP deliveries are fresh; the SQS poller passes max_age=None (queued messages wait)."""
+        certs = self.overrides.get("sns_certs") or self._certs
+        return SnsVerifier(certs, self.settings.aws.sns_topic_arns, clock=self.clock, max_age=max_age)
+
+    @cached_property
+    def _certs(self) -> CertificateStore:
+        return CertificateStore(self.settings.aws.sns_cert_dir)
 
     @cached_property
     def prices(self) -> PriceTable:

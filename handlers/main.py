@@ -9,7 +9,7 @@ import sys
 from bot.cli import build_parser, run
 from bot.config import Settings
 from bot.migrate import upgrade
-from bot.runtime import build_services
+from bot.runtime import Services, build_services
 from bot.services import directory
 
 log = logging.getLogger(__name__)
@@ -18,22 +18,50 @@ log = logging.getLogger(__name__)
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     import waitress
 
-    from handlers.app import create_app
-    from handlers.http import WsgiApp
+    from handlers.server import Background, build_wsgi
 
     if not settings.slack.signing_secret or not settings.slack.bot_token:
         print("serve needs SLACK_BOT_TOKEN and SLACK_SIGNING_SECRET", file=sys.stderr)
         return 2
+    services = _prepare(settings)
+    background = Background(services, scheduler=not args.no_scheduler)
+    background.start()
+    port = args.port or settings.bot.port
+    log.info("serving on %s:%d (Slack at /slack/events, SNS at /sns)", args.host, port)
+    try:
+        waitress.serve(build_wsgi(services), host=args.host, port=port, threads=args.threads,
+                       ident="bedrock-bot", _quiet=True)
+    finally:
+        background.shutdown()
+    return 0
+
+
+def cmd_socket(args: argparse.Namespace, settings: Settings) -> int:
+    from slack_bolt.adapter.socket_mode import SocketModeHandler
+
+    from handlers.app import create_app
+    from handlers.server import Background
+
+    if not settings.slack.app_token or not settings.slack.bot_token:
+        print("socket needs SLACK_APP_TOKEN and SLACK_BOT_TOKEN", file=sys.stderr)
+        return 2
+    services = _prepare(settings)
+    background = Background(services, scheduler=not args.no_scheduler)
+    background.start()
+    try:
+        SocketModeHandler(create_app(settings, services), settings.slack.app_token).start()
+    finally:
+        background.shutdown()
+    return 0
+
+
+def _prepare(settings: Settings) -> Services:
+    """Migrate, build the services, make BOT_ADMINS owners: what every long-running mode needs."""
     upgrade(settings.db.url)
     services = build_services(settings)
     with services.db.session_scope() as session:
         directory.bootstrap_admins(session, services.clock, settings.bot.admins)
-    app = WsgiApp(services, create_app(settings, services))
-    port = args.port or settings.bot.port
-    log.info("serving on %s:%d (Slack at /slack/events)", args.host, port)
-    waitress.serve(app, host=args.host, port=port, threads=args.threads, ident="bedrock-bot",
-                   _quiet=True)
-    return 0
+    return services
 
 
 def cmd_run_job(args: argparse.Namespace, settings: Settings) -> int:
@@ -67,6 +95,9 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--threads", type=int, default=16)
     serve.add_argument("--no-scheduler", action="store_true", help="do not run jobs here")
     serve.set_defaults(func=cmd_serve)
+    sock = sub.add_parser("socket", help="Socket Mode: events over a websocket, SNS from the SQS poller")
+    sock.add_argument("--no-scheduler", action="store_true", help="do not run jobs here")
+    sock.set_defaults(func=cmd_socket)
     job = sub.add_parser("run-job", help="run one job now, then exit")
     job.add_argument("job", choices=sorted(JOBS))
     job.set_defaults(func=cmd_run_job)

@@ -172,7 +172,7 @@ def hold_off(session: Session, clock: Clock, actor: Actor, rev: Revocation,
     """A restore of a limit revocation would be undone by the next enforce run while the
     subject is still over; an exception suspends that limit until its window ends (or
     `until`)."""
-    if rev.reason != "limit" or rev.limit_id is None or session.get(Limit, rev.limit_id) is None:
+    if rev.reason == "manual" or rev.limit_id is None or session.get(Limit, rev.limit_id) is None:
         return None
     now = clock()
     if until is None:

@@ -128,27 +128,35 @@ def _suspended(session: Session, limit_id: int, now: datetime) -> bool:
         LimitException.limit_id == limit_id, LimitException.expires_at > now)) is not None
 
 
+LIMIT_REASONS = ("limit", "alarm", "budget")  # revocations that belong to a limit's window
+
+
 def _limit_revocation(session: Session, limit_id: int) -> Revocation | None:
     return session.scalar(select(Revocation).where(
-        Revocation.limit_id == limit_id, Revocation.reason == "limit",
-        Revocation.state == "active"))
+        Revocation.limit_id == limit_id, Revocation.reason.in_(LIMIT_REASONS),
+        Revocation.state == "active").limit(1))
 
 
 def _lift_finished(session: Session, clock: Clock, iam: IamAccess, now: datetime, tz: ZoneInfo,
                    week_start: int) -> list[RevocationView]:
     lifted = []
     revs = session.scalars(select(Revocation).where(
-        Revocation.reason == "limit", Revocation.state == "active").order_by(Revocation.id)).all()
+        Revocation.reason.in_(LIMIT_REASONS), Revocation.state == "active").order_by(Revocation.id)).all()
     for rev in revs:
         limit = session.get(Limit, rev.limit_id) if rev.limit_id else None
         subject = session.get(Subject, rev.subject_id)
         if subject is None:
             continue
-        if limit is None:
+        if limit is None and rev.reason == "limit":
             lifted.append(access.lift(session, clock, iam, ACTOR, rev, "limit removed"))
             continue
+        if limit is None:
+            continue
         status = limit_status(session, limit, subject, now, tz, week_start)
-        if status.used < status.amount:
+        # An alarm's or budget's verdict stands until its window is over: our own estimate
+        # may disagree with CloudWatch's or the bill's, and must not undo it early.
+        held = rev.reason != "limit" and rev.window_end is not None and rev.window_end > now
+        if status.used < status.amount and not held:
             why = "new window" if rev.window_end and rev.window_end <= now else "under the limit"
             lifted.append(access.lift(session, clock, iam, ACTOR, rev, why))
     return lifted

@@ -1,0 +1,142 @@
+"""SNS in: a verified message is stored once (dedupe on MessageId) and acted on.
+
+CloudWatch alarms and AWS Budgets the bot created are named `bedrock-bot-limit-<id>`, so
+they map back to their limit: ALARM (or a Budgets ACTUAL alert at 100%) applies the
+limit's action; OK posts a recovery note and does not restore. Anything else is posted.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.orm import Session
+
+from bot.alerts import AlarmEvent, BudgetEvent, UnrecognisedMessage, parse_any
+from bot.aws.access import IamAccess
+from bot.aws.sns import SnsEnvelope
+from bot.clock import Clock
+from bot.models import Limit, Revocation, SnsMessage, Subject
+from bot.quantities import Window
+from bot.services import access, audit
+from bot.services.access import RevocationView
+from bot.services.directory import Actor, SubjectInfo, info
+from bot.services.usage import LimitStatus, limit_status
+
+LIMIT_NAME = re.compile(r"^bedrock-bot-limit-(\d{1,12})(?:-p\d{1,3})?$")
+Confirm = Callable[[str, str], None]  # (topic ARN, token) → ConfirmSubscription
+
+
+def limit_id_from_name(name: str) -> int | None:
+    m = LIMIT_NAME.match(name.strip())
+    return int(m.group(1)) if m else None
+
+
+@dataclass
+class EventOutcome:
+    # duplicate | confirmed | unsubscribed | revoked | warned | recovered | posted | unrecognised
+    outcome: str
+    message_id: str
+    topic: str
+    event: AlarmEvent | BudgetEvent | None = None
+    subject: SubjectInfo | None = None
+    status: LimitStatus | None = None
+    revocation: RevocationView | None = None
+    raw: str = ""
+    users: tuple[str, ...] = field(default_factory=tuple)
+
+
+def claim(session: Session, clock: Clock, env: SnsEnvelope) -> bool:
+    """Insert the MessageId once; False when it was already there (a duplicate delivery)."""
+    insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
+    stmt = insert(SnsMessage).values(message_id=env.message_id, topic_arn=env.topic_arn[:512],
+                                     type=env.type, received_at=clock(), outcome="received",
+                                     body=env.message[:20000]).on_conflict_do_nothing()
+    # RETURNING, not rowcount: psycopg reports -1 for INSERT … ON CONFLICT.
+    return session.execute(stmt.returning(SnsMessage.message_id)).first() is not None
+
+
+def receive(session: Session, clock: Clock, env: SnsEnvelope, iam: IamAccess, confirm: Confirm,
+            tz: ZoneInfo, week_start: int) -> EventOutcome:
+    if not claim(session, clock, env):
+        return EventOutcome("duplicate", env.message_id, env.topic_arn)
+    actor = Actor(f"sns:{env.topic_arn}")
+    if env.type == "SubscriptionConfirmation":
+        confirm(env.topic_arn, env.token or "")
+        result = EventOutcome("confirmed", env.message_id, env.topic_arn)
+    elif env.type == "UnsubscribeConfirmation":
+        result = EventOutcome("unsubscribed", env.message_id, env.topic_arn)
+    else:
+        result = _notification(session, clock, env, iam, actor, tz, week_start)
+    _finish(session, clock, env, result, actor)
+    return result
+
+
+def _finish(session: Session, clock: Clock, env: SnsEnvelope, result: EventOutcome, actor: Actor) -> None:
+    row = session.get(SnsMessage, env.message_id)
+    assert row is not None
+    row.outcome, row.processed_at = result.outcome, clock()
+    name = getattr(result.event, "name", None) or getattr(result.event, "budget_name", None)
+    audit.record(session, clock, actor.label, f"sns.{result.outcome}", env.topic_arn,
+                 {"message_id": env.message_id, "type": env.type, "name": name,
+                  "subject": result.subject.name if result.subject else None})
+
+
+def _notification(session: Session, clock: Clock, env: SnsEnvelope, iam: IamAccess, actor: Actor,
+                  tz: ZoneInfo, week_start: int) -> EventOutcome:
+    try:
+        event = parse_any(env.message)
+    except UnrecognisedMessage:
+        return EventOutcome("unrecognised", env.message_id, env.topic_arn, raw=env.message[:2000])
+    name = event.name if isinstance(event, AlarmEvent) else event.budget_name
+    limit_id = limit_id_from_name(name)
+    limit = session.get(Limit, limit_id) if limit_id else None
+    subject = session.get(Subject, limit.subject_id) if limit else None
+    if limit is None or subject is None:
+        return EventOutcome("posted", env.message_id, env.topic_arn, event)
+    status = limit_status(session, limit, subject, clock(), tz, week_start)
+    base = EventOutcome("posted", env.message_id, env.topic_arn, event, info(subject), status,
+                        users=tuple(access.affected_users(session, subject)))
+    if not _breached(event):
+        base.outcome = "recovered" if isinstance(event, AlarmEvent) and event.state == "OK" else "warned"
+        return base
+    if limit.action == "notify" or _already_revoked(session, limit.id):
+        base.outcome = "warned"
+        return base
+    reason = "alarm" if isinstance(event, AlarmEvent) else "budget"
+    window = Window(limit.window)
+    end = clock() + window.length if window.length else status.window_end  # rolling: a full window
+    base.revocation = access.revoke(session, clock, iam, actor, subject, reason,
+                                    f"{reason} {name}", limit.id, (status.window_start, end))
+    base.outcome = "revoked"
+    return base
+
+
+def _breached(event: AlarmEvent | BudgetEvent) -> bool:
+    if isinstance(event, AlarmEvent):
+        return event.state == "ALARM"
+    if event.kind != "ACTUAL":
+        return False  # a forecast warns; only spend that happened revokes
+    if event.threshold and event.threshold.endswith("%"):
+        try:
+            return float(event.threshold.rstrip("%")) >= 100
+        except ValueError:
+            return False
+    return event.amount is not None and event.budgeted is not None and event.amount >= event.budgeted
+
+
+def _already_revoked(session: Session, limit_id: int) -> bool:
+    return session.scalar(select(Revocation.id).where(
+        Revocation.limit_id == limit_id, Revocation.state == "active")) is not None
+
+
+def describe(result: EventOutcome) -> dict[str, Any]:
+    """A compact record for logs and tests."""
+    return {"outcome": result.outcome, "message_id": result.message_id,
+            "subject": result.subject.name if result.subject else None}

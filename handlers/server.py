@@ -1,0 +1,50 @@
+"""What `serve` and `socket` run besides the request handlers: the scheduler and the SQS poller."""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from bot.runtime import Services
+from handlers.app import create_app, slack_client
+from handlers.http import WsgiApp
+from handlers.sns import SnsEndpoint
+from jobs.scheduler import JobRunner
+from jobs.sqs_poller import SqsPoller
+
+log = logging.getLogger(__name__)
+
+
+def build_wsgi(services: Services) -> WsgiApp:
+    settings = services.settings
+    app = create_app(settings, services, slack_client(settings))
+    return WsgiApp(services, app, sns=SnsEndpoint(services, services.sns_verifier()))
+
+
+class Background:
+    """The leader-elected scheduler and, when configured, the SQS poller thread."""
+
+    def __init__(self, services: Services, scheduler: bool = True) -> None:
+        self.services = services
+        self.runner = JobRunner(services) if scheduler else None
+        self.stop = threading.Event()
+        self.thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        if self.runner is not None:
+            self.runner.start()
+        queue = self.services.settings.aws.sqs_queue_url
+        if queue:
+            endpoint = SnsEndpoint(self.services, self.services.sns_verifier(max_age=None))
+            poller = SqsPoller(self.services.aws_client("sqs"), queue, endpoint)
+            self.thread = threading.Thread(target=poller.run, args=(self.stop,), name="sqs-poller",
+                                           daemon=True)
+            self.thread.start()
+            log.info("polling %s for SNS messages", queue)
+
+    def shutdown(self) -> None:
+        self.stop.set()
+        if self.runner is not None:
+            self.runner.shutdown()
+        if self.thread is not None:
+            self.thread.join(timeout=25)
