@@ -1,0 +1,268 @@
+"""The job runner: APScheduler 3 in the background, but only the replica holding the
+`scheduler` lease runs jobs.
+
+Every replica runs a lease heartbeat every `lease_ttl / 3`; the one that holds the lease
+(`bot.services.leases`) is the leader, the others keep trying and take over once the
+leader's lease expires (a dead leader is replaced within `lease_ttl` plus one heartbeat).
+Every job wrapper first asks `is_leader()` — the lease is ours and not expired by
+`services.clock` — and otherwise returns doing nothing.
+
+Schedule:
+- `usage_sync` every `BOT_SYNC_SECONDS` (it runs `enforce` itself, after the sync);
+- `daily_digest` at `BOT_DIGEST_TIME` in `BOT_TIMEZONE` (cron, coalesced, hours of misfire
+  grace), and at once when a replica becomes leader after today's digest time — the
+  digest job posts at most once per day (`digests` table), so the catch-up is safe;
+- `reconcile` hourly, `expire_requests` every 5 minutes.
+Interval jobs also run as soon as a replica becomes leader: it cannot know when the old
+leader last ran them. Jobs are looked up by name when they run (`jobs.registry.JOBS` by
+default), so a job that is not registered is skipped.
+
+A job that raises is logged and audited (`system:scheduler`, `job.<name>`, `error`) in a
+transaction of its own, and never stops the scheduler.
+
+`tick()` steps the same schedule synchronously, without APScheduler's threads, by
+`services.clock`: tests and deterministic stepping use it instead of `start()`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+from collections.abc import Callable, Mapping
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+from uuid import uuid4
+
+from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.triggers.cron import CronTrigger
+from apscheduler.triggers.date import DateTrigger
+from apscheduler.triggers.interval import IntervalTrigger
+
+from bot.runtime import Services
+from bot.services import audit, leases
+from jobs import registry
+
+log = logging.getLogger(__name__)
+
+LEASE_NAME = "scheduler"
+ACTOR = "system:scheduler"
+HEARTBEAT = "lease_heartbeat"
+USAGE_SYNC = "usage_sync"
+DAILY_DIGEST = "daily_digest"
+RECONCILE = "reconcile"
+EXPIRE_REQUESTS = "expire_requests"
+DIGEST_CATCH_UP = "daily_digest_catch_up"
+TICK_ORDER = (USAGE_SYNC, DAILY_DIGEST, EXPIRE_REQUESTS, RECONCILE)  # fresh usage before the digest
+DIGEST_MISFIRE_GRACE = timedelta(hours=6)
+INTERVAL_MISFIRE_GRACE = timedelta(seconds=30)
+
+JobFn = Callable[[Services], Any]
+
+
+def default_holder() -> str:
+    """`host:pid:random`: unique per process, readable in the `leases` table."""
+    return f"{socket.gethostname()[:100]}:{os.getpid()}:{uuid4().hex[:6]}"
+
+
+class JobRunner:
+    """Runs the jobs on the replica that holds the `scheduler` lease."""
+
+    def __init__(self, services: Services, holder: str | None = None,
+                 lease_ttl: timedelta = timedelta(seconds=90),
+                 jobs: Mapping[str, Callable[[Services], Any]] | None = None) -> None:
+        if lease_ttl <= timedelta(0):
+            raise ValueError("lease_ttl must be positive")
+        self.services = services
+        self.holder = holder or default_holder()
+        self.lease_ttl = lease_ttl
+        self.heartbeat_every = lease_ttl / 3
+        self._jobs = jobs
+        bot = services.settings.bot
+        self.digest_time = bot.digest_time
+        self.intervals: dict[str, timedelta] = {
+            USAGE_SYNC: timedelta(seconds=bot.sync_seconds),
+            EXPIRE_REQUESTS: timedelta(minutes=5),
+            RECONCILE: timedelta(hours=1),
+        }
+        self._lock = threading.Lock()
+        self._leader_until: datetime | None = None
+        self.last_heartbeat: datetime | None = None  # clock time of our last successful renewal
+        self._scheduler: Any = None
+        self._stopping = False
+        # tick() state: when each interval job is next due, and the local day whose digest ran.
+        self._next_due: dict[str, datetime] = {}
+        self._digest_day: date | None = None
+
+    # ---- leadership --------------------------------------------------------------------
+
+    def is_leader(self) -> bool:
+        """True while our lease is held and not expired by `services.clock`."""
+        until = self._leader_until
+        return until is not None and self.services.clock() < until
+
+    def heartbeat(self) -> bool:
+        """Take or renew the lease; True when we hold it. A database error is logged, and
+        leadership then runs out when the lease we last wrote expires."""
+        with self._lock:
+            if self._stopping:
+                return False
+            was_leader = self.is_leader()
+            now = self.services.clock()
+            try:
+                with self.services.db.session_scope() as session:
+                    held = leases.acquire(session, LEASE_NAME, self.holder, now, self.lease_ttl)
+            except Exception:
+                log.exception("lease heartbeat failed (%s)", self.holder)
+                return self.is_leader()
+            if held:
+                self._leader_until = now + self.lease_ttl
+                self.last_heartbeat = now
+            else:
+                self._leader_until = None
+        if held and not was_leader:
+            log.info("scheduler lease taken by %s", self.holder)
+            self._on_leadership()
+        elif was_leader and not held:
+            log.warning("scheduler lease lost by %s", self.holder)
+        return held
+
+    def _on_leadership(self) -> None:
+        """A new leader runs the interval jobs now and catches up today's digest."""
+        self._next_due.clear()
+        self._digest_day = None
+        scheduler = self._scheduler
+        if scheduler is None:
+            return
+        now = datetime.now(UTC)  # APScheduler fires by the wall clock
+        try:
+            for name in self.intervals:
+                scheduler.modify_job(name, next_run_time=now)
+            if self._digest_time_passed():
+                scheduler.add_job(self.run_job, DateTrigger(run_date=now, timezone=UTC),
+                                  args=[DAILY_DIGEST], id=DIGEST_CATCH_UP, replace_existing=True,
+                                  misfire_grace_time=int(DIGEST_MISFIRE_GRACE.total_seconds()))
+        except Exception:  # shut down meanwhile
+            log.exception("could not reschedule jobs for the new leader")
+
+    # ---- running jobs ------------------------------------------------------------------
+
+    def job(self, name: str) -> JobFn | None:
+        """The job called `name` now (registered later → found; never registered → None)."""
+        table = self._jobs if self._jobs is not None else registry.JOBS
+        return table.get(name)
+
+    def run_job(self, name: str) -> bool:
+        """Run one job if we are the leader and it exists; True when it was run (even if it
+        failed: a failure is logged and audited, never raised)."""
+        if not self.is_leader():
+            return False
+        fn = self.job(name)
+        if fn is None:
+            return False
+        try:
+            fn(self.services)
+        except Exception as exc:
+            log.exception("job %s failed", name)
+            self._audit_failure(name, exc)
+        return True
+
+    def _audit_failure(self, name: str, exc: Exception) -> None:
+        try:
+            with self.services.db.session_scope() as session:
+                audit.record(session, self.services.clock, ACTOR, f"job.{name}", name,
+                             {"error": type(exc).__name__ + ": " + str(exc)[:300]}, outcome="error")
+        except Exception:
+            log.exception("could not audit the failure of job %s", name)
+
+    def _digest_instant(self, now: datetime) -> tuple[date, datetime]:
+        """Today's date in BOT_TIMEZONE and today's digest time as an aware datetime."""
+        tz = self.services.tz
+        today = now.astimezone(tz).date()
+        return today, datetime.combine(today, self.digest_time, tzinfo=tz)
+
+    def _digest_time_passed(self) -> bool:
+        now = self.services.clock()
+        return self._digest_instant(now)[1] <= now
+
+    # ---- deterministic stepping --------------------------------------------------------
+
+    def tick(self) -> list[str]:
+        """One heartbeat, then every due job, synchronously; returns the jobs run, in order.
+
+        Due, by `services.clock`: an interval job when it has not run since we became
+        leader or its interval has passed since it last ran (missed runs coalesce into one);
+        the digest when today's digest time has passed and this leader has not run it today.
+        A non-leader runs nothing and keeps no schedule: on taking over everything is due.
+        """
+        if self._scheduler is not None:
+            raise RuntimeError("tick() steps the schedule by hand; the scheduler is running")
+        self.heartbeat()
+        ran: list[str] = []
+        for name in TICK_ORDER:
+            if self.is_leader() and self._due(name) and self.run_job(name):
+                ran.append(name)
+        return ran
+
+    def _due(self, name: str) -> bool:
+        """Whether `name` is due now; if so, mark it run (for tick())."""
+        now = self.services.clock()
+        if name == DAILY_DIGEST:
+            today, at = self._digest_instant(now)
+            if at > now or self._digest_day == today:
+                return False
+            self._digest_day = today
+            return True
+        due = self._next_due.get(name)
+        if due is not None and now < due:
+            return False
+        self._next_due[name] = now + self.intervals[name]
+        return True
+
+    # ---- APScheduler ---------------------------------------------------------------------
+
+    @property
+    def running(self) -> bool:
+        return self._scheduler is not None
+
+    def start(self) -> None:
+        """Schedule everything on a BackgroundScheduler, start it, and heartbeat at once."""
+        if self._scheduler is not None:
+            raise RuntimeError("JobRunner already started")
+        scheduler = BackgroundScheduler(timezone=UTC, job_defaults={
+            "coalesce": True, "max_instances": 1,
+            "misfire_grace_time": int(INTERVAL_MISFIRE_GRACE.total_seconds())})
+        scheduler.add_job(self.heartbeat, IntervalTrigger(
+            seconds=self.heartbeat_every.total_seconds(), timezone=UTC), id=HEARTBEAT)
+        for name, every in self.intervals.items():
+            scheduler.add_job(self.run_job, IntervalTrigger(seconds=every.total_seconds(), timezone=UTC),
+                              args=[name], id=name)
+        t = self.digest_time
+        scheduler.add_job(self.run_job, CronTrigger(hour=t.hour, minute=t.minute, second=t.second,
+                                                    timezone=self.services.tz),
+                          args=[DAILY_DIGEST], id=DAILY_DIGEST, coalesce=True,
+                          misfire_grace_time=int(DIGEST_MISFIRE_GRACE.total_seconds()))
+        self._scheduler = scheduler
+        self._stopping = False
+        scheduler.start()
+        log.info("scheduler started as %s (lease ttl %ss)", self.holder, self.lease_ttl.total_seconds())
+        self.heartbeat()
+
+    def shutdown(self, wait: bool = True) -> None:
+        """Stop the scheduler (waiting for running jobs) and release the lease, so another
+        replica takes over at its next heartbeat instead of after the ttl."""
+        self._stopping = True  # a heartbeat still in flight must not take the lease again
+        scheduler, self._scheduler = self._scheduler, None
+        if scheduler is not None:
+            scheduler.shutdown(wait=wait)
+        with self._lock:
+            was_leader = self._leader_until is not None
+            self._leader_until = None
+        if not was_leader:
+            return
+        try:
+            with self.services.db.session_scope() as session:
+                leases.release(session, LEASE_NAME, self.holder)
+        except Exception:
+            log.exception("could not release the scheduler lease (%s)", self.holder)
