@@ -10,6 +10,7 @@ from typing import Any
 
 from bot.aws import clients
 from bot.aws.access import IamAccess
+from bot.aws.logs import LogsInsights
 from bot.aws.metrics import CloudWatchMetrics
 from bot.aws.profiles import AwsProfiles, LocalProfiles, ProfilesBackend
 from bot.aws.sns import DEFAULT_MAX_AGE, CertificateStore, SnsVerifier
@@ -69,6 +70,10 @@ class Services:
     @cached_property
     def _certs(self) -> CertificateStore:
         return CertificateStore(self.settings.aws.sns_cert_dir)
+
+    @cached_property
+    def logs_insights(self) -> LogsInsights:
+        return LogsInsights(self.aws_client("logs"))
 
     @cached_property
     def prices(self) -> PriceTable:

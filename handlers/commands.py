@@ -20,7 +20,7 @@ from bot.render import messages
 from bot.render.messages import Reply
 from bot.render.usage import usage_blocks, usage_text
 from bot.runtime import Services
-from bot.services import access, directory, limits, profiles, requests, usage
+from bot.services import access, audit, directory, limits, logs_usage, profiles, requests, usage
 from bot.services.directory import Actor, SubjectRef
 from handlers.approvals import Approvals
 
@@ -197,10 +197,37 @@ def do_restore(ctx: Ctx, cmd: cmds.SubjectCommand) -> Reply:
     return messages.text_reply(f"✅ Restored `{out.value[0].subject.name}`.")
 
 
+def do_meter(ctx: Ctx, cmd: cmds.MeterMap) -> Reply:
+    s, ref = ctx.services, ctx.named(cmd.subject)
+    keys = s.settings.aws.metadata_keys
+    out = ctx.run("meter.map", f"{cmd.key}={cmd.value}", lambda session: logs_usage.map_metadata(
+        session, s.clock, ctx.actor, cmd.key, cmd.value, ref, allowed_keys=keys or None).key)
+    if out.ok:
+        ctx.broadcast(f"<@{ctx.actor.slack_user_id}> mapped requestMetadata `{out.value}` to `{ref}`")
+    return _or_error(out, lambda key: messages.text_reply(
+        f"✅ Invocation-log usage with requestMetadata `{key}` now counts for `{ref}`."
+        + ("" if s.settings.aws.invocation_log_group else
+           " (BOT_INVOCATION_LOG_GROUP is not set, so no logs are read yet.)")))
+
+
+def do_audit(ctx: Ctx, cmd: cmds.SubjectCommand) -> Reply:
+    def work(session: Any) -> list[audit.AuditLine]:
+        directory.authorize(session, ctx.actor, "admin", "audit")
+        target = None
+        if cmd.subject is not None:
+            subject = directory.get(session, cmd.subject)
+            target = f"{subject.kind}:{subject.name}"
+        return audit.recent(session, target, cmd.count)
+
+    out = ctx.run("audit.view", str(cmd.subject or "all"), work)
+    return _or_error(out, lambda rows: messages.audit_reply(rows, ctx.services.tz))
+
+
 HANDLERS: dict[str, Handler] = {
     "help": do_help, "usage": do_usage, "provision": do_provision, "profiles": do_profiles,
     "link": do_link, "team": do_team, "admins": do_admins, "limit": do_limit, "limits": do_limits,
-    "unlimit": do_unlimit, "revoke": do_revoke, "restore": do_restore,
+    "unlimit": do_unlimit, "revoke": do_revoke, "restore": do_restore, "meter": do_meter,
+    "audit": do_audit,
 }
 
 

@@ -7,6 +7,7 @@ import logging
 from bot.execute import Outcome, execute
 from bot.runtime import Services
 from bot.services.directory import Actor
+from bot.services.logs_usage import LogsSyncResult, sync_logs
 from bot.services.usage import SyncResult, sync_usage
 from jobs import enforce
 
@@ -25,6 +26,23 @@ def run(services: Services, discover: bool = True, then_enforce: bool = True) ->
                  r.active, r.backfilled, r.rows, r.calls)
     else:
         log.warning("usage_sync failed: %s", out.message)
+    if s.settings.aws.invocation_log_group:
+        sync_invocation_logs(s)
     if then_enforce:
         enforce.run(services)
+    return out
+
+
+def sync_invocation_logs(s: Services) -> Outcome[LogsSyncResult]:
+    """Callers without an AIP, from model-invocation logs (its own cursor and transaction)."""
+    aws = s.settings.aws
+    out = execute(s.db, s.clock, Actor.system(NAME), f"{NAME}.logs", aws.invocation_log_group or "",
+                  lambda session: sync_logs(session, s.clock, s.logs_insights,
+                                            aws.invocation_log_group or "", aws.metadata_keys, s.prices))
+    if out.ok and out.value is not None:
+        r = out.value
+        log.info("invocation logs: %s, %d ledger rows, %d unattributed requests", r.status,
+                 r.ledger_rows, r.unattributed_requests)
+    else:
+        log.warning("invocation-log sync failed: %s", out.message)
     return out

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from slack_sdk.models.blocks import ContextBlock, HeaderBlock, MarkdownTextObject, SectionBlock
 
 from bot.commands import HELP_TEXT, USAGE
-from bot.render.text import escape
+from bot.render.text import escape, when
+from bot.services.audit import AuditLine
 from bot.services.limits import LimitView
 from bot.services.profiles import ProfileView
 
@@ -86,3 +88,22 @@ def limit_set_reply(new: LimitView, before: LimitView | None) -> Reply:
     was = f" (was {before.amount_text})" if before else ""
     return text_reply(f"✅ Limit for `{new.subject}`: {new.amount_text} {new.metric}/{new.window}{was}, "
                       f"warn at {', '.join(f'{t}%' for t in new.warn) or 'never'}, then {new.action}.")
+
+
+def audit_reply(rows: list[AuditLine], tz: ZoneInfo) -> Reply:
+    if not rows:
+        return text_reply("No audit events.")
+    icon = {"ok": "•", "denied": "🚫", "error": "❗"}
+    lines = [f"{icon.get(r.outcome, '•')} `{r.id}` {when(r.at, tz)} {escape(r.actor)} "
+             f"*{escape(r.action)}* {escape(r.target)}" for r in rows]
+    blocks: list[Any] = [HeaderBlock(text="Audit log (newest first)")]
+    chunk: list[str] = []
+    for line in lines:
+        if sum(len(x) + 1 for x in chunk) + len(line) > 2800:
+            blocks.append(_section("\n".join(chunk)))
+            chunk = []
+        chunk.append(line)
+    blocks.append(_section("\n".join(chunk)))
+    blocks.append(ContextBlock(elements=[MarkdownTextObject(
+        text="Verify the whole chain with `bedrock-bot audit verify`.")]))
+    return f"{len(rows)} audit events", _done(blocks)

@@ -112,3 +112,13 @@ def test_bad_signatures_get_401_and_run_nothing(db: Database, clock: FixedClock,
         assert s.scalars(select(Profile)).all() == []
         assert [e.action for e in s.scalars(select(AuditEvent))] == ["admins.bootstrap"]
     assert datetime.now(UTC)  # keep imports honest
+
+
+def test_audit_and_meter_commands(db: Database, clock: FixedClock) -> None:
+    with running_bot(db, clock, BOT_METADATA_KEYS="userId") as bot:
+        assert "now counts for" in reply_text(bot.command(f"meter userId=u-123 <@{ALICE}|alice>"))
+        assert "needs the admin role" in reply_text(bot.command(f"meter userId=u-9 <@{BOB}|bob>", user=BOB))
+        text = reply_text(bot.command("audit alice 5"))
+        assert "meter.map" in text and "subject.create" in text
+        assert "needs the admin role" in reply_text(bot.command("audit", user=BOB))
+        assert "meter.map" in reply_text(bot.command("audit"))
