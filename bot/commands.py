@@ -24,8 +24,8 @@ from bot.quantities import (
 from bot.services.directory import SubjectRef
 
 MAX_TEXT = 2000
-MENTION = re.compile(r"^<@([UW][A-Z0-9]{2,20})(?:\|([^>]{0,80}))?>$")
-PLAIN_NAME = re.compile(r"^@?([A-Za-z0-9][A-Za-z0-9._-]{0,63})$")
+MENTION = re.compile(r"^<@([UW][A-Z0-9]{2,20})(?:\|([^>]{0,80}))?>\Z")
+PLAIN_NAME = re.compile(r"^@?([A-Za-z0-9][A-Za-z0-9._-]{0,63})\Z")
 PERIODS = ("today", "yesterday", "week", "month", "7d", "30d")
 
 USAGE: dict[str, str] = {

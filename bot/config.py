@@ -18,8 +18,8 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 _BASE = SettingsConfigDict(env_file=".env", extra="ignore", populate_by_name=True)
 
 WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
-_SLACK_ID = re.compile(r"^[UW][A-Z0-9]{2,}$")
-_TOPIC_ARN = re.compile(r"^arn:aws[a-z-]*:sns:[a-z0-9-]+:\d{12}:[A-Za-z0-9_-]{1,256}$")
+_SLACK_ID = re.compile(r"^[UW][A-Z0-9]{2,}\Z")
+_TOPIC_ARN = re.compile(r"^arn:aws[a-z-]*:sns:[a-z0-9-]+:\d{12}:[A-Za-z0-9_-]{1,256}\Z")
 
 
 def _split_csv(value: object) -> list[str]:

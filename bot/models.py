@@ -271,6 +271,23 @@ class SyncCursor(Base):
     updated_at: Mapped[datetime]
 
 
+class OutboxMessage(Base):
+    """A Slack post that failed (Slack down, rate limited): retried by `flush_outbox`."""
+
+    __tablename__ = "outbox"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(8))  # post | dm | update
+    target: Mapped[str] = mapped_column(String(64))  # channel or user id
+    ts: Mapped[str | None] = mapped_column(String(32))  # message to update
+    text: Mapped[str] = mapped_column(Text)
+    blocks: Mapped[list[Any] | None] = mapped_column(JSON)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(index=True)
+    last_error: Mapped[str] = mapped_column(String(200), default="")
+    created_at: Mapped[datetime]
+    sent_at: Mapped[datetime | None]
+
+
 class LocalInferenceProfile(Base):
     """The `local` AIP backend's registry: same ids and ARN shapes as Bedrock's."""
 

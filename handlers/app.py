@@ -12,6 +12,7 @@ from slack_sdk.http_retry.builtin_handlers import (
 
 from bot.config import Settings
 from bot.notify import NullNotifier, SlackNotifier
+from bot.outbox import OutboxNotifier
 from bot.runtime import Services
 from handlers import approvals, commands
 
@@ -28,7 +29,7 @@ def slack_client(settings: Settings) -> WebClient:
 def create_app(settings: Settings, services: Services, client: WebClient | None = None) -> App:
     client = client or slack_client(settings)
     if isinstance(services.notifier, NullNotifier):
-        services.notifier = SlackNotifier(client)
+        services.notifier = OutboxNotifier(SlackNotifier(client), services.db, services.clock)
     app = App(client=client, signing_secret=settings.slack.signing_secret or "unset",
               token_verification_enabled=False, process_before_response=False,
               ignoring_self_events_enabled=False)

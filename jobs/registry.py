@@ -6,11 +6,12 @@ from collections.abc import Callable
 from typing import Any
 
 from bot.runtime import Services
-from jobs import enforce, expire_requests, reconcile, usage_sync
+from jobs import enforce, expire_requests, flush_outbox, reconcile, usage_sync
 
 JOBS: dict[str, Callable[[Services], Any]] = {
     usage_sync.NAME: usage_sync.run,
     enforce.NAME: enforce.run,
     expire_requests.NAME: expire_requests.run,
     reconcile.NAME: reconcile.run,
+    flush_outbox.NAME: flush_outbox.run,
 }

@@ -53,8 +53,10 @@ USAGE_SYNC = "usage_sync"
 DAILY_DIGEST = "daily_digest"
 RECONCILE = "reconcile"
 EXPIRE_REQUESTS = "expire_requests"
+FLUSH_OUTBOX = "flush_outbox"
 DIGEST_CATCH_UP = "daily_digest_catch_up"
-TICK_ORDER = (USAGE_SYNC, DAILY_DIGEST, EXPIRE_REQUESTS, RECONCILE)  # fresh usage before the digest
+# fresh usage before the digest
+TICK_ORDER = (USAGE_SYNC, DAILY_DIGEST, EXPIRE_REQUESTS, RECONCILE, FLUSH_OUTBOX)
 DIGEST_MISFIRE_GRACE = timedelta(hours=6)
 INTERVAL_MISFIRE_GRACE = timedelta(seconds=30)
 
@@ -85,6 +87,7 @@ class JobRunner:
             USAGE_SYNC: timedelta(seconds=bot.sync_seconds),
             EXPIRE_REQUESTS: timedelta(minutes=5),
             RECONCILE: timedelta(hours=1),
+            FLUSH_OUTBOX: timedelta(minutes=1),
         }
         self._lock = threading.Lock()
         self._leader_until: datetime | None = None

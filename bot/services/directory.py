@@ -21,8 +21,8 @@ from bot.services import audit
 
 ROLES = ("owner", "admin", "approver")
 _RANK = {"approver": 1, "admin": 2, "owner": 3}
-NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
-TEAM_RE = re.compile(r"^team-[a-z0-9][a-z0-9._-]{0,58}$")
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}\Z")
+TEAM_RE = re.compile(r"^team-[a-z0-9][a-z0-9._-]{0,58}\Z")
 
 
 @dataclass(frozen=True)

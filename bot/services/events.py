@@ -29,7 +29,7 @@ from bot.services.access import RevocationView
 from bot.services.directory import Actor, SubjectInfo, info
 from bot.services.usage import LimitStatus, limit_status
 
-LIMIT_NAME = re.compile(r"^bedrock-bot-limit-(\d{1,12})(?:-p\d{1,3})?$")
+LIMIT_NAME = re.compile(r"^bedrock-bot-limit-(\d{1,12})(?:-p\d{1,3})?\Z")
 Confirm = Callable[[str, str], None]  # (topic ARN, token) → ConfirmSubscription
 
 

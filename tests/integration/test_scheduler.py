@@ -187,7 +187,7 @@ def test_jobs_are_looked_up_when_they_run(db: Database, monkeypatch: pytest.Monk
     calls = Calls(clock)
     fakes = calls.jobs("a")
     monkeypatch.setitem(registry.JOBS, "usage_sync", fakes["usage_sync"])
-    for name in ("daily_digest", "reconcile", "expire_requests"):
+    for name in ("daily_digest", "reconcile", "expire_requests", "flush_outbox"):
         monkeypatch.delitem(registry.JOBS, name, raising=False)
     a = JobRunner(make_services(db, clock), holder="replica-a", lease_ttl=TTL)
     assert a.tick() == ["usage_sync"]

@@ -1,0 +1,17 @@
+"""flush_outbox: retry Slack posts that failed while Slack was unreachable."""
+
+from __future__ import annotations
+
+from bot.execute import Outcome, execute
+from bot.outbox import FlushResult, OutboxNotifier, flush
+from bot.runtime import Services
+from bot.services.directory import Actor
+
+NAME = "flush_outbox"
+
+
+def run(services: Services) -> Outcome[FlushResult]:
+    s = services
+    inner = s.notifier.inner if isinstance(s.notifier, OutboxNotifier) else s.notifier
+    return execute(s.db, s.clock, Actor.system(NAME), NAME, "outbox",
+                   lambda session: flush(session, s.clock, inner))
