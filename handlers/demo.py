@@ -8,6 +8,7 @@ prints every message the bot sends. Any failed step makes the exit code non-zero
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 import os
 import secrets
@@ -56,7 +57,9 @@ def _print_call(call: Call) -> None:
         where = "reply (only you can see this)" if a.get("response_type") != "in_channel" else "reply"
     elif call.method in ("chat.postMessage", "chat.update", "chat.postEphemeral"):
         channel = str(a.get("channel"))
-        where = f"{call.method} → {'#alerts' if channel == ALERTS else NAMES.get(channel, channel)}"
+        to = "#alerts" if channel == ALERTS else f"DM to {NAMES.get(channel[1:], channel)}" \
+            if channel.startswith("D") else NAMES.get(channel, channel)
+        where = f"{call.method} → {to}"
     elif call.method == "files.completeUploadExternal":
         print(f"    [slack] file uploaded: {a.get('files')}")
         return
@@ -111,6 +114,41 @@ class Demo:
         reply = self.slack.wait_for(f"response_url:{name}", timeout=15)[0].args
         time.sleep(0.05)  # let the printer finish the alert-channel posts of this step
         return blocks_to_text(reply.get("blocks"), str(reply.get("text", "")), NAMES)
+
+    def interact(self, payload: dict[str, Any]) -> int:
+        """POST a signed block_actions / view_submission payload like Slack does."""
+        body = urlencode({"payload": json.dumps(payload)})
+        ts = str(int(time.time()))
+        sig = SignatureVerifier(self.secret).generate_signature(timestamp=ts, body=body)
+        req = urllib.request.Request(
+            f"{self.base_url}/slack/events", data=body.encode(), method="POST",
+            headers={"X-Slack-Request-Timestamp": ts, "X-Slack-Signature": sig,
+                     "Content-Type": "application/x-www-form-urlencoded"})
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return int(resp.status)
+
+    def click(self, user: str, action_id: str, value: str) -> str:
+        name = f"demo{next(self.seq)}"
+        print(f"\n  {NAMES[user]} clicks [{action_id}]")
+        self.interact({"type": "block_actions", "user": {"id": user, "username": NAMES[user]},
+                       "team": {"id": "T0001"}, "api_app_id": "A0001", "token": "x",
+                       "trigger_id": f"trigger-{name}", "response_url": self.slack.response_url(name),
+                       "channel": {"id": ALERTS}, "container": {"type": "message", "channel_id": ALERTS},
+                       "actions": [{"action_id": action_id, "value": value, "type": "button",
+                                    "block_id": "b", "action_ts": "1"}]})
+        time.sleep(0.3)  # the listener answers asynchronously, after the ack
+        said = [c for c in self.slack.calls(f"response_url:{name}")]
+        return blocks_to_text(said[0].args.get("blocks"), str(said[0].args.get("text", "")), NAMES) \
+            if said else ""
+
+    def submit(self, user: str, callback_id: str, metadata: str, reason: str) -> None:
+        print(f"\n  {NAMES[user]} submits the form: {reason!r}")
+        self.interact({"type": "view_submission", "user": {"id": user, "username": NAMES[user]},
+                       "team": {"id": "T0001"}, "api_app_id": "A0001", "token": "x",
+                       "view": {"id": "V1", "type": "modal", "callback_id": callback_id,
+                                "private_metadata": metadata, "state": {"values": {"reason": {
+                                    "reason_input": {"type": "plain_text_input", "value": reason}}}}}})
+        time.sleep(0.3)
 
     def traffic(self, profile_id: str, input_tokens: int, output_tokens: int, calls: int) -> None:
         cw = self.svc.aws_client("cloudwatch")
@@ -200,6 +238,46 @@ def story(d: Demo) -> None:
     expect("your own usage" in reply, "carol (not an admin) may not see alice's usage")
     reply = d.command(BOB, f"provision <@{BOB}|bob> {MODEL}")
     expect("needs the admin role" in reply, "bob (not an admin) may not provision")
+    enforcement(d)
+
+
+def enforcement(d: Demo) -> None:
+    from jobs import usage_sync
+
+    step("A limit is set and crossed: access is revoked by an IAM deny policy")
+    iam = d.svc.aws_client("iam")
+    iam.create_user(UserName="alice")
+    d.command(ADMIN, "limit alice 2M/day warn=50,80")
+    d.traffic(_profile_id(d.svc, "alice"), 600_000, 100_000, 90)
+    usage_sync.run(d.svc)
+    policy = iam.get_user_policy(UserName="alice", PolicyName="bedrock-bot-deny-alice")["PolicyDocument"]
+    print(f"\n  IAM user alice now has inline policy bedrock-bot-deny-alice:\n      {json.dumps(policy)}")
+    expect(policy["Statement"][0]["Effect"] == "Deny", "the deny policy is on alice's IAM user")
+
+    step("alice asks for access back; the admin approves")
+    with d.svc.db.session_scope() as s:
+        from bot.services.access import active
+        from bot.services.directory import SubjectRef, get
+
+        rev_id = active(s, get(s, SubjectRef(name="alice")).id)[-1].id
+    d.click(ALICE, "request_restore", str(rev_id))
+    expect(bool(d.slack.calls("views.open")), "a form opened asking alice why")
+    d.submit(ALICE, "restore_request_modal", str(rev_id), "customer demo at 3pm")
+    req_id = _latest_request(d)
+    told = d.click(ALICE, "approve_request", str(req_id))
+    expect("approver role" in told or "four eyes" in told, "alice cannot approve her own request")
+    d.click(ADMIN, "approve_request", str(req_id))
+    names = iam.list_user_policies(UserName="alice")["PolicyNames"]
+    expect(names == [], "the deny policy is gone: alice can call Bedrock again")
+
+
+def _latest_request(d: Demo) -> int:
+    from sqlalchemy import func, select
+
+    from bot.models import RestoreRequest
+
+    with d.svc.db.session_scope() as s:
+        return int(s.scalar(select(func.max(RestoreRequest.id))) or 0)
 
 
 def step(title: str) -> None:
@@ -212,7 +290,7 @@ def verify_audit(d: Demo) -> None:
         result = audit.verify(s)
         denied = [e for e in audit.recent(s, limit=100) if e.outcome == "denied"]
     expect(result.ok, f"audit verify: {result.rows} rows, chain intact")
-    expect(len(denied) == 2, "both refusals are in the audit log with outcome 'denied'")
+    expect(len(denied) >= 3, f"all {len(denied)} refusals are in the audit log with outcome 'denied'")
 
 
 def run_demo(keep: bool = False, steps: Callable[[Demo], None] = story) -> int:

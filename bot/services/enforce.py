@@ -77,9 +77,11 @@ def _check(session: Session, clock: Clock, iam: IamAccess, limit: Limit, subject
     key = ROLLING_KEY if Window(limit.window).rolling else status.window_start
     pct = status.percent
     users = tuple(access.affected_users(session, subject))
-    for threshold in sorted(limit.warn):
-        if pct >= threshold and _mark(session, clock, limit.id, key, threshold):
-            result.warnings.append(Warning(status, threshold, directory.info(subject), users))
+    # Every crossed threshold is marked, but only the highest new one is announced: a jump
+    # from 10% to 300% says "revoked" once, not "80%", "90%" and "revoked".
+    crossed = [t for t in sorted(limit.warn) if pct >= t and _mark(session, clock, limit.id, key, t)]
+    if crossed and (pct < 100 or limit.action == "notify"):
+        result.warnings.append(Warning(status, crossed[-1], directory.info(subject), users))
     if pct < 100:
         if key == ROLLING_KEY:
             _rearm(session, limit.id, pct)
@@ -88,6 +90,7 @@ def _check(session: Session, clock: Clock, iam: IamAccess, limit: Limit, subject
         if limit.action != "notify":
             result.suspended.append(status)
         if _mark(session, clock, limit.id, key, 100) and limit.action == "notify":
+            result.warnings[-1:] = [w for w in result.warnings[-1:] if w.status.limit_id != limit.id]
             result.warnings.append(Warning(status, 100, directory.info(subject), users))
         return
     if _limit_revocation(session, limit.id) is None:

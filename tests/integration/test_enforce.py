@@ -192,16 +192,17 @@ def test_warnings_fire_once_per_threshold_then_breach_revokes_once(db: Database,
     w.assert_audit_ok()
 
 
-def test_jump_straight_over_the_limit_fires_every_warning_and_revokes(db: Database, clock: FixedClock,
-                                                                       iam: Any) -> None:
+def test_jump_straight_over_the_limit_marks_every_warning_and_only_announces_the_revocation(
+        db: Database, clock: FixedClock, iam: Any) -> None:
     w = make_world(db, clock, iam)
     meter = w.user("alice", "UALICE01", "aipid0000001")
     assert meter is not None
     w.limit("alice", "1M", Window.DAY)
     w.usage(meter, H0, 3 * M)
     r = w.run()
-    assert thresholds(r) == [80, 90]
+    assert thresholds(r) == []  # one message, the revocation, not three
     assert len(r.breaches) == 1
+    assert thresholds(w.run()) == [] and w.run().breaches == []  # 80 and 90 were marked
     assert_user_deny(w.policy("alice", "alice"))
     w.assert_audit_ok()
 
@@ -367,7 +368,7 @@ def test_rolling_24h_lifts_when_usage_slides_out_and_warnings_rearm(db: Database
     limit_id = w.limit("alice", "1M", Window.H24)
     w.usage(meter, datetime(2026, 11, 25, 10, 0, tzinfo=UTC), 1_010_000)
     r = w.run()
-    assert thresholds(r) == [80, 90]
+    assert thresholds(r) == []  # the breach is announced alone
     assert len(r.breaches) == 1
     assert_user_deny(w.policy("alice", "alice"))
 
@@ -401,7 +402,7 @@ def test_rolling_warnings_rearm_only_the_thresholds_usage_fell_below(db: Databas
     w.limit("alice", "1M", Window.H24)
     w.usage(meter, datetime(2026, 11, 25, 8, 0, tzinfo=UTC), 100_000)
     w.usage(meter, datetime(2026, 11, 25, 10, 0, tzinfo=UTC), 850_000)
-    assert thresholds(w.run()) == [80, 90]
+    assert thresholds(w.run()) == [90]  # both marked, the highest announced
 
     clock.at = datetime(2026, 11, 26, 9, 30, tzinfo=UTC)  # the 08:00 hour slid out: 85%
     r = w.run()
@@ -424,7 +425,7 @@ def test_notify_limit_warns_at_100_percent_and_never_revokes(db: Database, clock
     w.limit("alice", "1M", Window.DAY, action="notify")
     w.usage(meter, H0, M)
     r = w.run()
-    assert thresholds(r) == [80, 90, 100]
+    assert thresholds(r) == [100]  # 80 and 90 are marked, only the highest is announced
     assert r.warnings[-1].status.used == M
     assert r.breaches == [] and r.suspended == []
     assert w.revocations() == []
@@ -581,8 +582,7 @@ def test_team_breach_denies_the_team_aips_to_every_member(db: Database, clock: F
 
     w.usage(meters["alice0000001"], H0, 500_000)  # a member's AIP counts for the team too
     r = w.run()
-    assert thresholds(r) == [80, 90]
-    assert r.warnings[0].users == ("UALICE01", "UBOB0001")
+    assert thresholds(r) == []  # the breach is announced alone
     assert len(r.breaches) == 1
     rev = r.breaches[0].revocation
     assert r.breaches[0].status.used == 1_100_000
