@@ -10,6 +10,8 @@ from typing import Any
 
 from bot.aws import clients
 from bot.aws.access import IamAccess
+from bot.aws.alarms import Alarms
+from bot.aws.budgets import Budgets
 from bot.aws.logs import LogsInsights
 from bot.aws.metrics import CloudWatchMetrics
 from bot.aws.profiles import AwsProfiles, LocalProfiles, ProfilesBackend
@@ -42,9 +44,20 @@ class Services:
             return self.overrides["profiles"]  # type: ignore[no-any-return]
         aws = self.settings.aws
         if aws.profiles_backend == "local":
-            account = self.overrides.get("account_id") or self._account_id()
-            return LocalProfiles(self.db, aws.region, account, self.clock)
+            return LocalProfiles(self.db, aws.region, self.account_id, self.clock)
         return AwsProfiles(self.aws_client("bedrock"), sts_client=self.aws_client("sts"))
+
+    @cached_property
+    def alarms(self) -> Alarms:
+        return Alarms(self.aws_client("cloudwatch"))
+
+    @cached_property
+    def budgets(self) -> Budgets:
+        return Budgets(self.aws_client("budgets"), self.account_id)
+
+    @cached_property
+    def account_id(self) -> str:
+        return str(self.overrides.get("account_id") or self._account_id())
 
     def _account_id(self) -> str:
         try:

@@ -15,12 +15,13 @@ from bot import announce
 from bot import commands as cmds
 from bot.errors import BadInput
 from bot.execute import Outcome, execute
+from bot.models import Limit
 from bot.notify import safe
 from bot.render import messages
 from bot.render.messages import Reply
 from bot.render.usage import usage_blocks, usage_text
 from bot.runtime import Services
-from bot.services import access, audit, directory, limits, logs_usage, profiles, requests, usage
+from bot.services import access, audit, directory, guards, limits, logs_usage, profiles, requests, usage
 from bot.services.directory import Actor, SubjectRef
 from handlers.approvals import Approvals
 
@@ -138,11 +139,37 @@ def do_limit(ctx: Ctx, cmd: cmds.SetLimit) -> Reply:
     out = ctx.run("limit.set", str(cmd.subject), lambda session: limits.set_limit(
         session, s.clock, ctx.actor, cmd.subject, cmd.amount, cmd.window, cmd.metric, cmd.warn,
         cmd.action, cmd.alarm))
-    if out.ok:
-        new = out.value[0]
-        ctx.broadcast(f"<@{ctx.actor.slack_user_id}> set a limit on `{new.subject}`: "
-                      f"{new.amount_text} {new.metric}/{new.window} ({new.action})")
-    return _or_error(out, lambda v: messages.limit_set_reply(*v))
+    if not out.ok:
+        return messages.error_reply(out.message)
+    new = out.value[0]
+    ctx.broadcast(f"<@{ctx.actor.slack_user_id}> set a limit on `{new.subject}`: "
+                  f"{new.amount_text} {new.metric}/{new.window} ({new.action})")
+    text, _ = messages.limit_set_reply(*out.value)
+    notes = guards_for(ctx, new.id)
+    return messages.text_reply(text + ("\n" + "\n".join(f"• {n}" for n in notes) if notes else ""))
+
+
+def guards_for(ctx: Ctx, limit_id: int, removed: bool = False) -> list[str]:
+    """After the limit's own commit: its CloudWatch alarm / AWS Budget (defence in depth).
+
+    A failure here does not undo the limit: the bot's own evaluation enforces it anyway;
+    the failure is audited and shown."""
+    s = ctx.services
+    aws = s.settings.aws
+    if not aws.alarm_topic_arn:  # nothing can have been created without a topic to notify
+        return [] if removed else [guards.NO_TOPIC]
+
+    def work(session: Any) -> list[str]:
+        if removed:
+            r = guards.remove_guards(session, s.clock, limit_id, s.alarms, s.budgets, actor=ctx.actor.label)
+        else:
+            limit = session.get(Limit, limit_id)
+            r = guards.sync_guards(session, s.clock, limit, s.alarms, s.budgets, aws.alarm_topic_arn,
+                                   s.account_id, actor=ctx.actor.label)
+        return [*r.notes, *(f"AWS alarm/budget not updated: {e}" for e in r.errors)]
+
+    out = ctx.run("guards.sync", f"limit:{limit_id}", work)
+    return out.value if out.ok and out.value is not None else [f"AWS alarm/budget not updated: {out.message}"]
 
 
 def do_limits(ctx: Ctx, cmd: cmds.SubjectCommand) -> Reply:
@@ -159,6 +186,8 @@ def do_unlimit(ctx: Ctx, cmd: cmds.SubjectCommand) -> Reply:
     if not out.ok:
         return messages.error_reply(out.message)
     gone = ", ".join(f"{v.metric}/{v.window}" for v in out.value)
+    for v in out.value:
+        guards_for(ctx, v.id, removed=True)
     ctx.broadcast(f"<@{ctx.actor.slack_user_id}> removed limits on `{cmd.subject}`: {gone}")
     return messages.text_reply(f"✅ Removed {gone} on `{cmd.subject}`. A revocation caused by a "
                                "removed limit is lifted at the next enforcement run.")

@@ -7,7 +7,6 @@ limit's action; OK posts a recovery note and does not restore. Anything else is 
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,6 +19,8 @@ from sqlalchemy.orm import Session
 
 from bot.alerts import AlarmEvent, BudgetEvent, UnrecognisedMessage, parse_any
 from bot.aws.access import IamAccess
+from bot.aws.alarms import parse_alarm_name
+from bot.aws.budgets import parse_budget_name
 from bot.aws.sns import SnsEnvelope
 from bot.clock import Clock
 from bot.models import Limit, Revocation, SnsMessage, Subject
@@ -27,15 +28,16 @@ from bot.quantities import Window
 from bot.services import access, audit
 from bot.services.access import RevocationView
 from bot.services.directory import Actor, SubjectInfo, info
+from bot.services.enforce import suspended
 from bot.services.usage import LimitStatus, limit_status
 
-LIMIT_NAME = re.compile(r"^bedrock-bot-limit-(\d{1,12})(?:-p\d{1,3})?\Z")
 Confirm = Callable[[str, str], None]  # (topic ARN, token) → ConfirmSubscription
 
 
 def limit_id_from_name(name: str) -> int | None:
-    m = LIMIT_NAME.match(name.strip())
-    return int(m.group(1)) if m else None
+    """The limit an alarm or budget the bot created belongs to (by its name)."""
+    alarm = parse_alarm_name(name.strip())
+    return alarm[0] if alarm else parse_budget_name(name.strip())
 
 
 @dataclass
@@ -106,7 +108,9 @@ def _notification(session: Session, clock: Clock, env: SnsEnvelope, iam: IamAcce
     if not _breached(event):
         base.outcome = "recovered" if isinstance(event, AlarmEvent) and event.state == "OK" else "warned"
         return base
-    if limit.action == "notify" or _already_revoked(session, limit.id):
+    # An approved exception ("Approve for 24h") holds against alarms and budgets too.
+    if limit.action == "notify" or _already_revoked(session, limit.id) or \
+            suspended(session, limit.id, clock()):
         base.outcome = "warned"
         return base
     reason = "alarm" if isinstance(event, AlarmEvent) else "budget"

@@ -179,3 +179,30 @@ def test_sqs_message_stays_when_processing_fails(sns: Any, clock: FixedClock) ->
     poller = SqsPoller(sqs, queue, lambda body: (500, "AWS down"), wait_seconds=0)
     assert [status for _, status in poller.poll_once()] == [500]
     assert len(sqs.receive_message(QueueUrl=queue, WaitTimeSeconds=0)["Messages"]) == 1
+
+
+def test_limit_command_creates_the_alarm_that_later_revokes(db: Database, clock: FixedClock,
+                                                            tmp_path: Path) -> None:
+    """/bedrock limit makes a bedrock-bot-limit-<id> alarm in CloudWatch; its ALARM revokes."""
+    write_cert(tmp_path)
+    env = {"BOT_SNS_TOPIC_ARNS": TOPIC, "BOT_SNS_CERT_DIR": str(tmp_path)}
+    with mock_aws(), running_bot(db, clock, **env) as bot:
+        cw = boto3.client("cloudwatch", region_name="us-east-1")
+        iam = boto3.client("iam", region_name="us-east-1")
+        bot.services.overrides.update(cloudwatch=cw, iam=iam,
+                                      budgets=boto3.client("budgets", region_name="us-east-1"))
+        iam.create_user(UserName="alice")
+        bot.command(f"provision <@{ALICE}|alice> anthropic.claude-3-haiku-20240307-v1:0")
+        bot.command(f"link <@{ALICE}|alice> arn:aws:iam::123456789012:user/alice")
+        reply = reply_text(bot.command("limit alice 1M/24h"))
+        assert "Limit for `alice`" in reply
+        alarms = cw.describe_alarms(AlarmNamePrefix="bedrock-bot-limit-")["MetricAlarms"]
+        assert [a["AlarmName"] for a in alarms] == ["bedrock-bot-limit-1"]
+        assert alarms[0]["AlarmActions"] == [TOPIC] and alarms[0]["Threshold"] == 1_000_000
+        week = reply_text(bot.command("limit alice 5M/week"))
+        assert "bot's own evaluation" in week or "no CloudWatch alarm" in week or "calendar" in week, week
+        endpoint = SnsEndpoint(bot.services, bot.services.sns_verifier())
+        alarm = make_notification(alarm_message(alarms[0]["AlarmName"], "ALARM"), TOPIC, timestamp=clock())
+        assert _post(endpoint, alarm) == (200, "revoked")
+        bot.command("unlimit alice 24h")
+        assert cw.describe_alarms(AlarmNamePrefix="bedrock-bot-limit-")["MetricAlarms"] == []
