@@ -19,6 +19,7 @@ _BASE = SettingsConfigDict(env_file=".env", extra="ignore", populate_by_name=Tru
 
 WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
 _SLACK_ID = re.compile(r"^[UW][A-Z0-9]{2,}\Z")
+_METADATA_KEY = re.compile(r"^[A-Za-z0-9_]{1,64}\Z")
 _TOPIC_ARN = re.compile(r"^arn:aws[a-z-]*:sns:[a-z0-9-]+:\d{12}:[A-Za-z0-9_-]{1,256}\Z")
 
 
@@ -84,6 +85,21 @@ class AwsSettings(BaseSettings):
         classmethod(lambda cls, v: _split_csv(v))
     )
 
+    @field_validator("metadata_keys")
+    @classmethod
+    def _valid_keys(cls, v: list[str]) -> list[str]:
+        for key in v:
+            if not _METADATA_KEY.match(key):
+                raise ValueError(f"{key!r} is not a requestMetadata key (letters, digits, _; ≤64)")
+        return v
+
+    @field_validator("alarm_topic_arn_raw")
+    @classmethod
+    def _valid_alarm_topic(cls, v: str | None) -> str | None:
+        if v is not None and not _TOPIC_ARN.match(v):
+            raise ValueError(f"not an SNS topic ARN: {v!r}")
+        return v
+
     @field_validator("sns_topic_arns")
     @classmethod
     def _valid_arns(cls, v: list[str]) -> list[str]:
@@ -118,6 +134,15 @@ class BotSettings(BaseSettings):
         for uid in v:
             if not _SLACK_ID.match(uid):
                 raise ValueError(f"BOT_ADMINS: {uid!r} is not a Slack user id (like U012ABC)")
+        return v
+
+    @field_validator("pricing_file")
+    @classmethod
+    def _pricing(cls, v: str | None) -> str | None:
+        if v:
+            from bot.pricing import PriceTable
+
+            PriceTable.load(v)  # a bad file stops the bot at start, with the reason
         return v
 
     @field_validator("timezone")

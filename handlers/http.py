@@ -11,11 +11,13 @@ from typing import Any
 
 from slack_bolt import App
 from slack_bolt.request import BoltRequest
+from slack_sdk.signature import SignatureVerifier
 from sqlalchemy import text
 
 from bot.runtime import Services
 
 log = logging.getLogger(__name__)
+ROUTES = ("/slack/events", "/sns", "/healthz", "/metrics")
 MAX_BODY = 1 << 20  # Slack payloads are far smaller; refuse anything bigger unread
 StartResponse = Callable[..., Any]
 
@@ -31,7 +33,9 @@ class WsgiApp:
 
     def __call__(self, environ: dict[str, Any], start: StartResponse) -> Iterable[bytes]:
         path, method = environ.get("PATH_INFO", ""), environ.get("REQUEST_METHOD", "GET")
-        self.counts[f"{method} {path}"] += 1
+        # Known routes only: a scanner's random paths must not grow the metrics without bound.
+        route = path if path in ROUTES else "other"
+        self.counts[f"{method[:8]} {route}"] += 1
         try:
             status, headers, body = self.route(path, method, environ)
         except Exception:
@@ -49,9 +53,12 @@ class WsgiApp:
             return 200, {"content-type": "text/plain; version=0.0.4"}, self.metrics().encode()
         if method != "POST" or path not in ("/slack/events", "/sns"):
             return 404, {"content-type": "text/plain"}, b"not found"
-        body = _read_body(environ)
-        if body is None:
+        length = _content_length(environ)
+        if length is None:
+            return 400, {"content-type": "text/plain"}, b"bad Content-Length"
+        if length > MAX_BODY:
             return 413, {"content-type": "text/plain"}, b"request body too large"
+        body = environ["wsgi.input"].read(length) if length else b""
         if path == "/sns":
             if self.sns is None:
                 return 404, {"content-type": "text/plain"}, b"SNS is not enabled"
@@ -64,11 +71,29 @@ class WsgiApp:
                    if k.startswith("HTTP_")}
         if environ.get("CONTENT_TYPE"):
             headers["content-type"] = environ["CONTENT_TYPE"]
-        resp = self.bolt.dispatch(BoltRequest(body=body.decode("utf-8", "replace"),
-                                              query=environ.get("QUERY_STRING", ""),
-                                              headers=headers))
+        try:
+            request = BoltRequest(body=body.decode("utf-8", "replace"),
+                                  query=environ.get("QUERY_STRING", ""), headers=headers)
+        except Exception:  # Bolt reads the body before it checks the signature
+            return self.unreadable(body, headers, "Bolt could not parse it")
+        resp = self.bolt.dispatch(request)
+        if resp.status >= 500:
+            # Bolt answers 500 when its own middleware, or a listener before ack(), fails on a
+            # payload shape it cannot read (our listeners ack before they do any work): a bad
+            # request, not a server error. Bolt has logged the details.
+            return self.unreadable(body, headers, "Bolt could not handle its shape")
         out = {k: ", ".join(v) for k, v in resp.headers.items()}
         return resp.status, out, (resp.body or "").encode()
+
+    def unreadable(self, body: bytes, headers: dict[str, str], why: str
+                   ) -> tuple[int, dict[str, str], bytes]:
+        """A Slack request we cannot read: 401 unless Slack signed it (DESIGN §7), else 400."""
+        verifier = SignatureVerifier(self.services.settings.slack.signing_secret or "unset")
+        if not verifier.is_valid(body, headers.get("x-slack-request-timestamp", ""),
+                                 headers.get("x-slack-signature", "")):
+            return 401, {"content-type": "application/json"}, b'{"error": "invalid request"}'
+        log.warning("signed Slack request refused: %s (%d bytes)", why, len(body))
+        return 400, {"content-type": "text/plain"}, b"unreadable Slack request"
 
     def health(self) -> tuple[int, dict[str, str], bytes]:
         try:
@@ -87,14 +112,10 @@ class WsgiApp:
         return "\n".join(lines) + "\n"
 
 
-def _read_body(environ: dict[str, Any]) -> bytes | None:
-    try:
-        length = int(environ.get("CONTENT_LENGTH") or 0)
-    except ValueError:
-        return None
-    if length > MAX_BODY:
-        return None
-    return environ["wsgi.input"].read(length) if length else b""
+def _content_length(environ: dict[str, Any]) -> int | None:
+    """The declared body length; None when it is not a non-negative integer."""
+    raw = str(environ.get("CONTENT_LENGTH") or "0").strip()
+    return int(raw) if raw.isascii() and raw.isdigit() else None
 
 
 _REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden",

@@ -57,8 +57,15 @@ def cmd_socket(args: argparse.Namespace, settings: Settings) -> int:
 
 def _prepare(settings: Settings) -> Services:
     """Migrate, build the services, make BOT_ADMINS owners: what every long-running mode needs."""
+    from bot.notify import SlackNotifier
+    from bot.outbox import OutboxNotifier
+    from handlers.app import slack_client
+
     upgrade(settings.db.url)
     services = build_services(settings)
+    if settings.slack.bot_token:  # before any job runs: announcements must reach Slack
+        services.notifier = OutboxNotifier(SlackNotifier(slack_client(settings)), services.db,
+                                           services.clock)
     with services.db.session_scope() as session:
         directory.bootstrap_admins(session, services.clock, settings.bot.admins)
     return services
@@ -67,8 +74,7 @@ def _prepare(settings: Settings) -> Services:
 def cmd_run_job(args: argparse.Namespace, settings: Settings) -> int:
     from jobs.registry import JOBS
 
-    upgrade(settings.db.url)
-    services = build_services(settings)
+    services = _prepare(settings)
     out = JOBS[args.job](services)
     if getattr(out, "ok", True):
         print(f"{args.job}: ok {getattr(out, 'value', '')}")

@@ -18,6 +18,15 @@ NAME = "usage_sync"
 def run(services: Services, discover: bool = True, then_enforce: bool = True) -> Outcome[SyncResult]:
     """One sync; then enforce, so a breach is acted on in the same minute it is seen."""
     s = services
+    try:
+        return _sync(s, discover)
+    finally:
+        # Whatever happened to the sync, the usage already in the ledger is enforced.
+        if then_enforce:
+            enforce.run(services)
+
+
+def _sync(s: Services, discover: bool) -> Outcome[SyncResult]:
     out = execute(s.db, s.clock, Actor.system(NAME), NAME, "usage", lambda session: sync_usage(
         session, s.clock, s.metrics, s.profiles, s.prices, discover=discover))
     if out.ok and out.value is not None:
@@ -28,8 +37,6 @@ def run(services: Services, discover: bool = True, then_enforce: bool = True) ->
         log.warning("usage_sync failed: %s", out.message)
     if s.settings.aws.invocation_log_group:
         sync_invocation_logs(s)
-    if then_enforce:
-        enforce.run(services)
     return out
 
 

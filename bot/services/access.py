@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 
 from bot.aws.access import IamAccess
 from bot.clock import Clock
-from bot.errors import BadInput, Denied
+from bot.errors import AwsError, BadInput, Denied
 from bot.models import Limit, LimitException, Profile, Revocation, Subject
 from bot.quantities import Window
 from bot.services import audit, directory
@@ -73,29 +73,47 @@ def active(session: Session, subject_id: int) -> list[Revocation]:
         Revocation.subject_id == subject_id, Revocation.state == "active").order_by(Revocation.id)))
 
 
-def apply_deny(session: Session, iam: IamAccess, subject: Subject) -> tuple[list[str], list[str]]:
+@dataclass(frozen=True)
+class DenyOutcome:
+    principals: list[str]  # every bound principal
+    changed: list[str]  # written or changed now
+    failed: dict[str, str]  # principal → AWS error code (deleted user, quota, AccessDenied …)
+
+
+def apply_deny(session: Session, iam: IamAccess, subject: Subject) -> DenyOutcome:
     """Put the subject's deny policy on every bound principal (idempotent).
 
-    Returns (all bound principals, those whose policy was written or changed now)."""
+    One principal failing (deleted outside the bot, inline quota full) does not stop the
+    others; the failure is returned, audited by the caller and retried on the next run."""
     resources = deny_resources(session, subject)
-    principals = bound_principals(session, subject)
-    changed = [arn for arn in principals if iam.deny(arn, subject.name, resources).changed]
-    return principals, changed
+    out = DenyOutcome(bound_principals(session, subject), [], {})
+    for arn in out.principals:
+        try:
+            if iam.deny(arn, subject.name, resources).changed:
+                out.changed.append(arn)
+        except (AwsError, ValueError) as exc:
+            out.failed[arn] = exc.code if isinstance(exc, AwsError) else "InvalidPrincipal"
+    return out
 
 
 def reassert(session: Session, clock: Clock, iam: IamAccess) -> list[str]:
     """Keep every active revocation's deny complete: principals linked, members added or
     AIPs provisioned since the revocation are covered on the next enforce run."""
     touched: list[str] = []
+    if iam.dry_run:  # nothing was written, so there is nothing to keep complete
+        return touched
     subject_ids = set(session.scalars(select(Revocation.subject_id).where(Revocation.state == "active")))
     for subject in session.scalars(select(Subject).where(Subject.id.in_(subject_ids)).order_by(Subject.id)):
-        principals, changed = apply_deny(session, iam, subject)
+        out = apply_deny(session, iam, subject)
         for rev in active(session, subject.id):
-            rev.principals = sorted(set(rev.principals or []) | set(principals))
-        if changed:
+            rev.principals = sorted(set(rev.principals or []) | set(out.principals))
+        if out.changed:
             touched.append(subject.name)
             audit.record(session, clock, "system:enforce", "access.reassert",
-                         f"{subject.kind}:{subject.name}", {"principals": changed, "dry_run": iam.dry_run})
+                         f"{subject.kind}:{subject.name}", {"principals": out.changed})
+        if out.failed:
+            audit.record(session, clock, "system:enforce", "access.reassert",
+                         f"{subject.kind}:{subject.name}", {"failed": out.failed}, outcome="error")
     session.flush()
     return touched
 
@@ -113,8 +131,8 @@ def revoke(session: Session, clock: Clock, iam: IamAccess, actor: Actor, subject
            window: tuple[datetime, datetime] | None = None) -> RevocationView:
     if reason not in REASONS:
         raise ValueError(f"unknown revocation reason {reason!r}")
-    principals, _ = apply_deny(session, iam, subject)
-    dry = iam.dry_run
+    deny = apply_deny(session, iam, subject)
+    principals, dry = deny.principals, iam.dry_run
     rev = Revocation(subject_id=subject.id, reason=reason, note=note[:500], limit_id=limit_id,
                      window_start=window[0] if window else None,
                      window_end=window[1] if window else None, state="active",
@@ -123,7 +141,8 @@ def revoke(session: Session, clock: Clock, iam: IamAccess, actor: Actor, subject
     session.flush()
     audit.record(session, clock, actor.label, "access.revoke", f"{subject.kind}:{subject.name}",
                  {"revocation": rev.id, "reason": reason, "note": note[:500], "limit": limit_id,
-                  "principals": principals, "dry_run": dry})
+                  "principals": principals, "dry_run": dry, "failed": deny.failed},
+                 outcome="error" if deny.failed else "ok")
     return _view(session, rev, subject, principals, dry)
 
 

@@ -116,6 +116,8 @@ def set_admin(session: Session, clock: Clock, actor: Actor, user_id: str, role: 
         raise BadInput(f"unknown role {role!r}: use {', '.join(ROLES)}")
     row = session.get(Admin, user_id)
     before = row.role if row else None
+    if before == "owner" and role != "owner" and _owners(session) == 1:
+        raise BadInput("refusing to demote the last owner; make someone else owner first")
     if row is None:
         session.add(Admin(slack_user_id=user_id, role=role, added_by=actor.label, added_at=clock()))
     else:
@@ -130,13 +132,16 @@ def remove_admin(session: Session, clock: Clock, actor: Actor, user_id: str) -> 
     row = session.get(Admin, user_id)
     if row is None:
         raise NotFound(f"<@{user_id}> is not an admin")
-    owners = session.scalars(select(Admin).where(Admin.role == "owner")).all()
-    if row.role == "owner" and len(owners) == 1:
+    if row.role == "owner" and _owners(session) == 1:
         raise BadInput("refusing to remove the last owner")
     session.delete(row)
     session.flush()
     audit.record(session, clock, actor.label, "admins.remove", f"slack:{user_id}",
                  {"role": row.role})
+
+
+def _owners(session: Session) -> int:
+    return len(session.scalars(select(Admin.slack_user_id).where(Admin.role == "owner")).all())
 
 
 def list_admins(session: Session) -> list[tuple[str, str]]:

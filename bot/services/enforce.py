@@ -20,9 +20,10 @@ from sqlalchemy.orm import Session
 
 from bot.aws.access import IamAccess
 from bot.clock import Clock
+from bot.errors import AwsError
 from bot.models import AlertMark, Limit, LimitException, Revocation, Subject
 from bot.quantities import Window
-from bot.services import access, directory
+from bot.services import access, audit, directory
 from bot.services.access import RevocationView
 from bot.services.directory import Actor, SubjectInfo
 from bot.services.usage import LimitStatus, limit_status
@@ -55,6 +56,7 @@ class EnforceResult:
     restored: list[RevocationView] = field(default_factory=list)
     suspended: list[LimitStatus] = field(default_factory=list)
     reasserted: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
 
 
 def enforce(session: Session, clock: Clock, iam: IamAccess, tz: ZoneInfo,
@@ -66,9 +68,17 @@ def enforce(session: Session, clock: Clock, iam: IamAccess, tz: ZoneInfo,
     limits = session.execute(select(Limit, Subject).join(Subject, Subject.id == Limit.subject_id)
                              .order_by(Limit.id)).all()
     for limit, subject in limits:
-        status = limit_status(session, limit, subject, now, tz, week_start)
         result.checked += 1
-        _check(session, clock, iam, limit, subject, status, result)
+        # One limit failing (an AWS error while revoking) must not stop the others: each
+        # check runs in a savepoint, and the failure is audited and retried next run.
+        try:
+            with session.begin_nested():
+                status = limit_status(session, limit, subject, now, tz, week_start)
+                _check(session, clock, iam, limit, subject, status, result)
+        except AwsError as exc:
+            result.errors.append(f"{subject.name}: {exc}")
+            audit.record(session, clock, ACTOR.label, "enforce.limit", f"{subject.kind}:{subject.name}",
+                         {"limit": limit.id, "error": str(exc)[:300]}, outcome="error")
     return result
 
 
@@ -86,7 +96,7 @@ def _check(session: Session, clock: Clock, iam: IamAccess, limit: Limit, subject
         if key == ROLLING_KEY:
             _rearm(session, limit.id, pct)
         return
-    if limit.action == "notify" or _suspended(session, limit.id, clock()):
+    if limit.action == "notify" or suspended(session, limit.id, clock()):
         if limit.action != "notify":
             result.suspended.append(status)
         if _mark(session, clock, limit.id, key, 100) and limit.action == "notify":
@@ -125,7 +135,7 @@ def _rearm(session: Session, limit_id: int, pct: float) -> None:
     session.flush()
 
 
-def _suspended(session: Session, limit_id: int, now: datetime) -> bool:
+def suspended(session: Session, limit_id: int, now: datetime) -> bool:
     """An approved time-boxed exception suspends enforcement of this limit."""
     return session.scalar(select(LimitException.id).where(
         LimitException.limit_id == limit_id, LimitException.expires_at > now)) is not None
@@ -150,10 +160,8 @@ def _lift_finished(session: Session, clock: Clock, iam: IamAccess, now: datetime
         subject = session.get(Subject, rev.subject_id)
         if subject is None:
             continue
-        if limit is None and rev.reason == "limit":
-            lifted.append(access.lift(session, clock, iam, ACTOR, rev, "limit removed"))
-            continue
         if limit is None:
+            lifted.append(access.lift(session, clock, iam, ACTOR, rev, "limit removed"))
             continue
         status = limit_status(session, limit, subject, now, tz, week_start)
         # An alarm's or budget's verdict stands until its window is over: our own estimate
