@@ -24,6 +24,7 @@ from bot.runtime import Services
 from bot.services import access, audit, directory, guards, limits, logs_usage, profiles, requests, usage
 from bot.services.directory import Actor, SubjectRef
 from handlers.approvals import Approvals
+from jobs import daily_digest
 
 log = logging.getLogger(__name__)
 Handler = Callable[["Ctx", Any], Reply]
@@ -252,11 +253,20 @@ def do_audit(ctx: Ctx, cmd: cmds.SubjectCommand) -> Reply:
     return _or_error(out, lambda rows: messages.audit_reply(rows, ctx.services.tz))
 
 
+def do_digest(ctx: Ctx, cmd: cmds.Command) -> Reply:
+    """Post the digest now (admin; checked in the job), even if today's is already out."""
+    out = daily_digest.run(ctx.services, force=True, actor=ctx.actor)
+    if not out.ok or out.value is None:
+        return messages.error_reply(out.message)
+    return messages.text_reply(f"✅ Digest for {out.value.day} posted to <#{out.value.channel}> "
+                               f"(chart: {out.value.chart}).")
+
+
 HANDLERS: dict[str, Handler] = {
     "help": do_help, "usage": do_usage, "provision": do_provision, "profiles": do_profiles,
     "link": do_link, "team": do_team, "admins": do_admins, "limit": do_limit, "limits": do_limits,
     "unlimit": do_unlimit, "revoke": do_revoke, "restore": do_restore, "meter": do_meter,
-    "audit": do_audit,
+    "audit": do_audit, "digest": do_digest,
 }
 
 

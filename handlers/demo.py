@@ -269,6 +269,26 @@ def enforcement(d: Demo) -> None:
     d.click(ADMIN, "approve_request", str(req_id))
     names = iam.list_user_policies(UserName="alice")["PolicyNames"]
     expect(names == [], "the deny policy is gone: alice can call Bedrock again")
+    digest(d)
+
+
+def digest(d: Demo) -> None:
+    from datetime import timedelta
+
+    step("The daily digest is posted with a chart")
+    # The story's traffic is from today; the digest covers yesterday, so run it "tomorrow".
+    real = d.svc.clock
+    d.svc.clock = lambda: real() + timedelta(days=1)
+    try:
+        reply = d.command(ADMIN, "digest")
+    finally:
+        d.svc.clock = real
+    expect("Digest for" in reply and "uploaded" in reply, "the digest was posted with its chart")
+    files = d.slack.uploaded_files()
+    expect(len(files) == 1 and next(iter(files.values())).startswith(b"\x89PNG"), "the chart is a PNG")
+    path = d.workdir / "digest-chart.png"
+    path.write_bytes(next(iter(files.values())))
+    print(f"\n  chart saved to {path}")
 
 
 def _latest_request(d: Demo) -> int:

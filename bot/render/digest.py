@@ -1,0 +1,146 @@
+"""The daily digest → Block Kit (pure): `digest_blocks(data, tz)` returns (fallback text, blocks).
+
+Always the same shape (header, totals, then four titled sections, each saying "none" when
+empty), at most 12 blocks; a long list is cut to fit a section's 3,000 characters and ends
+with "…and N more". People are named by subject name, not mentioned, so the digest pings
+nobody; the one exception is the requester of a pending restore request (a Slack id is all
+the bot knows about them, and the request is theirs).
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from slack_sdk.models.blocks import (
+    ContextBlock,
+    DividerBlock,
+    HeaderBlock,
+    MarkdownTextObject,
+    SectionBlock,
+)
+
+from bot.quantities import format_tokens, format_usd
+from bot.render.chart import stacked_chart_png
+from bot.render.text import METRIC_LABEL, bar, escape, metric_value, trend, when
+from bot.services.digest import OTHERS, AtRisk, DigestData, PendingLine, RevokedLine, SubjectDay
+
+Reply = tuple[str, list[dict[str, Any]]]
+MAX_BLOCKS = 50
+SECTION_LIMIT = 3000
+_BUDGET = SECTION_LIMIT - 100  # room for the "…and N more" line
+_SLACK_ID = re.compile(r"^[UW][A-Z0-9]{2,31}$")
+_WEEKDAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+
+
+def _section(text: str) -> SectionBlock:
+    return SectionBlock(text=MarkdownTextObject(text=text[:SECTION_LIMIT]))
+
+
+def _list_section(title: str, lines: list[str], empty: str) -> SectionBlock:
+    """A titled list cut to fit one section; says how many lines did not fit."""
+    if not lines:
+        return _section(f"*{title}*\n_{empty}_")
+    text = f"*{title}*"
+    for i, line in enumerate(lines):
+        if len(text) + 1 + len(line) > _BUDGET:
+            return _section(f"{text}\n_…and {len(lines) - i} more_")
+        text += "\n" + line
+    return _section(text)
+
+
+def _who(name: str, kind: str) -> str:
+    return f"*{escape(name)}*" + (" (team)" if kind == "team" else "")
+
+
+def age(delta: timedelta) -> str:
+    minutes = max(0, int(delta.total_seconds() // 60))
+    days, rest = divmod(minutes, 24 * 60)
+    hours, mins = divmod(rest, 60)
+    if days:
+        return f"{days}d {hours}h"
+    return f"{hours}h {mins}m" if hours else f"{mins}m"
+
+
+def top_line(rank: int, s: SubjectDay) -> str:
+    t, p = s.totals, s.previous
+    return (f"{rank}. {_who(s.name, s.kind)}: {format_usd(t.cost_micro_usd)} "
+            f"({trend(t.cost_micro_usd, p.cost_micro_usd)}) · {format_tokens(t.tokens)} tokens "
+            f"({trend(t.tokens, p.tokens)})")
+
+
+def risk_line(a: AtRisk, tz: ZoneInfo) -> str:
+    s = a.status
+    flag = " ⛔" if s.percent >= 100 else ""
+    forecast = (f" · forecast {metric_value(s.metric, a.forecast)} by {when(s.window_end, tz)}"
+                if a.forecast is not None else "")
+    notify = " · notify only" if s.action == "notify" else ""
+    return (f"`{bar(s.percent)}` *{s.percent:.0f}%*{flag} {_who(s.subject, a.kind)} "
+            f"{METRIC_LABEL[s.metric]}/{s.window}: {metric_value(s.metric, s.used)} of "
+            f"{metric_value(s.metric, s.amount)}{forecast}{notify}")
+
+
+def revoked_line(r: RevokedLine, tz: ZoneInfo) -> str:
+    note = f" ({escape(r.note[:200])})" if r.note else ""
+    return (f"⛔ {_who(r.subject, r.kind)}: {escape(r.reason)}{note} · since {when(r.since, tz)} "
+            f"by {escape(r.by)}")
+
+
+def request_line(r: PendingLine) -> str:
+    who = f"<@{r.requester}>" if _SLACK_ID.match(r.requester) else escape(r.requester)
+    reason = f": “{escape(r.reason[:200])}”" if r.reason else ""
+    return f"#{r.id} *{escape(r.subject)}*, asked by {who} {age(r.age)} ago{reason}"
+
+
+def digest_text(d: DigestData) -> str:
+    """The notification fallback text (and what a screen reader says)."""
+    t, p = d.totals, d.previous
+    return (f"Bedrock digest for {d.day.isoformat()}: {format_tokens(t.tokens)} tokens "
+            f"({trend(t.tokens, p.tokens)}), {format_usd(t.cost_micro_usd)} "
+            f"({trend(t.cost_micro_usd, p.cost_micro_usd)}); {len(d.at_risk)} near a limit, "
+            f"{len(d.revocations)} revoked, {len(d.requests)} waiting for approval")
+
+
+def digest_blocks(d: DigestData, tz: ZoneInfo) -> Reply:
+    t, p = d.totals, d.previous
+    fields = [
+        MarkdownTextObject(text=f"*Tokens in*\n{format_tokens(t.input_tokens)}"),
+        MarkdownTextObject(text=f"*Tokens out*\n{format_tokens(t.output_tokens)}"),
+        MarkdownTextObject(text=f"*Est. cost*\n{format_usd(t.cost_micro_usd)}"),
+        MarkdownTextObject(text=f"*Requests*\n{format_tokens(t.requests)}"),
+        MarkdownTextObject(text=f"*vs day before*\n{trend(t.tokens, p.tokens)} tokens, "
+                                f"{trend(t.cost_micro_usd, p.cost_micro_usd)} cost"),
+        MarkdownTextObject(text=f"*Active users*\n{d.active_users}"),
+    ]
+    day = f"{_WEEKDAYS[d.day.weekday()]} {d.day.isoformat()}"
+    blocks: list[Any] = [
+        HeaderBlock(text=f"Bedrock usage digest: {day}"[:150]),
+        SectionBlock(fields=fields),
+        DividerBlock(),
+        _list_section("Top subjects", [top_line(i, s) for i, s in enumerate(d.top, 1)],
+                      "No usage."),
+        _list_section("At or above 80% of a limit", [risk_line(a, tz) for a in d.at_risk],
+                      "Nobody."),
+        _list_section("Revoked now", [revoked_line(r, tz) for r in d.revocations], "Nobody."),
+        _list_section("Restore requests waiting", [request_line(r) for r in d.requests], "None."),
+        ContextBlock(elements=[MarkdownTextObject(text=(
+            f"Day = {when(d.start, tz)} → {when(d.end, tz)} · a team includes its members · "
+            f"costs are estimates from list prices · chart of the last {len(d.chart.days)} days "
+            f"in the thread")[:2000])]),
+    ]
+    return digest_text(d), [b.to_dict() for b in blocks[:MAX_BLOCKS]]
+
+
+def chart_title(d: DigestData) -> str:
+    days = d.chart.days
+    span = f"{days[0].isoformat()} to {days[-1].isoformat()}" if days else d.day.isoformat()
+    return f"Bedrock tokens per day, {span} ({d.tz_name})"
+
+
+def digest_chart(d: DigestData) -> tuple[bytes, str, str]:
+    """(PNG, file name, title) of the digest's chart."""
+    title = chart_title(d)
+    png = stacked_chart_png(d.chart.days, d.chart.series, title, rest=OTHERS)
+    return png, f"bedrock-usage-{d.day.isoformat()}.png", title
