@@ -31,12 +31,12 @@ suffix (``bedrock-bot-limit-<id>-p<n>``) are still recognised so that any found 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any, TypeVar
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from bot.aws.clients import aws_error
+from bot.aws.clients import aws_error, call
 from bot.aws.metrics import DIMENSION, NAMESPACE
 
 PREFIX = "bedrock-bot-limit-"
@@ -211,7 +211,7 @@ class Alarms:
 
     def put(self, spec: dict[str, Any]) -> None:
         """Create or replace the alarm (PutMetricAlarm overwrites; the alarm's state is kept)."""
-        self._call("PutMetricAlarm", self._cw.put_metric_alarm, **spec)
+        call("PutMetricAlarm", self._cw.put_metric_alarm, **spec)
 
     def delete(self, names: Iterable[str]) -> None:
         """Delete these alarms; a name that does not exist is not an error."""
@@ -242,7 +242,7 @@ class Alarms:
         return sorted(self.for_limit(limit_id))
 
     def describe(self, name: str) -> dict[str, Any] | None:
-        page: dict[str, Any] = self._call("DescribeAlarms", self._cw.describe_alarms, AlarmNames=[name])
+        page: dict[str, Any] = call("DescribeAlarms", self._cw.describe_alarms, AlarmNames=[name])
         alarms = page.get("MetricAlarms", [])
         return dict(alarms[0]) if alarms else None
 
@@ -250,7 +250,7 @@ class Alarms:
         request: dict[str, Any] = {"AlarmNamePrefix": prefix, "AlarmTypes": ["MetricAlarm"]}
         found: dict[str, dict[str, Any]] = {}
         while True:
-            page: dict[str, Any] = self._call("DescribeAlarms", self._cw.describe_alarms, **request)
+            page: dict[str, Any] = call("DescribeAlarms", self._cw.describe_alarms, **request)
             for alarm in page.get("MetricAlarms", []):
                 name = alarm.get("AlarmName", "")
                 if parse_alarm_name(name) is not None:
@@ -269,12 +269,6 @@ class Alarms:
         except BotoCoreError as exc:
             raise aws_error("DeleteAlarms", exc) from exc
 
-    @staticmethod
-    def _call(operation: str, method: Callable[..., T], **kwargs: Any) -> T:
-        try:
-            return method(**kwargs)
-        except (ClientError, BotoCoreError) as exc:
-            raise aws_error(operation, exc) from exc
 
 
 def _code(exc: ClientError) -> str:

@@ -23,13 +23,13 @@ What AWS Budgets can express:
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from decimal import Decimal
 from typing import Any, TypeVar
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from bot.aws.clients import aws_error
+from bot.aws.clients import aws_error, call
 from bot.quantities import MICRO
 
 PREFIX = "bedrock-bot-limit-"
@@ -179,10 +179,10 @@ class Budgets:
         except BotoCoreError as exc:
             raise aws_error("CreateBudget", exc) from exc
         changed = False
-        current = self._call("DescribeBudget", self._b.describe_budget, AccountId=self.account_id,
+        current = call("DescribeBudget", self._b.describe_budget, AccountId=self.account_id,
                              BudgetName=name)["Budget"]
         if not _same_budget(current, budget):
-            self._call("UpdateBudget", self._b.update_budget, AccountId=self.account_id,
+            call("UpdateBudget", self._b.update_budget, AccountId=self.account_id,
                        NewBudget=budget)
             changed = True
         if self._sync_notifications(name, spec.get("NotificationsWithSubscribers", [])):
@@ -206,7 +206,7 @@ class Budgets:
         request: dict[str, Any] = {"AccountId": self.account_id}
         found: list[str] = []
         while True:
-            page: dict[str, Any] = self._call("DescribeBudgets", self._b.describe_budgets, **request)
+            page: dict[str, Any] = call("DescribeBudgets", self._b.describe_budgets, **request)
             found.extend(b["BudgetName"] for b in page.get("Budgets", [])
                          if b.get("BudgetName", "").startswith(prefix)
                          and parse_budget_name(b["BudgetName"]) is not None)
@@ -220,7 +220,7 @@ class Budgets:
         have: list[dict[str, Any]] = []
         request: dict[str, Any] = {"AccountId": self.account_id, "BudgetName": name}
         while True:
-            page: dict[str, Any] = self._call("DescribeNotificationsForBudget",
+            page: dict[str, Any] = call("DescribeNotificationsForBudget",
                                               self._b.describe_notifications_for_budget, **request)
             have.extend(page.get("Notifications", []))
             token = page.get("NextToken")
@@ -237,11 +237,11 @@ class Budgets:
                 continue
             plain = {k: notification[k] for k in ("NotificationType", "ComparisonOperator", "Threshold",
                                                   "ThresholdType") if k in notification}
-            self._call("DeleteNotification", self._b.delete_notification, AccountId=self.account_id,
+            call("DeleteNotification", self._b.delete_notification, AccountId=self.account_id,
                        BudgetName=name, Notification=plain)
             changed = True
         for w in want.values():
-            self._call("CreateNotification", self._b.create_notification, AccountId=self.account_id,
+            call("CreateNotification", self._b.create_notification, AccountId=self.account_id,
                        BudgetName=name, Notification=w["Notification"], Subscribers=w["Subscribers"])
             changed = True
         return changed
@@ -252,7 +252,7 @@ class Budgets:
         found: list[dict[str, Any]] = []
         request: dict[str, Any] = {"AccountId": self.account_id, "BudgetName": name, "Notification": plain}
         while True:
-            page: dict[str, Any] = self._call("DescribeSubscribersForNotification",
+            page: dict[str, Any] = call("DescribeSubscribersForNotification",
                                               self._b.describe_subscribers_for_notification, **request)
             found.extend(page.get("Subscribers", []))
             token = page.get("NextToken")
@@ -260,12 +260,6 @@ class Budgets:
                 return _subscriber_set(found)
             request = {**request, "NextToken": token}
 
-    @staticmethod
-    def _call(operation: str, method: Callable[..., T], **kwargs: Any) -> T:
-        try:
-            return method(**kwargs)
-        except (ClientError, BotoCoreError) as exc:
-            raise aws_error(operation, exc) from exc
 
 
 def _subscriber_set(subscribers: Iterable[dict[str, Any]]) -> set[tuple[str, str]]:

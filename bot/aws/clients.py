@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import boto3
 from botocore.config import Config
@@ -11,6 +12,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from bot.config import AwsSettings
 from bot.errors import AwsError
 
+T = TypeVar("T")
 RETRIES = Config(retries={"mode": "standard", "max_attempts": 5}, connect_timeout=5,
                  read_timeout=20)
 
@@ -20,6 +22,14 @@ def client(service: str, aws: AwsSettings, **kwargs: Any) -> Any:
     return boto3.client(service,  # type: ignore[call-overload]
                         region_name=aws.region, endpoint_url=aws.endpoint_url,
                         config=kwargs.pop("config", RETRIES), **kwargs)
+
+
+def call(operation: str, method: Callable[..., T], **kwargs: Any) -> T:
+    """One AWS call; any botocore failure comes back as an AwsError naming the operation."""
+    try:
+        return method(**kwargs)
+    except (ClientError, BotoCoreError) as exc:
+        raise aws_error(operation, exc) from exc
 
 
 def aws_error(operation: str, exc: Exception) -> AwsError:
