@@ -23,7 +23,6 @@ from slack_sdk.models.blocks import (
 )
 
 from bot.quantities import format_tokens, format_usd
-from bot.render.chart import stacked_chart_png
 from bot.render.text import METRIC_LABEL, bar, escape, metric_value, trend, when
 from bot.services.digest import OTHERS, AtRisk, DigestData, PendingLine, RevokedLine, SubjectDay
 
@@ -141,6 +140,8 @@ def chart_title(d: DigestData) -> str:
 
 def digest_chart(d: DigestData) -> tuple[bytes, str, str]:
     """(PNG, file name, title) of the digest's chart."""
+    from bot.render.chart import stacked_chart_png  # matplotlib only when a chart is drawn
+
     title = chart_title(d)
     png = stacked_chart_png(d.chart.days, d.chart.series, title, rest=OTHERS)
     return png, f"bedrock-usage-{d.day.isoformat()}.png", title
