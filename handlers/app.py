@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 from slack_bolt import App
 from slack_sdk import WebClient
 from slack_sdk.http_retry.builtin_handlers import (
@@ -30,9 +32,12 @@ def create_app(settings: Settings, services: Services, client: WebClient | None 
     client = client or slack_client(settings)
     if isinstance(services.notifier, NullNotifier):
         services.notifier = OutboxNotifier(SlackNotifier(client), services.db, services.clock)
+    # Bolt acks from the listener's thread; with its default pool of 5, an ack queues behind
+    # other commands' answers. A wider pool keeps acks in milliseconds under bursts.
     app = App(client=client, signing_secret=settings.slack.signing_secret or "unset",
               token_verification_enabled=False, process_before_response=False,
-              ignoring_self_events_enabled=False)
+              ignoring_self_events_enabled=False,
+              listener_executor=ThreadPoolExecutor(max_workers=32, thread_name_prefix="bolt"))
     commands.register(app, services)
     approvals.register(app, services)
     return app

@@ -54,21 +54,21 @@ class Totals:
                 "cost_usd": self.cost_micro_usd}[name]
 
 
-def upsert(session: Session, rows: Sequence[LedgerRow], now: datetime,
-           chunk: int = 2000) -> int:
-    """Insert or overwrite (meter, hour) rows: re-reading an hour replaces it, never adds."""
+def upsert(session: Session, rows: Sequence[LedgerRow], now: datetime) -> int:
+    """Insert or overwrite (meter, hour) rows: re-reading an hour replaces it, never adds.
+
+    One single-row INSERT … ON CONFLICT sent as an executemany: compiled once and cached
+    (a 2,000-row multi-VALUES statement was recompiled per chunk, ~10x slower at 10k profiles).
+    """
     if not rows:
         return 0
-    dialect = session.get_bind().dialect.name
-    insert = pg_insert if dialect == "postgresql" else sqlite_insert
-    for i in range(0, len(rows), chunk):
-        values = [{"meter_id": r.meter_id, "hour": r.hour, "updated_at": now,
-                   **{c: getattr(r, c) for c in _VALUE_COLS}} for r in rows[i:i + chunk]]
-        stmt = insert(Usage).values(values)
-        stmt = stmt.on_conflict_do_update(
-            index_elements=["meter_id", "hour"],
-            set_={c: stmt.excluded[c] for c in (*_VALUE_COLS, "updated_at")})
-        session.execute(stmt)
+    insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
+    stmt = insert(Usage)
+    stmt = stmt.on_conflict_do_update(index_elements=["meter_id", "hour"],
+                                      set_={c: stmt.excluded[c] for c in (*_VALUE_COLS, "updated_at")})
+    values = [{"meter_id": r.meter_id, "hour": r.hour, "updated_at": now,
+               **{c: getattr(r, c) for c in _VALUE_COLS}} for r in rows]
+    session.connection().execute(stmt, values)
     return len(rows)
 
 

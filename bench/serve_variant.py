@@ -1,0 +1,79 @@
+"""`bedrock-bot serve` with one what-if change applied in-process, for bench_ack_latency.py's `--variant`.
+
+Not shipped code and not a benchmark: it measures what a change to handlers/ would buy before anyone
+makes it. The variant comes from BENCH_SERVE_VARIANT:
+
+- `pool32`: Bolt's listener executor gets 32 threads instead of its default 5 (handlers/app.py would pass
+  `listener_executor=ThreadPoolExecutor(32)` to `App`);
+- `handoff`: the `/bedrock` listener acks and hands the answer to an executor of its own, so Bolt's
+  5 listener threads are busy for microseconds per command (handlers/commands.py `register`);
+- `inline`: `handoff`, and `App(process_before_response=True)`, so the listener (ack + hand-off) runs in
+  the request thread and the 200 goes out as it returns, without Bolt's 10 ms polling for the ack. Only
+  sound when every listener hands its work off the same way (handlers/approvals.py does not yet).
+
+Usage (what the bench runs):  BENCH_SERVE_VARIANT=handoff python bench/serve_variant.py serve …
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import slack_bolt.app.app as bolt_app
+from slack_bolt import Ack, App, Respond
+from slack_sdk import WebClient
+
+import handlers.commands as commands
+from bot.runtime import Services
+from handlers.main import main
+
+
+def _pool32() -> None:
+    original = bolt_app.App.__init__
+
+    def init(self: App, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("listener_executor", ThreadPoolExecutor(max_workers=32))
+        original(self, *args, **kwargs)
+
+    bolt_app.App.__init__ = init  # type: ignore[method-assign]
+
+
+def _handoff() -> None:
+    pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="answer")
+
+    def register(app: App, services: Services) -> None:
+        @app.command("/bedrock")
+        def bedrock(ack: Ack, body: dict[str, Any], respond: Respond, client: WebClient) -> None:
+            ack()
+            user, text = str(body.get("user_id", "")), str(body.get("text", ""))
+
+            def work() -> None:
+                reply_text, blocks = commands.answer(services, client, user, text)
+                respond(text=reply_text, blocks=blocks, response_type="ephemeral")
+
+            pool.submit(work)
+
+    commands.register = register
+
+
+def _inline() -> None:
+    _handoff()
+    original = bolt_app.App.__init__
+
+    def init(self: App, *args: Any, **kwargs: Any) -> None:
+        kwargs["process_before_response"] = True
+        original(self, *args, **kwargs)
+
+    bolt_app.App.__init__ = init  # type: ignore[method-assign]
+
+
+VARIANTS = {"pool32": _pool32, "handoff": _handoff, "inline": _inline}
+
+if __name__ == "__main__":
+    VARIANTS[os.environ["BENCH_SERVE_VARIANT"]]()
+    sys.exit(main())
