@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import getpass
 import logging
+import re
 import sys
 from collections.abc import Callable
 
@@ -71,7 +72,8 @@ def cmd_iam_policy(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _safe_url(url: str) -> str:
-    """The URL without a password, for messages."""
+    """The URL without a password (user:password@ or ?password=), for messages."""
+    url = re.sub(r"(?i)([?&]password=)[^&]*", r"\1***", url)
     if "@" in url and "://" in url:
         scheme, rest = url.split("://", 1)
         creds, host = rest.rsplit("@", 1)
@@ -103,6 +105,8 @@ def run(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("botocore", "boto3", "urllib3", "s3transfer"):  # their DEBUG logs carry credentials
+        logging.getLogger(noisy).setLevel(logging.INFO)
     try:
         settings = load_settings()
     except ValidationError as exc:

@@ -165,6 +165,8 @@ def parse_user_mention(token: str, name: str) -> str:
 def tokenize(text: str) -> list[str]:
     if len(text) > MAX_TEXT:
         raise _bad("help", f"the command is too long ({len(text)} characters; at most {MAX_TEXT})")
+    if any(ord(c) < 32 and c not in "\t\n\r" for c in text):
+        raise _bad("help", "the command contains control characters")
     return html.unescape(text).split() if "&" in text else text.split()
 
 

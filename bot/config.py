@@ -50,7 +50,7 @@ class SlackSettings(BaseSettings):
 
 class DatabaseSettings(BaseSettings):
     model_config = _BASE
-    url: str = Field("sqlite:///bedrock-bot.db", validation_alias="DATABASE_URL")
+    url: str = Field("sqlite:///bedrock-bot.db", validation_alias="DATABASE_URL", repr=False)
 
     @field_validator("url")
     @classmethod

@@ -55,3 +55,17 @@ def execute(db: Database, clock: Clock, actor: Actor, action: str, target: str,
             audit.record(session, clock, actor.label, action, target,
                          {"reason": str(exc)[:500]}, outcome=exc.outcome)
         return Outcome(error=exc)
+    except Exception as exc:
+        _audit_failure(db, clock, actor, action, target, exc)
+        raise
+
+
+def _audit_failure(db: Database, clock: Clock, actor: Actor, action: str, target: str,
+                   exc: Exception) -> None:
+    """Best effort: with the database itself down there is nowhere to write it."""
+    try:
+        with db.session_scope() as session:
+            audit.record(session, clock, actor.label, action, target,
+                         {"reason": f"{type(exc).__name__}: {str(exc)[:200]}"}, outcome="error")
+    except Exception:
+        log.warning("could not audit the failure of %s", action)

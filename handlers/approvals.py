@@ -12,6 +12,7 @@ from typing import Any
 
 from slack_bolt import Ack, App, Respond
 from slack_sdk import WebClient
+from sqlalchemy.exc import DBAPIError
 
 from bot import announce
 from bot.execute import Outcome, execute
@@ -52,12 +53,14 @@ class Approvals:
     def channel(self) -> str | None:
         return self.s.settings.bot.alert_channel
 
-    def tell(self, respond: Respond | None, actor: Actor) -> Tell:
-        return _tell_by(respond, self.s.notifier, actor.slack_user_id or "")
+    def tell(self, respond: Respond | None, actor: Actor, body: dict[str, Any] | None = None) -> Tell:
+        # App Home buttons carry no response_url: answer those by DM as well.
+        usable = respond if body is None or body.get("response_url") else None
+        return _tell_by(usable, self.s.notifier, actor.slack_user_id or "")
 
     def open_request_modal(self, body: dict[str, Any], client: WebClient, respond: Respond) -> None:
         actor = Actor.slack(str(body.get("user", {}).get("id", "")))
-        tell = self.tell(respond, actor)
+        tell = self.tell(respond, actor, body)
         rev_id = _id((body.get("actions") or [{}])[0].get("value"))
         if rev_id is None:
             tell("⚠️ that button does not name a revocation")
@@ -97,14 +100,20 @@ class Approvals:
 
     def decide(self, body: dict[str, Any], respond: Respond | None, decision: str, note: str = "") -> None:
         actor = Actor.slack(str(body.get("user", {}).get("id", "")))
-        tell = self.tell(respond, actor)
+        tell = self.tell(respond, actor, body)
         req_id = _id((body.get("actions") or [{}])[0].get("value")) if "actions" in body \
             else _id(body.get("view", {}).get("private_metadata"))
         if req_id is None:
             tell("⚠️ that button does not name a request")
             return
-        out = self.run(actor, f"request.{decision}", f"request:{req_id}", lambda session: requests.decide(
-            session, self.s.clock, self.s.access, actor, req_id, decision, note))
+        try:
+            out = self.run(actor, f"request.{decision}", f"request:{req_id}", lambda session: requests.decide(
+                session, self.s.clock, self.s.access, actor, req_id, decision, note))
+        except DBAPIError:
+            log.exception("request %s: database error", req_id)
+            tell("⚠️ the bot's database is not answering right now; nothing was decided. "
+                 "Please click again in a minute.")
+            return
         if not out.ok:
             tell(f"⚠️ {out.message}")
             return
@@ -127,7 +136,7 @@ class Approvals:
 
     def open_deny_modal(self, body: dict[str, Any], client: WebClient, respond: Respond) -> None:
         actor = Actor.slack(str(body.get("user", {}).get("id", "")))
-        tell = self.tell(respond, actor)
+        tell = self.tell(respond, actor, body)
         req_id = _id((body.get("actions") or [{}])[0].get("value"))
         if req_id is None:
             tell("⚠️ that button does not name a request")

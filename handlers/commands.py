@@ -10,6 +10,7 @@ from typing import Any
 from slack_bolt import Ack, App, Respond
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
+from sqlalchemy.exc import DBAPIError
 
 from bot import announce
 from bot import commands as cmds
@@ -19,6 +20,7 @@ from bot.models import Limit
 from bot.notify import safe
 from bot.render import messages
 from bot.render.messages import Reply
+from bot.render.text import escape
 from bot.render.usage import usage_blocks, usage_text
 from bot.runtime import Services
 from bot.services import access, audit, directory, guards, limits, logs_usage, profiles, requests, usage
@@ -96,8 +98,8 @@ def do_link(ctx: Ctx, cmd: cmds.Link) -> Reply:
     out = ctx.run("principal.link", str(ref), lambda session: directory.link_principal(
         session, s.clock, ctx.actor, ref, cmd.arn)[0].name)
     if out.ok:
-        ctx.broadcast(f"<@{ctx.actor.slack_user_id}> linked `{cmd.arn}` to `{out.value}`")
-    return _or_error(out, lambda name: messages.text_reply(f"✅ Linked `{cmd.arn}` to `{name}`."))
+        ctx.broadcast(f"<@{ctx.actor.slack_user_id}> linked `{escape(cmd.arn)}` to `{out.value}`")
+    return _or_error(out, lambda name: messages.text_reply(f"✅ Linked `{escape(cmd.arn)}` to `{name}`."))
 
 
 def do_team(ctx: Ctx, cmd: cmds.TeamChange) -> Reply:
@@ -233,9 +235,10 @@ def do_meter(ctx: Ctx, cmd: cmds.MeterMap) -> Reply:
     out = ctx.run("meter.map", f"{cmd.key}={cmd.value}", lambda session: logs_usage.map_metadata(
         session, s.clock, ctx.actor, cmd.key, cmd.value, ref, allowed_keys=keys or None).key)
     if out.ok:
-        ctx.broadcast(f"<@{ctx.actor.slack_user_id}> mapped requestMetadata `{out.value}` to `{ref}`")
+        ctx.broadcast(f"<@{ctx.actor.slack_user_id}> mapped requestMetadata `{escape(out.value)}` "
+                      f"to `{escape(str(ref))}`")
     return _or_error(out, lambda key: messages.text_reply(
-        f"✅ Invocation-log usage with requestMetadata `{key}` now counts for `{ref}`."
+        f"✅ Invocation-log usage with requestMetadata `{escape(key)}` now counts for `{escape(str(ref))}`."
         + ("" if s.settings.aws.invocation_log_group else
            " (BOT_INVOCATION_LOG_GROUP is not set, so no logs are read yet.)")))
 
@@ -276,15 +279,31 @@ def answer(services: Services, client: WebClient, user_id: str, text: str) -> Re
     try:
         cmd = cmds.parse(text)
     except BadInput as exc:
+        _audit_refusal(services, ctx.actor, exc)
         return messages.error_reply(Outcome(error=exc).message)
     handler = HANDLERS.get(cmd.name)
     if handler is None:
         return messages.error_reply(f"`{cmd.name}` is not available in this version yet.")
     try:
         return handler(ctx, cmd)
+    except DBAPIError:
+        log.exception("/bedrock %s: database error", cmd.name)
+        return messages.error_reply("the bot's database is not answering right now; nothing was "
+                                    "changed. Please try again in a minute.")
     except Exception:
         log.exception("/bedrock %s failed", cmd.name)
-        return messages.error_reply("something went wrong on our side; it has been logged.")
+        return messages.error_reply("something went wrong on our side; nothing was changed and it "
+                                    "has been logged. Please try again in a minute.")
+
+
+def _audit_refusal(services: Services, actor: Actor, exc: BadInput) -> None:
+    """Unparseable text is a refusal too: audited (best effort: the database may be down)."""
+    try:
+        with services.db.session_scope() as session:
+            audit.record(session, services.clock, actor.label, "command.parse", "slack",
+                         {"reason": str(exc)[:300]}, outcome="denied")
+    except DBAPIError:
+        log.warning("could not audit a refused command")
 
 
 def register(app: App, services: Services) -> None:

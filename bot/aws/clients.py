@@ -13,7 +13,7 @@ from bot.config import AwsSettings
 from bot.errors import AwsError
 
 T = TypeVar("T")
-RETRIES = Config(retries={"mode": "standard", "max_attempts": 5}, connect_timeout=5,
+RETRIES = Config(retries={"mode": "standard", "total_max_attempts": 5}, connect_timeout=5,
                  read_timeout=20)
 
 

@@ -128,10 +128,18 @@ def lift_deny(session: Session, iam: IamAccess, subject: Subject) -> list[str]:
 
 def revoke(session: Session, clock: Clock, iam: IamAccess, actor: Actor, subject: Subject,
            reason: str, note: str = "", limit_id: int | None = None,
-           window: tuple[datetime, datetime] | None = None) -> RevocationView:
+           window: tuple[datetime, datetime] | None = None, strict: bool = False) -> RevocationView:
+    """Deny now and record it. `strict` (a person asked): any IAM failure refuses the whole
+    revocation, named in the reply. Not strict (enforce, alarms): the revocation is recorded
+    and the failed principals are retried every run, so nothing is let through meanwhile."""
     if reason not in REASONS:
         raise ValueError(f"unknown revocation reason {reason!r}")
     deny = apply_deny(session, iam, subject)
+    if strict and deny.failed:
+        arn, code = next(iter(deny.failed.items()))
+        raise AwsError("PutUserPolicy" if ":user/" in arn else "PutRolePolicy", code,
+                       f"could not deny {arn}" + (f" and {len(deny.failed) - 1} more" if len(deny.failed) > 1
+                                                  else ""))
     principals, dry = deny.principals, iam.dry_run
     rev = Revocation(subject_id=subject.id, reason=reason, note=note[:500], limit_id=limit_id,
                      window_start=window[0] if window else None,
@@ -152,7 +160,7 @@ def revoke_manual(session: Session, clock: Clock, iam: IamAccess, actor: Actor,
     subject = directory.get(session, ref)
     if any(r.reason == "manual" for r in active(session, subject.id)):
         raise BadInput(f"{subject.name} is already revoked by an admin")
-    return revoke(session, clock, iam, actor, subject, "manual", note)
+    return revoke(session, clock, iam, actor, subject, "manual", note, strict=True)
 
 
 def lift(session: Session, clock: Clock, iam: IamAccess, actor: Actor, rev: Revocation,

@@ -7,10 +7,13 @@
 from __future__ import annotations
 
 import re
+import unicodedata
 from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from bot.aws.access import parse_principal
@@ -74,13 +77,16 @@ def info(s: Subject) -> SubjectInfo:
 def bootstrap_admins(session: Session, clock: Clock, user_ids: list[str]) -> list[str]:
     """Make every `BOT_ADMINS` id an owner (idempotent). Returns the ids that were added."""
     added = []
+    insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
     for uid in user_ids:
-        row = session.get(Admin, uid)
-        if row is None:
-            session.add(Admin(slack_user_id=uid, role="owner", added_by="config:BOT_ADMINS",
-                              added_at=clock()))
+        # INSERT … ON CONFLICT: two replicas starting together must not trip over each other.
+        stmt = insert(Admin).values(slack_user_id=uid, role="owner", added_by="config:BOT_ADMINS",
+                                    added_at=clock()).on_conflict_do_nothing()
+        if session.execute(stmt.returning(Admin.slack_user_id)).first() is not None:
             added.append(uid)
-        elif row.role != "owner":
+            continue
+        row = session.get(Admin, uid)
+        if row is not None and row.role != "owner":
             row.role = "owner"
             added.append(uid)
     if added:
@@ -152,7 +158,9 @@ def list_admins(session: Session) -> list[tuple[str, str]]:
 # ---- subjects ------------------------------------------------------------------------
 
 def normalise_name(raw: str) -> str:
-    name = raw.strip().lower().lstrip("@")
+    """Slack handles to subject names: accents folded (ålice → alice), the rest → '-'."""
+    folded = unicodedata.normalize("NFKD", raw).encode("ascii", "ignore").decode()
+    name = folded.strip().lower().lstrip("@")
     name = re.sub(r"[^a-z0-9._-]+", "-", name).strip("-._")[:64]
     return name
 

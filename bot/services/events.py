@@ -59,7 +59,7 @@ def claim(session: Session, clock: Clock, env: SnsEnvelope) -> bool:
     insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
     stmt = insert(SnsMessage).values(message_id=env.message_id, topic_arn=env.topic_arn[:512],
                                      type=env.type, received_at=clock(), outcome="received",
-                                     body=env.message[:20000]).on_conflict_do_nothing()
+                                     body=env.message[:20000].replace("\x00", "")).on_conflict_do_nothing()
     # RETURNING, not rowcount: psycopg reports -1 for INSERT … ON CONFLICT.
     return session.execute(stmt.returning(SnsMessage.message_id)).first() is not None
 
