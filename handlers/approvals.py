@@ -65,8 +65,12 @@ class Approvals:
         if rev_id is None:
             tell("⚠️ that button does not name a revocation")
             return
-        out = self.run(actor, "request.open", f"revocation:{rev_id}",
-                       lambda session: requests.check_can_ask(session, actor, rev_id))
+        try:
+            out = self.run(actor, "request.open", f"revocation:{rev_id}",
+                           lambda session: requests.check_can_ask(session, actor, rev_id))
+        except DBAPIError:
+            tell("⚠️ the bot's database is not answering right now; please click again in a minute.")
+            return
         if not out.ok:
             tell(f"⚠️ {out.message}")
             return
@@ -141,8 +145,12 @@ class Approvals:
         if req_id is None:
             tell("⚠️ that button does not name a request")
             return
-        out = self.run(actor, "request.deny", f"request:{req_id}",
-                       lambda session: requests.check_decider(session, actor, req_id))
+        try:
+            out = self.run(actor, "request.deny", f"request:{req_id}",
+                           lambda session: requests.check_decider(session, actor, req_id))
+        except DBAPIError:
+            tell("⚠️ the bot's database is not answering right now; please click again in a minute.")
+            return
         if not out.ok:
             tell(f"⚠️ {out.message}")
             return

@@ -72,6 +72,7 @@ def _parse_body(content_type: str, body: bytes) -> dict[str, Any]:
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
+    request_queue_size = 128  # bursts of 20+ clients must not see refused connections
     fake: FakeSlack
 
 

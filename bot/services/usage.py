@@ -10,7 +10,7 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from bot.aws.metrics import ALL_METRICS, CloudWatchMetrics, HourlyUsage
+from bot.aws.metrics import ALL_METRICS, TOKEN_METRICS, CloudWatchMetrics, HourlyUsage
 from bot.aws.profiles import ProfilesBackend
 from bot.clock import Clock
 from bot.errors import Denied, NotFound
@@ -23,7 +23,8 @@ from bot.services.ledger import HOUR, LedgerRow, Totals, floor_hour
 from bot.services.profiles import adopt_tagged
 
 CURSOR = "usage_sync"
-RECENT = timedelta(hours=2)  # ListMetrics' RecentlyActive=PT3H covers a gap this short
+RECENT = timedelta(hours=2)
+NEW_PROFILE = timedelta(days=1)  # ListMetrics' RecentlyActive=PT3H covers a gap this short
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,11 @@ def sync_usage(session: Session, clock: Clock, metrics: CloudWatchMetrics,
     fresh = [p for p in profiles.values() if p.backfilled_at is None]
     wanted = {pid: names for pid, names in active.items()
               if pid in profiles and profiles[pid].backfilled_at is not None}
+    # ListMetrics can take up to 15 minutes to list a metric it has never seen: profiles
+    # created in the last day are read whether listed or not, so their first breach counts.
+    for p in profiles.values():
+        if p.backfilled_at is not None and p.profile_id not in wanted and now - p.created_at < NEW_PROFILE:
+            wanted[p.profile_id] = frozenset(TOKEN_METRICS)
     readings = metrics.hourly(wanted, start, now) if wanted else []
     if fresh:
         # The last 3 hours say nothing about last month: ask for every metric, cache
