@@ -24,6 +24,8 @@ from bot.services import requests
 from bot.services.directory import Actor
 
 log = logging.getLogger(__name__)
+DB_DOWN = ("⚠️ the bot's database is not answering right now; nothing was changed. "
+           "Please click again in a minute.")
 
 
 def _id(value: Any) -> int | None:
@@ -58,23 +60,30 @@ class Approvals:
         usable = respond if body is None or body.get("response_url") else None
         return _tell_by(usable, self.s.notifier, actor.slack_user_id or "")
 
-    def open_request_modal(self, body: dict[str, Any], client: WebClient, respond: Respond) -> None:
+    def _click(self, body: dict[str, Any], respond: Respond, noun: str, action: str,
+               check: Callable[[Any, Actor, int], Any]) -> tuple[int, Any] | None:
+        """A button's shared path: a numeric value, then `check` in a transaction. Refusals are
+        told to the clicker; None then, else (the id, what `check` returned)."""
         actor = Actor.slack(str(body.get("user", {}).get("id", "")))
         tell = self.tell(respond, actor, body)
-        rev_id = _id((body.get("actions") or [{}])[0].get("value"))
-        if rev_id is None:
-            tell("⚠️ that button does not name a revocation")
-            return
+        item = _id((body.get("actions") or [{}])[0].get("value"))
+        if item is None:
+            tell(f"⚠️ that button does not name a {noun}")
+            return None
         try:
-            out = self.run(actor, "request.open", f"revocation:{rev_id}",
-                           lambda session: requests.check_can_ask(session, actor, rev_id))
+            out = self.run(actor, action, f"{noun}:{item}", lambda session: check(session, actor, item))
         except DBAPIError:
-            tell("⚠️ the bot's database is not answering right now; please click again in a minute.")
-            return
+            tell(DB_DOWN)
+            return None
         if not out.ok:
             tell(f"⚠️ {out.message}")
-            return
-        client.views_open(trigger_id=body["trigger_id"], view=ui.request_modal(rev_id, out.value))
+            return None
+        return item, out.value
+
+    def open_request_modal(self, body: dict[str, Any], client: WebClient, respond: Respond) -> None:
+        checked = self._click(body, respond, "revocation", "request.open", requests.check_can_ask)
+        if checked is not None:
+            client.views_open(trigger_id=body["trigger_id"], view=ui.request_modal(*checked))
 
     def submit_request(self, body: dict[str, Any], view: dict[str, Any]) -> None:
         actor = Actor.slack(str(body.get("user", {}).get("id", "")))
@@ -115,8 +124,7 @@ class Approvals:
                 session, self.s.clock, self.s.access, actor, req_id, decision, note))
         except DBAPIError:
             log.exception("request %s: database error", req_id)
-            tell("⚠️ the bot's database is not answering right now; nothing was decided. "
-                 "Please click again in a minute.")
+            tell(DB_DOWN)
             return
         if not out.ok:
             tell(f"⚠️ {out.message}")
@@ -139,22 +147,9 @@ class Approvals:
         safe(self.s.notifier.dm, r.requester, ui.requester_note(r))
 
     def open_deny_modal(self, body: dict[str, Any], client: WebClient, respond: Respond) -> None:
-        actor = Actor.slack(str(body.get("user", {}).get("id", "")))
-        tell = self.tell(respond, actor, body)
-        req_id = _id((body.get("actions") or [{}])[0].get("value"))
-        if req_id is None:
-            tell("⚠️ that button does not name a request")
-            return
-        try:
-            out = self.run(actor, "request.deny", f"request:{req_id}",
-                           lambda session: requests.check_decider(session, actor, req_id))
-        except DBAPIError:
-            tell("⚠️ the bot's database is not answering right now; please click again in a minute.")
-            return
-        if not out.ok:
-            tell(f"⚠️ {out.message}")
-            return
-        client.views_open(trigger_id=body["trigger_id"], view=ui.deny_modal(req_id))
+        checked = self._click(body, respond, "request", "request.deny", requests.check_decider)
+        if checked is not None:
+            client.views_open(trigger_id=body["trigger_id"], view=ui.deny_modal(checked[0]))
 
     def home(self, user_id: str, client: WebClient) -> None:
         actor = Actor.slack(user_id)
