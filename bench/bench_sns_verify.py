@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bot.alerts import parse_any
+from bot.aws.notifications import parse_any
 from bot.aws.sns import CertificateStore, SnsVerifier, check_cert_url
 from bot.clock import FixedClock
 from tests.fakes.sns_signing import TEST_CERT_URL, make_notification, write_cert

@@ -28,7 +28,7 @@ import slack_bolt.app.app as bolt_app
 from slack_bolt import Ack, App, Respond
 from slack_sdk import WebClient
 
-import handlers.commands as commands
+import handlers.slash as commands
 from bot.runtime import Services
 from handlers.main import main
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from bot.notify import Notifier, safe
-from bot.render import alerts
+from bot.render import enforcement as alerts
 from bot.services.access import RevocationView
 from bot.services.enforce import EnforceResult
+from bot.slack.notifier import Notifier, safe
 
 
 def _post(notifier: Notifier, channel: str | None, reply: tuple[str, list[dict[str, Any]]]) -> None:

@@ -19,8 +19,8 @@ from bot.aws.sns import DEFAULT_MAX_AGE, CertificateStore, SnsVerifier
 from bot.clock import Clock, utcnow
 from bot.config import Settings
 from bot.db import Database
-from bot.notify import Notifier, NullNotifier
 from bot.pricing import PriceTable
+from bot.slack.notifier import Notifier, NullNotifier
 
 log = logging.getLogger(__name__)
 

@@ -13,10 +13,10 @@ from slack_sdk.http_retry.builtin_handlers import (
 )
 
 from bot.config import Settings
-from bot.notify import NullNotifier, SlackNotifier
-from bot.outbox import OutboxNotifier
 from bot.runtime import Services
-from handlers import approvals, commands
+from bot.slack.notifier import NullNotifier, SlackNotifier
+from bot.slack.outbox import OutboxNotifier
+from handlers import approvals, slash
 
 
 def slack_client(settings: Settings) -> WebClient:
@@ -38,6 +38,6 @@ def create_app(settings: Settings, services: Services, client: WebClient | None 
               token_verification_enabled=False, process_before_response=False,
               ignoring_self_events_enabled=False,
               listener_executor=ThreadPoolExecutor(max_workers=32, thread_name_prefix="bolt"))
-    commands.register(app, services)
+    slash.register(app, services)
     approvals.register(app, services)
     return app

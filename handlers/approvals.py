@@ -16,12 +16,12 @@ from sqlalchemy.exc import DBAPIError
 
 from bot import announce
 from bot.execute import Outcome, execute
-from bot.notify import safe
 from bot.render import approvals as ui
-from bot.render.alerts import REQUEST_RESTORE
+from bot.render.enforcement import REQUEST_RESTORE
 from bot.runtime import Services
-from bot.services import requests
+from bot.services import home, restore_requests
 from bot.services.directory import Actor
+from bot.slack.notifier import safe
 
 log = logging.getLogger(__name__)
 DB_DOWN = ("⚠️ the bot's database is not answering right now; nothing was changed. "
@@ -81,7 +81,7 @@ class Approvals:
         return item, out.value
 
     def open_request_modal(self, body: dict[str, Any], client: WebClient, respond: Respond) -> None:
-        checked = self._click(body, respond, "revocation", "request.open", requests.check_can_ask)
+        checked = self._click(body, respond, "revocation", "request.open", restore_requests.check_can_ask)
         if checked is not None:
             client.views_open(trigger_id=body["trigger_id"], view=ui.request_modal(*checked))
 
@@ -90,8 +90,9 @@ class Approvals:
         rev_id = _id(view.get("private_metadata"))
         reason = _reason(view)
         ttl = timedelta(hours=self.s.settings.bot.request_ttl_hours)
-        out = self.run(actor, "request.create", f"revocation:{rev_id}", lambda session: requests.create(
-            session, self.s.clock, actor, rev_id or 0, reason, ttl))
+        out = self.run(actor, "request.create", f"revocation:{rev_id}",
+                       lambda session: restore_requests.create(session, self.s.clock, actor, rev_id or 0,
+                                                               reason, ttl))
         self.after_request(actor, out)
 
     def after_request(self, actor: Actor, out: Outcome[Any]) -> str:
@@ -105,7 +106,7 @@ class Approvals:
             ts = safe(self.s.notifier.post, self.channel, text, blocks)
             if ts:
                 with self.s.db.session_scope() as session:
-                    requests.record_message(session, req.id, self.channel, ts)
+                    restore_requests.record_message(session, req.id, self.channel, ts)
         note = ("📨 Your restore request is with the admins." if created
                 else "⏳ You already have a restore request waiting for the admins.")
         safe(self.s.notifier.dm, actor.slack_user_id or "", note)
@@ -120,8 +121,9 @@ class Approvals:
             tell("⚠️ that button does not name a request")
             return
         try:
-            out = self.run(actor, f"request.{decision}", f"request:{req_id}", lambda session: requests.decide(
-                session, self.s.clock, self.s.access, actor, req_id, decision, note))
+            out = self.run(actor, f"request.{decision}", f"request:{req_id}",
+                           lambda session: restore_requests.decide(session, self.s.clock, self.s.access,
+                                                                   actor, req_id, decision, note))
         except DBAPIError:
             log.exception("request %s: database error", req_id)
             tell(DB_DOWN)
@@ -140,20 +142,20 @@ class Approvals:
             announce.restored(self.s.notifier, self.channel, d.restored, f"<@{actor.slack_user_id}>",
                               f"restore request {d.request.id}")
 
-    def publish_decision(self, r: requests.RequestView) -> None:
+    def publish_decision(self, r: restore_requests.RequestView) -> None:
         if r.channel and r.ts:
             text, blocks = ui.decided_message(r, self.s.tz)
             safe(self.s.notifier.update, r.channel, r.ts, text, blocks)
         safe(self.s.notifier.dm, r.requester, ui.requester_note(r))
 
     def open_deny_modal(self, body: dict[str, Any], client: WebClient, respond: Respond) -> None:
-        checked = self._click(body, respond, "request", "request.deny", requests.check_decider)
+        checked = self._click(body, respond, "request", "request.deny", restore_requests.check_decider)
         if checked is not None:
             client.views_open(trigger_id=body["trigger_id"], view=ui.deny_modal(checked[0]))
 
     def home(self, user_id: str, client: WebClient) -> None:
         actor = Actor.slack(user_id)
-        out = self.run(actor, "home.view", f"slack:{user_id}", lambda session: requests.home(
+        out = self.run(actor, "home.view", f"slack:{user_id}", lambda session: home.load(
             session, self.s.clock, self.s.tz, self.s.week_start, actor))
         if out.ok:
             client.views_publish(user_id=user_id, view=ui.home_view(*out.value, tz=self.s.tz))

@@ -57,8 +57,8 @@ def cmd_socket(args: argparse.Namespace, settings: Settings) -> int:
 
 def _prepare(settings: Settings) -> Services:
     """Migrate, build the services, make BOT_ADMINS owners: what every long-running mode needs."""
-    from bot.notify import SlackNotifier
-    from bot.outbox import OutboxNotifier
+    from bot.slack.notifier import SlackNotifier
+    from bot.slack.outbox import OutboxNotifier
     from handlers.app import slack_client
 
     upgrade(settings.db.url)

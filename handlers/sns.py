@@ -13,11 +13,11 @@ import logging
 from bot.aws.clients import aws_error
 from bot.aws.sns import SnsRejected, SnsVerifier
 from bot.execute import execute
-from bot.notify import safe
 from bot.render.events import event_message
 from bot.runtime import Services
 from bot.services import audit, events
 from bot.services.directory import Actor
+from bot.slack.notifier import safe
 
 log = logging.getLogger(__name__)
 

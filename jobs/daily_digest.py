@@ -37,12 +37,12 @@ from bot.db import Database
 from bot.errors import BotError
 from bot.execute import Outcome, execute
 from bot.models import Digest
-from bot.notify import Notifier
 from bot.render.digest import digest_blocks, digest_chart
 from bot.runtime import Services
 from bot.services import audit, directory
 from bot.services.digest import DigestData, build_digest, digest_day
 from bot.services.directory import Actor
+from bot.slack.notifier import Notifier
 
 log = logging.getLogger(__name__)
 NAME = "daily_digest"

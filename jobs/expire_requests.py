@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from bot.execute import Outcome, execute
-from bot.notify import safe
 from bot.render import approvals as ui
 from bot.runtime import Services
-from bot.services import requests
+from bot.services import restore_requests
 from bot.services.directory import Actor
-from bot.services.requests import RequestView
+from bot.services.restore_requests import RequestView
+from bot.slack.notifier import safe
 
 NAME = "expire_requests"
 
@@ -16,7 +16,7 @@ NAME = "expire_requests"
 def run(services: Services) -> Outcome[list[RequestView]]:
     s = services
     out = execute(s.db, s.clock, Actor.system(NAME), NAME, "restore_requests",
-                  lambda session: requests.expire(session, s.clock))
+                  lambda session: restore_requests.expire(session, s.clock))
     for r in out.value or []:
         if r.channel and r.ts:
             text, blocks = ui.decided_message(r, s.tz)

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from bot.execute import Outcome, execute
-from bot.notify import NullNotifier
-from bot.outbox import FlushResult, OutboxNotifier, flush
 from bot.runtime import Services
 from bot.services.directory import Actor
+from bot.slack.notifier import NullNotifier
+from bot.slack.outbox import FlushResult, OutboxNotifier, flush
 
 NAME = "flush_outbox"
 

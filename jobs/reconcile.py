@@ -5,10 +5,10 @@ from __future__ import annotations
 import logging
 
 from bot.execute import Outcome, execute
-from bot.notify import safe
 from bot.render.reconcile import reconcile_message
 from bot.runtime import Services
 from bot.services.reconcile import ACTOR, ReconcileReport, reconcile
+from bot.slack.notifier import safe
 
 log = logging.getLogger(__name__)
 NAME = "reconcile"

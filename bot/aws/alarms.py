@@ -167,7 +167,7 @@ def plan_alarms(limit_id: int, profile_ids: Sequence[str], metric: str, amount: 
     ids = sorted(set(profile_ids))
     if not ids:
         return [], ("no CloudWatch alarm yet: no inference profile to watch; it is made when the "
-                    "guards are synced after one is provisioned")
+                    "backstops are synced after one is provisioned")
     needed = stats_needed(metric, len(ids))
     if needed > MAX_METRIC_STATS:
         per = len(ALARM_METRICS[metric])

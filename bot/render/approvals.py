@@ -19,10 +19,10 @@ from slack_sdk.models.blocks import (
 )
 from slack_sdk.models.views import View
 
-from bot.render.alerts import restore_button
+from bot.render.enforcement import restore_button
 from bot.render.text import escape, when
 from bot.render.usage import limit_line
-from bot.services.requests import RequestView
+from bot.services.restore_requests import RequestView
 from bot.services.usage import UsageReport
 
 Reply = tuple[str, list[dict[str, Any]]]

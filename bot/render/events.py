@@ -7,8 +7,8 @@ from zoneinfo import ZoneInfo
 
 from slack_sdk.models.blocks import ContextBlock, MarkdownTextObject, SectionBlock
 
-from bot.alerts import AlarmEvent, BudgetEvent
-from bot.render.alerts import restore_button
+from bot.aws.notifications import AlarmEvent, BudgetEvent
+from bot.render.enforcement import restore_button
 from bot.render.text import METRIC_LABEL, bar, escape, metric_value, when
 from bot.services.events import EventOutcome
 

@@ -7,11 +7,11 @@ from zoneinfo import ZoneInfo
 
 from slack_sdk.models.blocks import ContextBlock, HeaderBlock, MarkdownTextObject, SectionBlock
 
-from bot.commands import HELP_TEXT, USAGE
 from bot.render.text import escape, when
 from bot.services.audit import AuditLine
 from bot.services.limits import LimitView
 from bot.services.profiles import ProfileView
+from bot.slash.grammar import HELP_TEXT, USAGE
 
 Reply = tuple[str, list[dict[str, Any]]]
 MAX_BLOCKS = 50

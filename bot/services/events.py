@@ -17,10 +17,10 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
-from bot.alerts import AlarmEvent, BudgetEvent, UnrecognisedMessage, parse_any
 from bot.aws.access import IamAccess
 from bot.aws.alarms import parse_alarm_name
 from bot.aws.budgets import parse_budget_name
+from bot.aws.notifications import AlarmEvent, BudgetEvent, UnrecognisedMessage, parse_any
 from bot.aws.sns import SnsEnvelope
 from bot.clock import Clock
 from bot.models import Limit, Revocation, SnsMessage, Subject

@@ -16,13 +16,13 @@ from hypothesis import strategies as st
 from moto import mock_aws
 from sqlalchemy import select
 
-from bot import commands
-from bot.alerts import AlarmEvent, BudgetEvent, UnrecognisedMessage, parse_any
+from bot.aws.notifications import AlarmEvent, BudgetEvent, UnrecognisedMessage, parse_any
 from bot.aws.sns import SnsEnvelope, SnsRejected, parse_envelope
 from bot.clock import FixedClock
 from bot.db import Database
 from bot.errors import BadInput
 from bot.models import AuditEvent, SnsMessage
+from bot.slash import grammar as commands
 from handlers.sns import SnsEndpoint
 from tests.fakes.sns_signing import make_notification, sign_envelope, write_cert
 from tests.hardening.conftest import ALICE_ARN, assert_chain_intact, audit_events, last_audit_id, snapshot

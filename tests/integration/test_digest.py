@@ -20,7 +20,6 @@ from sqlalchemy.orm import Session
 from bot.clock import FixedClock
 from bot.db import Database
 from bot.models import AuditEvent, Digest, Limit, RestoreRequest, Revocation, Subject
-from bot.notify import SlackNotifier
 from bot.runtime import Services
 from bot.services import digest as digest_service
 from bot.services import directory, ledger
@@ -28,6 +27,7 @@ from bot.services.digest import OTHERS, DigestData, build_digest, day_starts, di
 from bot.services.directory import Actor, SubjectRef
 from bot.services.ledger import LedgerRow, Totals
 from bot.services.usage import limit_status
+from bot.slack.notifier import SlackNotifier
 from handlers.app import slack_client
 from jobs import daily_digest
 from tests.harness import Harness, running_bot

@@ -16,7 +16,7 @@ from bot.clock import FixedClock
 from bot.db import Database
 from bot.errors import BadInput, Denied
 from bot.models import AuditEvent, RestoreRequest
-from bot.services import access, audit, directory, requests
+from bot.services import access, audit, directory, restore_requests
 from bot.services.directory import Actor, SubjectRef
 
 ADMINS = ["UADMIN01", "UADMIN02", "UADMIN03", "UADMIN04"]
@@ -35,7 +35,7 @@ def revoked(db: Database, clock: FixedClock) -> Any:
                                      "arn:aws:iam::123456789012:user/alice")
             rev = access.revoke_manual(s, clock, gate, Actor.slack(ADMINS[0]), ALICE, "test")
         with db.session_scope() as s:
-            req, created = requests.create(s, clock, Actor.slack("UALICE01"), rev.id, "please",
+            req, created = restore_requests.create(s, clock, Actor.slack("UALICE01"), rev.id, "please",
                                            timedelta(hours=72))
         assert created
         yield gate, iam, req.id
@@ -51,7 +51,7 @@ def test_concurrent_decisions_resolve_once(db: Database, clock: FixedClock, revo
         try:
             barrier.wait()
             with db.session_scope() as s:
-                d = requests.decide(s, clock, gate, Actor.slack(admin), req_id, "approve")
+                d = restore_requests.decide(s, clock, gate, Actor.slack(admin), req_id, "approve")
             results.append(d.changed)
         except BaseException as exc:
             errors.append(exc)
@@ -74,10 +74,10 @@ def test_expired_request_cannot_be_decided(db: Database, clock: FixedClock, revo
     gate, _, req_id = revoked
     clock.advance(hours=73)
     with db.session_scope() as s:
-        d = requests.decide(s, clock, gate, Actor.slack(ADMINS[1]), req_id, "approve")
+        d = restore_requests.decide(s, clock, gate, Actor.slack(ADMINS[1]), req_id, "approve")
     assert not d.changed
     with db.session_scope() as s:
-        assert [r.status for r in requests.expire(s, clock)] == ["expired"]
+        assert [r.status for r in restore_requests.expire(s, clock)] == ["expired"]
         assert s.scalars(select(RestoreRequest.status)).one() == "expired"
 
 
@@ -86,9 +86,10 @@ def test_who_may_ask_and_bad_reasons(db: Database, clock: FixedClock, revoked: A
     with db.session_scope() as s:
         rev_id = s.get(RestoreRequest, req_id).revocation_id  # type: ignore[union-attr]
     with pytest.raises(Denied), db.session_scope() as s:
-        requests.create(s, clock, Actor.slack("UMALLORY1"), rev_id, "me too", timedelta(hours=1))
+        restore_requests.create(s, clock, Actor.slack("UMALLORY1"), rev_id, "me too", timedelta(hours=1))
     with pytest.raises(BadInput), db.session_scope() as s:
-        requests.create(s, clock, Actor.slack("UALICE01"), rev_id, "   ", timedelta(hours=1))
+        restore_requests.create(s, clock, Actor.slack("UALICE01"), rev_id, "   ", timedelta(hours=1))
     with db.session_scope() as s:
-        _, created = requests.create(s, clock, Actor.slack("UALICE01"), rev_id, "again", timedelta(hours=1))
+        _, created = restore_requests.create(s, clock, Actor.slack("UALICE01"), rev_id, "again",
+                                             timedelta(hours=1))
     assert created is False

@@ -13,7 +13,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bot.alerts import AlarmEvent, BudgetEvent, UnrecognisedMessage, parse_alarm, parse_any, parse_budget
+from bot.aws.notifications import (
+    AlarmEvent,
+    BudgetEvent,
+    UnrecognisedMessage,
+    parse_alarm,
+    parse_any,
+    parse_budget,
+)
 
 FIXTURES = Path(__file__).resolve().parents[1] / "vectors" / "aws"
 SIMPLE = (FIXTURES / "cloudwatch-alarm-simple.message.json").read_text()

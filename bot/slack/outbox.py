@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 from bot.clock import Clock
 from bot.db import Database
 from bot.models import OutboxMessage
-from bot.notify import Notifier
+from bot.slack.notifier import Notifier
 
 log = logging.getLogger(__name__)
 PERMANENT = {"channel_not_found", "not_in_channel", "is_archived", "invalid_auth", "account_inactive",

@@ -6,10 +6,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bot import commands as c
 from bot.errors import BadInput
 from bot.quantities import Metric, Window
 from bot.services.directory import SubjectRef
+from bot.slash import grammar as c
 
 
 def test_empty_is_help() -> None:

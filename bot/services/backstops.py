@@ -1,14 +1,14 @@
-"""Guards: the CloudWatch alarm or AWS Budget that backs up a limit (defence in depth).
+"""Backstops: the CloudWatch alarm or AWS Budget that backs up a limit (defence in depth).
 
-`sync_guards` makes AWS match one limit, idempotently: it puts the alarm/budget the limit can
-have and deletes any of that limit's that it should no longer have. `remove_guards` deletes them
+`sync_backstops` makes AWS match one limit, idempotently: it puts the alarm/budget the limit can
+have and deletes any of that limit's that it should no longer have. `remove_backstops` deletes them
 when the limit goes. The bot's own minute-by-minute evaluation stays the enforcement; these only
 notify ``BOT_ALARM_TOPIC_ARN`` (see docs/alarms-and-budgets.md for what each limit gets).
 
 Names encode the limit id (``bedrock-bot-limit-<id>``), so a notification maps back to its limit.
 
 AWS failures do not fail the caller by default: a limit is still set when CloudWatch or Budgets
-refuses, the failure is in `GuardResult.errors` and the audit row has outcome ``error``. Pass
+refuses, the failure is in `BackstopResult.errors` and the audit row has outcome ``error``. Pass
 ``strict=True`` to raise the `AwsError` instead (the caller's transaction then rolls back).
 Functions take a Session and flush only (the audit row); AWS calls are made as they go.
 """
@@ -30,7 +30,7 @@ from bot.errors import AwsError
 from bot.models import Limit, Profile, Subject, TeamMember
 from bot.services import audit, directory
 
-ACTOR = "system:guards"
+ACTOR = "system:backstops"
 ALARM_OFF = "alarm=off: no CloudWatch alarm or AWS Budget for this limit"
 NO_TOPIC = "no BOT_ALARM_TOPIC_ARN: no CloudWatch alarm or AWS Budget (nothing to notify)"
 NO_BUDGETS = "AWS Budgets is not configured for the bot: no budget for this $ limit"
@@ -39,7 +39,7 @@ T = TypeVar("T")
 
 
 @dataclass(frozen=True)
-class GuardResult:
+class BackstopResult:
     alarms: list[str]  # the limit's alarms in AWS after the sync
     budget: str | None  # the limit's budget in AWS after the sync
     notes: list[str]  # why something the limit might have was not made
@@ -67,7 +67,7 @@ class _Run:
             return None
 
 
-def guarded_profiles(session: Session, subject: Subject) -> list[Profile]:
+def backstopped_profiles(session: Session, subject: Subject) -> list[Profile]:
     """The AIPs a limit on `subject` counts: its own, and for a team every member's too."""
     ids = directory.covered_subject_ids(session, subject)
     return list(session.scalars(select(Profile).where(Profile.subject_id.in_(ids))
@@ -92,15 +92,15 @@ def cost_tags(session: Session, subject: Subject, profiles: list[Profile]) -> li
     return sorted(pairs)
 
 
-def sync_guards(session: Session, clock: Clock, limit: Limit, alarms: Alarms, budgets: Budgets | None,
+def sync_backstops(session: Session, clock: Clock, limit: Limit, alarms: Alarms, budgets: Budgets | None,
                 topic_arn: str | None, account_id: str, *, actor: str = ACTOR, strict: bool = False,
-                audit_unchanged: bool = True) -> GuardResult:
-    """Make the limit's alarm/budget in AWS match `limit`; audited as ``guards.sync`` (with
+                audit_unchanged: bool = True) -> BackstopResult:
+    """Make the limit's alarm/budget in AWS match `limit`; audited as ``backstops.sync`` (with
     ``audit_unchanged=False`` only when something changed or failed). An alarm already right is
     not rewritten; a budget is rewritten only where it differs."""
     subject = session.get(Subject, limit.subject_id)
     if subject is None:  # the limit's subject is gone: nothing to guard
-        return remove_guards(session, clock, limit.id, alarms, budgets, actor=actor, strict=strict)
+        return remove_backstops(session, clock, limit.id, alarms, budgets, actor=actor, strict=strict)
     run = _Run(strict)
     notes: list[str] = []
     want_alarms: list[dict[str, Any]] = []
@@ -111,7 +111,7 @@ def sync_guards(session: Session, clock: Clock, limit: Limit, alarms: Alarms, bu
     elif not topic_arn:
         notes.append(NO_TOPIC)
     else:
-        profiles = guarded_profiles(session, subject)
+        profiles = backstopped_profiles(session, subject)
         if is_cost:
             if budgets is None:
                 notes.append(NO_BUDGETS)
@@ -160,10 +160,10 @@ def sync_guards(session: Session, clock: Clock, limit: Limit, alarms: Alarms, bu
             deleted.append(name)
     changes.update((n, "deleted") for n in deleted)
 
-    result = GuardResult(sorted(kept_alarms), budget, notes, sorted(deleted), list(run.errors),
+    result = BackstopResult(sorted(kept_alarms), budget, notes, sorted(deleted), list(run.errors),
                          changes=dict(sorted(changes.items())))
     if audit_unchanged or result.changes or result.errors:
-        audit.record(session, clock, actor, "guards.sync", f"{subject.kind}:{subject.name}",
+        audit.record(session, clock, actor, "backstops.sync", f"{subject.kind}:{subject.name}",
                      {"limit_id": limit.id, "metric": limit.metric, "window": limit.window,
                       "alarms": result.alarms, "budget": budget, "changes": result.changes,
                       "notes": notes, "errors": result.errors},
@@ -171,8 +171,8 @@ def sync_guards(session: Session, clock: Clock, limit: Limit, alarms: Alarms, bu
     return result
 
 
-def remove_guards(session: Session, clock: Clock, limit_id: int, alarms: Alarms, budgets: Budgets | None,
-                  *, actor: str = ACTOR, target: str | None = None, strict: bool = False) -> GuardResult:
+def remove_backstops(session: Session, clock: Clock, limit_id: int, alarms: Alarms, budgets: Budgets | None,
+                  *, actor: str = ACTOR, target: str | None = None, strict: bool = False) -> BackstopResult:
     """Delete every alarm and the budget of limit `limit_id` (call it when the limit is removed)."""
     run = _Run(strict)
     deleted: list[str] = []
@@ -191,30 +191,30 @@ def remove_guards(session: Session, clock: Clock, limit_id: int, alarms: Alarms,
             deleted.append(name)
         elif gone is None:  # failed: it may still be there
             budget = name
-    result = GuardResult(sorted(left), budget, [], sorted(deleted), list(run.errors),
+    result = BackstopResult(sorted(left), budget, [], sorted(deleted), list(run.errors),
                          changes={n: "deleted" for n in sorted(deleted)})
-    audit.record(session, clock, actor, "guards.remove", target or f"limit:{limit_id}",
+    audit.record(session, clock, actor, "backstops.remove", target or f"limit:{limit_id}",
                  {"limit_id": limit_id, "deleted": result.deleted, "errors": result.errors},
                  outcome="ok" if result.ok else "error")
     return result
 
 
 def affected_limits(session: Session, subject_id: int) -> list[Limit]:
-    """Limits whose guards change when `subject_id` gains or loses an AIP or a team membership:
+    """Limits whose backstops change when `subject_id` gains or loses an AIP or a team membership:
     its own and those of the teams it belongs to."""
     teams = select(TeamMember.team_id).where(TeamMember.user_id == subject_id)
     q = select(Limit).where((Limit.subject_id == subject_id) | Limit.subject_id.in_(teams))
     return list(session.scalars(q.order_by(Limit.id)))
 
 
-def sync_all_guards(session: Session, clock: Clock, alarms: Alarms, budgets: Budgets | None,
+def sync_all_backstops(session: Session, clock: Clock, alarms: Alarms, budgets: Budgets | None,
                     topic_arn: str | None, account_id: str, *,
-                    actor: str = ACTOR) -> tuple[list[GuardResult], list[str]]:
+                    actor: str = ACTOR) -> tuple[list[BackstopResult], list[str]]:
     """Sync every limit, then delete the bot's alarms/budgets whose limit no longer exists
     (e.g. a removal whose AWS call failed). Returns (results, orphans deleted). For the
     reconcile job; never raises on AWS errors (each limit's result carries them)."""
     limits = list(session.scalars(select(Limit).order_by(Limit.id)))
-    results = [sync_guards(session, clock, limit, alarms, budgets, topic_arn, account_id, actor=actor,
+    results = [sync_backstops(session, clock, limit, alarms, budgets, topic_arn, account_id, actor=actor,
                            audit_unchanged=False) for limit in limits]
     known = {limit.id for limit in limits}
     run = _Run(strict=False)
@@ -229,7 +229,7 @@ def sync_all_guards(session: Session, clock: Clock, alarms: Alarms, budgets: Bud
             if lid is not None and lid not in known and run.attempt(partial(budgets.delete, name)):
                 orphans.append(name)
     if orphans or run.errors:
-        audit.record(session, clock, actor, "guards.orphans", "guards",
+        audit.record(session, clock, actor, "backstops.orphans", "backstops",
                      {"deleted": sorted(orphans), "errors": run.errors},
                      outcome="ok" if not run.errors else "error")
     return results, sorted(orphans)

@@ -1,4 +1,4 @@
-"""Guards on a real database (SQLite and PostgreSQL) against moto's CloudWatch and Budgets: the
+"""Backstops on a real database (SQLite and PostgreSQL) against moto's CloudWatch and Budgets: the
 alarm a rolling token limit gets, the budget a $ limit gets, what changes and removal do, the
 fallbacks (too many AIPs, windows AWS cannot express, alarm=off, no topic), orphans, and AWS
 failures that are reported instead of failing the limit (Stubber, which checks the real model)."""
@@ -23,9 +23,9 @@ from bot.db import Database
 from bot.errors import AwsError
 from bot.models import AuditEvent, Limit, Profile
 from bot.quantities import Metric, Window, parse_amount
-from bot.services import audit, directory, guards, limits
+from bot.services import audit, backstops, directory, limits
+from bot.services.backstops import BackstopResult
 from bot.services.directory import Actor, SubjectRef
-from bot.services.guards import GuardResult
 
 ACCOUNT = "123456789012"
 REGION = "us-east-1"
@@ -60,17 +60,17 @@ class World:
             return view.id
 
     def sync(self, limit_id: int, topic: str | None = TOPIC, budgets: Budgets | bool | None = True,
-             **kw: Any) -> GuardResult:
+             **kw: Any) -> BackstopResult:
         with self.db.session_scope() as s:
             limit = s.get(Limit, limit_id)
             assert limit is not None
-            return guards.sync_guards(s, self.clock, limit, self.alarms,
+            return backstops.sync_backstops(s, self.clock, limit, self.alarms,
                                       self.budgets if budgets is True else budgets or None, topic, ACCOUNT,
                                       **kw)
 
-    def remove(self, limit_id: int) -> GuardResult:
+    def remove(self, limit_id: int) -> BackstopResult:
         with self.db.session_scope() as s:
-            return guards.remove_guards(s, self.clock, limit_id, self.alarms, self.budgets)
+            return backstops.remove_backstops(s, self.clock, limit_id, self.alarms, self.budgets)
 
     def cw_alarms(self) -> dict[str, dict[str, Any]]:
         return {a["AlarmName"]: a for a in self.cw.describe_alarms()["MetricAlarms"]}
@@ -121,7 +121,7 @@ def test_a_24h_token_limit_gets_one_alarm_on_its_aips(world: World) -> None:
     result = world.sync(lid)
 
     name = f"bedrock-bot-limit-{lid}"
-    assert result == GuardResult([name], None, [], changes={name: "created"})
+    assert result == BackstopResult([name], None, [], changes={name: "created"})
     alarm = world.cw_alarms()[f"bedrock-bot-limit-{lid}"]
     assert metric_pairs(alarm) == [("alice0000001", "InputTokenCount", 86_400),
                                    ("alice0000001", "OutputTokenCount", 86_400),
@@ -135,7 +135,7 @@ def test_a_24h_token_limit_gets_one_alarm_on_its_aips(world: World) -> None:
     assert alarm["AlarmActions"] == alarm["OKActions"] == [TOPIC]
     tags = world.cw.list_tags_for_resource(ResourceARN=alarm["AlarmArn"])["Tags"]
     assert {t["Key"]: t["Value"] for t in tags} == {"managed-by": "bedrock-bot", "limit-id": str(lid)}
-    [event] = world.events("guards.sync")
+    [event] = world.events("backstops.sync")
     assert event.outcome == "ok" and event.target == "user:alice"
     assert json.loads(event.details)["alarms"] == [f"bedrock-bot-limit-{lid}"]
 
@@ -157,9 +157,9 @@ def test_changing_the_amount_updates_the_threshold_and_removal_deletes_it(world:
     gone = world.remove(lid)
 
     name = f"bedrock-bot-limit-{lid}"
-    assert gone == GuardResult([], None, [], [name], changes={name: "deleted"})
+    assert gone == BackstopResult([], None, [], [name], changes={name: "deleted"})
     assert world.cw_alarms() == {}
-    [event] = world.events("guards.remove")
+    [event] = world.events("backstops.remove")
     assert event.outcome == "ok" and event.target == f"limit:{lid}"
     assert world.remove(lid).deleted == []  # idempotent
 
@@ -200,7 +200,7 @@ def test_a_team_limit_watches_the_members_aips_too(world: World) -> None:
                                                    ("teameng00001", "InputTokenCount")]
     with world.db.session_scope() as s:
         alice = directory.get(s, SubjectRef(name="alice"))
-        assert [limit.id for limit in guards.affected_limits(s, alice.id)] == [lid]
+        assert [limit.id for limit in backstops.affected_limits(s, alice.id)] == [lid]
 
 
 def test_a_200_dollar_month_gets_a_budget_on_the_cost_allocation_tag(world: World) -> None:
@@ -210,7 +210,7 @@ def test_a_200_dollar_month_gets_a_budget_on_the_cost_allocation_tag(world: Worl
     result = world.sync(lid)
 
     name = f"bedrock-bot-limit-{lid}"
-    assert result == GuardResult([], name, [], changes={name: "created"})
+    assert result == BackstopResult([], name, [], changes={name: "created"})
     budget = world.aws_budgets()[name]
     assert budget["BudgetType"] == "COST" and budget["TimeUnit"] == "MONTHLY"
     assert budget["BudgetLimit"] == {"Amount": "200", "Unit": "USD"}
@@ -218,7 +218,7 @@ def test_a_200_dollar_month_gets_a_budget_on_the_cost_allocation_tag(world: Worl
     assert world.notifications(name) == [("ACTUAL", 80.0), ("ACTUAL", 90.0), ("ACTUAL", 100.0),
                                          ("FORECASTED", 100.0)]
     assert world.cw_alarms() == {}
-    assert json.loads(world.events("guards.sync")[-1].details)["changes"] == {name: "created"}
+    assert json.loads(world.events("backstops.sync")[-1].details)["changes"] == {name: "created"}
     # (a second sync takes the update path: moto has no DescribeSubscribersForNotification or
     # UpdateBudget, so that path is tested with Stubber in tests/unit/test_alarms_budgets.py)
 
@@ -266,8 +266,8 @@ def test_alarm_off_and_no_topic_remove_what_was_there(world: World) -> None:
     off = world.sync(tokens)
     no_topic = world.sync(dollars, topic=None)
 
-    assert off.notes == [guards.ALARM_OFF] and off.deleted == [f"bedrock-bot-limit-{tokens}"]
-    assert no_topic.notes == [guards.NO_TOPIC] and no_topic.deleted == [f"bedrock-bot-limit-{dollars}"]
+    assert off.notes == [backstops.ALARM_OFF] and off.deleted == [f"bedrock-bot-limit-{tokens}"]
+    assert no_topic.notes == [backstops.NO_TOPIC] and no_topic.deleted == [f"bedrock-bot-limit-{dollars}"]
     assert off.notes[0].startswith("alarm=off") and no_topic.notes[0].startswith("no BOT_ALARM_TOPIC_ARN")
     assert world.cw_alarms() == {} and world.aws_budgets() == {}
 
@@ -275,7 +275,7 @@ def test_alarm_off_and_no_topic_remove_what_was_there(world: World) -> None:
 def test_a_cost_limit_without_budgets_configured_says_so(world: World) -> None:
     lid = world.limit("alice", "$200", Window.MONTH, metric=Metric.COST)
     result = world.sync(lid, budgets=False)
-    assert result == GuardResult([], None, [guards.NO_BUDGETS])
+    assert result == BackstopResult([], None, [backstops.NO_BUDGETS])
 
 
 def test_sync_all_removes_orphans_and_leaves_other_alarms_alone(world: World) -> None:
@@ -291,20 +291,22 @@ def test_sync_all_removes_orphans_and_leaves_other_alarms_alone(world: World) ->
                               ComparisonOperator="GreaterThanThreshold")
 
     with world.db.session_scope() as s:
-        results, orphans = guards.sync_all_guards(s, world.clock, world.alarms, world.budgets, TOPIC, ACCOUNT)
+        results, orphans = backstops.sync_all_backstops(s, world.clock, world.alarms, world.budgets,
+                                                         TOPIC, ACCOUNT)
 
     assert [r.alarms for r in results] == [[f"bedrock-bot-limit-{lid}"]]
     assert results[0].changes == {f"bedrock-bot-limit-{lid}": "created"}
     assert orphans == ["bedrock-bot-limit-9998", "bedrock-bot-limit-9999", "bedrock-bot-limit-9999-p1"]
     assert sorted(world.cw_alarms()) == [f"bedrock-bot-limit-{lid}", "team-own-alarm"]
     assert world.aws_budgets() == {}
-    [event] = world.events("guards.orphans")
+    [event] = world.events("backstops.orphans")
     assert event.outcome == "ok"
 
     with world.db.session_scope() as s:  # the hourly run again: nothing to do, nothing audited
-        results, orphans = guards.sync_all_guards(s, world.clock, world.alarms, world.budgets, TOPIC, ACCOUNT)
+        results, orphans = backstops.sync_all_backstops(s, world.clock, world.alarms, world.budgets,
+                                                         TOPIC, ACCOUNT)
     assert orphans == [] and results[0].changes == {}
-    assert len(world.events("guards.sync")) == 1 and len(world.events("guards.orphans")) == 1
+    assert len(world.events("backstops.sync")) == 1 and len(world.events("backstops.orphans")) == 1
 
 
 def test_a_hand_edited_alarm_is_put_back(world: World) -> None:
@@ -337,6 +339,6 @@ def test_an_aws_failure_is_reported_not_raised_unless_strict(world: World) -> No
 
     assert result.alarms == [] and not result.ok
     assert result.errors == ["AWS PutMetricAlarm failed: AccessDenied: not allowed"]
-    [event] = world.events("guards.sync")  # the strict one rolled back with its transaction
+    [event] = world.events("backstops.sync")  # the strict one rolled back with its transaction
     assert event.outcome == "error"
     assert json.loads(event.details)["errors"] == result.errors

@@ -9,7 +9,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
-from zoneinfo import ZoneInfo
 
 from sqlalchemy import CursorResult, select, update
 from sqlalchemy.orm import Session
@@ -18,10 +17,9 @@ from bot.aws.access import IamAccess
 from bot.clock import Clock
 from bot.errors import BadInput, Denied, NotFound
 from bot.models import RestoreRequest, Revocation, Subject
-from bot.services import access, audit, directory, usage
+from bot.services import access, audit, directory
 from bot.services.access import RevocationView
 from bot.services.directory import Actor, SubjectInfo, SubjectRef
-from bot.services.usage import UsageReport
 
 DECISIONS = {"approve": "approved", "approve_24h": "approved", "deny": "denied"}
 EXCEPTION_HOURS = 24
@@ -196,18 +194,3 @@ def pending_for(session: Session, subject_ids: list[int]) -> list[RequestView]:
          .where(Revocation.subject_id.in_(subject_ids), RestoreRequest.status == "pending")
          .order_by(RestoreRequest.id))
     return [_view(session, r) for r in session.scalars(q)]
-
-
-def home(session: Session, clock: Clock, tz: ZoneInfo, week_start: int, actor: Actor
-         ) -> tuple[UsageReport | None, list[UsageReport], list[RequestView], int | None]:
-    """The App Home's data: own usage today / this week / this month, limits, status."""
-    me = directory.find(session, SubjectRef(slack_user_id=actor.slack_user_id))
-    if me is None:
-        return None, [], [], None
-    ref = SubjectRef(slack_user_id=actor.slack_user_id)
-    periods = [usage.report(session, clock, tz, week_start, actor, ref, p)
-               for p in ("today", "week", "month")]
-    ids = [me.id, *(t.id for t in directory.teams_of(session, me))]
-    revs = [r for i in ids for r in access.active(session, i)]
-    pending = [r for r in pending_for(session, ids) if r.requester == actor.slack_user_id]
-    return periods[-1], periods, pending, revs[-1].id if revs else None

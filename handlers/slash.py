@@ -13,18 +13,28 @@ from slack_sdk.errors import SlackApiError
 from sqlalchemy.exc import DBAPIError
 
 from bot import announce
-from bot import commands as cmds
 from bot.errors import BadInput
 from bot.execute import Outcome, execute
 from bot.models import Limit
-from bot.notify import safe
 from bot.render import messages
 from bot.render.messages import Reply
 from bot.render.text import escape
 from bot.render.usage import usage_blocks, usage_text
 from bot.runtime import Services
-from bot.services import access, audit, directory, guards, limits, logs_usage, profiles, requests, usage
+from bot.services import (
+    access,
+    audit,
+    backstops,
+    directory,
+    limits,
+    logs_usage,
+    profiles,
+    restore_requests,
+    usage,
+)
 from bot.services.directory import Actor, SubjectRef
+from bot.slack.notifier import safe
+from bot.slash import grammar as cmds
 from handlers.approvals import Approvals
 from jobs import daily_digest
 
@@ -148,11 +158,11 @@ def do_limit(ctx: Ctx, cmd: cmds.SetLimit) -> Reply:
     ctx.broadcast(f"<@{ctx.actor.slack_user_id}> set a limit on `{new.subject}`: "
                   f"{new.amount_text} {new.metric}/{new.window} ({new.action})")
     text, _ = messages.limit_set_reply(*out.value)
-    notes = guards_for(ctx, new.id)
+    notes = backstops_for(ctx, new.id)
     return messages.text_reply(text + ("\n" + "\n".join(f"• {n}" for n in notes) if notes else ""))
 
 
-def guards_for(ctx: Ctx, limit_id: int, removed: bool = False) -> list[str]:
+def backstops_for(ctx: Ctx, limit_id: int, removed: bool = False) -> list[str]:
     """After the limit's own commit: its CloudWatch alarm / AWS Budget (defence in depth).
 
     A failure here does not undo the limit: the bot's own evaluation enforces it anyway;
@@ -160,18 +170,19 @@ def guards_for(ctx: Ctx, limit_id: int, removed: bool = False) -> list[str]:
     s = ctx.services
     aws = s.settings.aws
     if not aws.alarm_topic_arn:  # nothing can have been created without a topic to notify
-        return [] if removed else [guards.NO_TOPIC]
+        return [] if removed else [backstops.NO_TOPIC]
 
     def work(session: Any) -> list[str]:
         if removed:
-            r = guards.remove_guards(session, s.clock, limit_id, s.alarms, s.budgets, actor=ctx.actor.label)
+            r = backstops.remove_backstops(session, s.clock, limit_id, s.alarms, s.budgets,
+                                          actor=ctx.actor.label)
         else:
             limit = session.get(Limit, limit_id)
-            r = guards.sync_guards(session, s.clock, limit, s.alarms, s.budgets, aws.alarm_topic_arn,
+            r = backstops.sync_backstops(session, s.clock, limit, s.alarms, s.budgets, aws.alarm_topic_arn,
                                    s.account_id, actor=ctx.actor.label)
         return [*r.notes, *(f"AWS alarm/budget not updated: {e}" for e in r.errors)]
 
-    out = ctx.run("guards.sync", f"limit:{limit_id}", work)
+    out = ctx.run("backstops.sync", f"limit:{limit_id}", work)
     return out.value if out.ok and out.value is not None else [f"AWS alarm/budget not updated: {out.message}"]
 
 
@@ -190,7 +201,7 @@ def do_unlimit(ctx: Ctx, cmd: cmds.SubjectCommand) -> Reply:
         return messages.error_reply(out.message)
     gone = ", ".join(f"{v.metric}/{v.window}" for v in out.value)
     for v in out.value:
-        guards_for(ctx, v.id, removed=True)
+        backstops_for(ctx, v.id, removed=True)
     ctx.broadcast(f"<@{ctx.actor.slack_user_id}> removed limits on `{cmd.subject}`: {gone}")
     return messages.text_reply(f"✅ Removed {gone} on `{cmd.subject}`. A revocation caused by a "
                                "removed limit is lifted at the next enforcement run.")
@@ -217,7 +228,7 @@ def do_restore(ctx: Ctx, cmd: cmds.SubjectCommand) -> Reply:
         session, ctx.actor, "admin"))
     if is_admin.ok and not is_admin.value:
         ttl = timedelta(hours=s.settings.bot.request_ttl_hours)
-        out = ctx.run("request.create", str(ref), lambda session: requests.create_for_subject(
+        out = ctx.run("request.create", str(ref), lambda session: restore_requests.create_for_subject(
             session, s.clock, ctx.actor, ref, cmd.reason, ttl))
         return messages.text_reply(Approvals(s).after_request(ctx.actor, out))
     out = ctx.run("access.restore", str(ref), lambda session: access.restore_manual(
