@@ -2,6 +2,12 @@
 
 hash = SHA-256(prev_hash + canonical JSON of the row). Ids are assigned as previous id + 1
 while holding a lock, so the chain never forks and a deleted row leaves a visible gap.
+
+`record()` only queues the event on the session; the queued events of a transaction are
+chained and inserted together right before it commits (a `before_commit` hook). The chain
+lock (an advisory lock on PostgreSQL) is therefore taken once, at the end, and held for a
+few milliseconds — never across the AWS calls a flow makes — and a transaction that rolls
+back leaves no audit row and never took the lock.
 """
 
 from __future__ import annotations
@@ -12,7 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select, text
+from sqlalchemy import event, select, text
 from sqlalchemy.orm import Session
 
 from bot.clock import Clock
@@ -39,25 +45,58 @@ def _details_json(details: dict[str, Any] | None) -> str:
                       ensure_ascii=False, default=str)
 
 
+@dataclass(frozen=True)
+class Pending:
+    at: datetime
+    actor: str
+    action: str
+    target: str
+    details: str
+    outcome: str
+
+
+_PENDING = "audit_pending"
+
+
 def record(session: Session, clock: Clock, actor: str, action: str, target: str,
-           details: dict[str, Any] | None = None, outcome: str = "ok") -> AuditEvent:
-    """Append one event in the caller's transaction (it commits or rolls back with it)."""
+           details: dict[str, Any] | None = None, outcome: str = "ok") -> None:
+    """Queue one event in the caller's transaction: it is written when that transaction
+    commits and vanishes with it when it rolls back."""
     if outcome not in OUTCOMES:
         raise ValueError(f"unknown audit outcome {outcome!r}")
+    queue: list[Pending] = session.info.setdefault(_PENDING, [])
+    queue.append(Pending(clock(), actor[:160], action[:64], target[:512], _details_json(details),
+                         outcome))
+
+
+@event.listens_for(Session, "before_commit")
+def _write_pending(session: Session) -> None:
+    queue: list[Pending] = session.info.pop(_PENDING, [])
+    if queue:
+        _append(session, queue)
+
+
+@event.listens_for(Session, "after_rollback")
+def _drop_pending(session: Session) -> None:
+    session.info.pop(_PENDING, None)
+
+
+def _append(session: Session, queue: list[Pending]) -> None:
+    """Chain the queued events onto the head, under the lock, in one flush."""
     if session.get_bind().dialect.name == "postgresql":
         session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_LOCK_KEY})
     head = session.execute(
         select(AuditEvent.id, AuditEvent.hash).order_by(AuditEvent.id.desc()).limit(1)
     ).first()
-    row_id, prev = (head[0] + 1, head[1]) if head else (1, GENESIS)
-    at = clock()
-    det = _details_json(details)
-    digest = chain_hash(prev, canonical(row_id, at, actor, action, target[:512], det, outcome))
-    event = AuditEvent(id=row_id, at=at, actor=actor[:160], action=action[:64], target=target[:512],
-                       details=det, outcome=outcome, prev_hash=prev, hash=digest)
-    session.add(event)
+    row_id, prev = (head[0], head[1]) if head else (0, GENESIS)
+    for p in queue:
+        row_id += 1
+        digest = chain_hash(prev, canonical(row_id, p.at, p.actor, p.action, p.target, p.details,
+                                            p.outcome))
+        session.add(AuditEvent(id=row_id, at=p.at, actor=p.actor, action=p.action, target=p.target,
+                               details=p.details, outcome=p.outcome, prev_hash=prev, hash=digest))
+        prev = digest
     session.flush()
-    return event
 
 
 @dataclass(frozen=True)

@@ -543,6 +543,7 @@ def test_map_metadata_is_admin_only_validated_audited_and_repoints(db: Database,
     with db.session_scope() as s:
         again = map_metadata(s, clock, ADMIN, "userId", "u-1", SubjectRef(name="team-eng"))
         assert again.subject_id == directory.get(s, SubjectRef(name="team-eng")).id
+    with db.session_scope() as s:  # audit rows are written when the transaction commits
         events = s.scalars(select(AuditEvent).where(AuditEvent.action == "meter.map")
                            .order_by(AuditEvent.id)).all()
         assert [(e.target, json.loads(e.details)) for e in events] == [
