@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor
 
 from slack_bolt import App
 from slack_sdk import WebClient
@@ -16,7 +16,7 @@ from bot.config import Settings
 from bot.runtime import Services
 from bot.slack.notifier import NullNotifier, SlackNotifier
 from bot.slack.outbox import OutboxNotifier
-from handlers import approvals, slash
+from handlers import approvals, errors, slash
 
 
 def slack_client(settings: Settings) -> WebClient:
@@ -28,16 +28,25 @@ def slack_client(settings: Settings) -> WebClient:
     return client
 
 
-def create_app(settings: Settings, services: Services, client: WebClient | None = None) -> App:
+def listener_pool() -> ThreadPoolExecutor:
+    """Bolt acks from the listener's thread; with its default pool of 5, an ack queues behind
+    other commands' answers. A wider pool keeps acks in milliseconds under bursts."""
+    return ThreadPoolExecutor(max_workers=32, thread_name_prefix="bolt")
+
+
+def create_app(settings: Settings, services: Services, client: WebClient | None = None,
+               listener_executor: Executor | None = None) -> App:
+    """The Bolt app with every listener and the one error handler behind them.
+
+    `listener_executor` runs the listeners (tests pass one they can wait on)."""
     client = client or slack_client(settings)
     if isinstance(services.notifier, NullNotifier):
         services.notifier = OutboxNotifier(SlackNotifier(client), services.db, services.clock)
-    # Bolt acks from the listener's thread; with its default pool of 5, an ack queues behind
-    # other commands' answers. A wider pool keeps acks in milliseconds under bursts.
     app = App(client=client, signing_secret=settings.slack.signing_secret or "unset",
               token_verification_enabled=False, process_before_response=False,
               ignoring_self_events_enabled=False,
-              listener_executor=ThreadPoolExecutor(max_workers=32, thread_name_prefix="bolt"))
+              listener_executor=listener_executor or listener_pool())
+    errors.register(app, services)
     slash.register(app, services)
     approvals.register(app, services)
     return app

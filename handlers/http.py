@@ -1,123 +1,171 @@
-"""One WSGI app: Slack at /slack/events, SNS at /sns, /healthz and /metrics."""
+"""The HTTP front door `serve` runs: a small path router in front of Bolt's WSGI adapter.
+
+`POST /slack/events` goes to `slack_bolt.adapter.wsgi.SlackRequestHandler`, `POST /sns` to the
+SNS endpoint, `GET /healthz` answers 200 or 503 (database), `GET /metrics` is prometheus_client's
+text format from a registry of this app's own. Around Bolt the router keeps what Bolt does not:
+a body cap checked before anything is read, 404/405, and no 500 for a Slack body Bolt cannot read.
+"""
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import time
-from collections import Counter
 from collections.abc import Callable, Iterable
+from http import HTTPStatus
 from typing import Any
 
+from prometheus_client import CollectorRegistry, Counter, Gauge, make_wsgi_app
+from prometheus_client.process_collector import ProcessCollector
 from slack_bolt import App
-from slack_bolt.request import BoltRequest
+from slack_bolt.adapter.wsgi import SlackRequestHandler
 from slack_sdk.signature import SignatureVerifier
 from sqlalchemy import text
 
 from bot.runtime import Services
 
 log = logging.getLogger(__name__)
-ROUTES = ("/slack/events", "/sns", "/healthz", "/metrics")
+SLACK_PATH = "/slack/events"
+# The one method each route answers; anything else on a known route is 405.
+ROUTES = {SLACK_PATH: "POST", "/sns": "POST", "/healthz": "GET", "/metrics": "GET"}
 MAX_BODY = 1 << 20  # Slack payloads are far smaller; refuse anything bigger unread
+TEXT = "text/plain; charset=utf-8"
 StartResponse = Callable[..., Any]
+Headers = list[tuple[str, str]]
+Answer = tuple[int, Headers, bytes]
+SnsHandler = Callable[[bytes], tuple[int, str]]
+
+
+class HttpMetrics:
+    """The app's own registry (never prometheus_client's global one: two apps in one process,
+    as in the tests, must not collide). Labels come from fixed sets only, so a scanner's
+    random paths and methods cannot grow the series without bound."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter("bedrock_bot_http_requests", "HTTP requests answered",
+                                ["method", "route", "status"], registry=self.registry)
+        started = time.time()
+        uptime = Gauge("bedrock_bot_uptime_seconds", "Seconds since this app was built",
+                       registry=self.registry)
+        uptime.set_function(lambda: time.time() - started)
+        ProcessCollector(registry=self.registry)  # memory, CPU, open files (Linux /proc)
+
+    def count(self, method: str, route: str, status: int) -> None:
+        known = method if method in ("GET", "POST", "HEAD", "PUT", "DELETE") else "other"
+        self.requests.labels(known, route, str(status)).inc()
 
 
 class WsgiApp:
-    def __init__(self, services: Services, bolt: App,
-                 sns: Callable[[bytes], tuple[int, str]] | None = None) -> None:
+    """The WSGI callable: route by path, check the method, cap the body, hand over."""
+
+    def __init__(self, services: Services, bolt: App, sns: SnsHandler | None = None) -> None:
         self.services = services
-        self.bolt = bolt
+        self.slack = SlackRequestHandler(bolt, path=SLACK_PATH)
         self.sns = sns
-        self.counts: Counter[str] = Counter()
-        self.started = time.time()
+        self.metrics = HttpMetrics()
+        # prometheus_client's own WSGI app: it negotiates the format (text or OpenMetrics) and gzip.
+        self.exporter = make_wsgi_app(self.metrics.registry)
 
     def __call__(self, environ: dict[str, Any], start: StartResponse) -> Iterable[bytes]:
         path, method = environ.get("PATH_INFO", ""), environ.get("REQUEST_METHOD", "GET")
-        # Known routes only: a scanner's random paths must not grow the metrics without bound.
         route = path if path in ROUTES else "other"
-        self.counts[f"{method[:8]} {route}"] += 1
         try:
-            status, headers, body = self.route(path, method, environ)
+            status, headers, body = self.route(route, method, environ)
         except Exception:
-            log.exception("request to %s failed", path)
-            status, headers, body = 500, {"content-type": "text/plain"}, b"internal error"
-        self.counts[f"status {status}"] += 1
-        start(f"{status} {_REASONS.get(status, 'OK')}", list(headers.items()))
+            log.exception("request to %s failed", route)
+            status, headers, body = _plain(500, "internal error")
+        self.metrics.count(method, route, status)
+        start(f"{status} {HTTPStatus(status).phrase}", headers)
         return [body]
 
-    def route(self, path: str, method: str, environ: dict[str, Any]
-              ) -> tuple[int, dict[str, str], bytes]:
-        if path == "/healthz" and method == "GET":
+    def route(self, route: str, method: str, environ: dict[str, Any]) -> Answer:
+        allowed = ROUTES.get(route)
+        if allowed is None:
+            return _plain(404, "not found")
+        if method != allowed:
+            status, headers, body = _plain(405, "method not allowed")
+            return status, [*headers, ("allow", allowed)], body
+        if route == "/healthz":
             return self.health()
-        if path == "/metrics" and method == "GET":
-            return 200, {"content-type": "text/plain; version=0.0.4"}, self.metrics().encode()
-        if method != "POST" or path not in ("/slack/events", "/sns"):
-            return 404, {"content-type": "text/plain"}, b"not found"
+        if route == "/metrics":
+            return _call(self.exporter, environ)
+        if route == "/sns" and self.sns is None:
+            return _plain(404, "SNS is not enabled")
         length = _content_length(environ)
         if length is None:
-            return 400, {"content-type": "text/plain"}, b"bad Content-Length"
+            return _plain(400, "bad Content-Length")
         if length > MAX_BODY:
-            return 413, {"content-type": "text/plain"}, b"request body too large"
+            return _plain(413, "request body too large")
         body = environ["wsgi.input"].read(length) if length else b""
-        if path == "/sns":
-            if self.sns is None:
-                return 404, {"content-type": "text/plain"}, b"SNS is not enabled"
+        if self.sns is not None and route == "/sns":
             status, msg = self.sns(body)
-            return status, {"content-type": "text/plain"}, msg.encode()
-        return self.slack(body, environ)
+            return _plain(status, msg)
+        return self.to_bolt(body, environ)
 
-    def slack(self, body: bytes, environ: dict[str, Any]) -> tuple[int, dict[str, str], bytes]:
-        headers = {k[5:].replace("_", "-").lower(): v for k, v in environ.items()
-                   if k.startswith("HTTP_")}
-        if environ.get("CONTENT_TYPE"):
-            headers["content-type"] = environ["CONTENT_TYPE"]
+    def to_bolt(self, body: bytes, environ: dict[str, Any]) -> Answer:
+        """Bolt's adapter, on the body already read (so the cap held and it can be re-checked)."""
+        inner = {**environ, "wsgi.input": io.BytesIO(body), "CONTENT_LENGTH": str(len(body))}
         try:
-            request = BoltRequest(body=body.decode("utf-8", "replace"),
-                                  query=environ.get("QUERY_STRING", ""), headers=headers)
-        except Exception:  # Bolt reads the body before it checks the signature
-            return self.unreadable(body, headers, "Bolt could not parse it")
-        resp = self.bolt.dispatch(request)
-        if resp.status >= 500:
+            status, headers, out = _call(self.slack, inner)
+        except Exception:  # Bolt parses the body before it checks the signature
+            return self.unreadable(body, environ, "Bolt could not parse it")
+        if status >= 500:
             # Bolt answers 500 when its own middleware, or a listener before ack(), fails on a
             # payload shape it cannot read (our listeners ack before they do any work): a bad
-            # request, not a server error. Bolt has logged the details.
-            return self.unreadable(body, headers, "Bolt could not handle its shape")
-        out = {k: ", ".join(v) for k, v in resp.headers.items()}
-        return resp.status, out, (resp.body or "").encode()
+            # request, not a server error. The Bolt error handler has logged and audited it.
+            return self.unreadable(body, environ, "Bolt could not handle its shape")
+        return status, headers, out
 
-    def unreadable(self, body: bytes, headers: dict[str, str], why: str
-                   ) -> tuple[int, dict[str, str], bytes]:
+    def unreadable(self, body: bytes, environ: dict[str, Any], why: str) -> Answer:
         """A Slack request we cannot read: 401 unless Slack signed it (DESIGN §7), else 400."""
         verifier = SignatureVerifier(self.services.settings.slack.signing_secret or "unset")
-        if not verifier.is_valid(body, headers.get("x-slack-request-timestamp", ""),
-                                 headers.get("x-slack-signature", "")):
-            return 401, {"content-type": "application/json"}, b'{"error": "invalid request"}'
+        if not verifier.is_valid(body, environ.get("HTTP_X_SLACK_REQUEST_TIMESTAMP", ""),
+                                 environ.get("HTTP_X_SLACK_SIGNATURE", "")):
+            return 401, [("content-type", "application/json")], b'{"error": "invalid request"}'
         log.warning("signed Slack request refused: %s (%d bytes)", why, len(body))
-        return 400, {"content-type": "text/plain"}, b"unreadable Slack request"
+        return _plain(400, "unreadable Slack request")
 
-    def health(self) -> tuple[int, dict[str, str], bytes]:
+    def health(self) -> Answer:
         try:
             with self.services.db.engine.connect() as conn:
                 conn.execute(text("select 1"))
-            return 200, {"content-type": "application/json"}, b'{"status":"ok"}'
+            return 200, [("content-type", "application/json")], b'{"status":"ok"}'
         except Exception as exc:
             body = json.dumps({"status": "database unavailable", "error": type(exc).__name__})
-            return 503, {"content-type": "application/json"}, body.encode()
+            return 503, [("content-type", "application/json")], body.encode()
 
-    def metrics(self) -> str:
-        lines = [f"bedrock_bot_uptime_seconds {time.time() - self.started:.0f}"]
-        for key, n in sorted(self.counts.items()):
-            label = key.replace('"', "")
-            lines.append(f'bedrock_bot_http_requests_total{{route="{label}"}} {n}')
-        return "\n".join(lines) + "\n"
+
+def _call(app: Callable[[dict[str, Any], Any], Iterable[bytes]], environ: dict[str, Any]) -> Answer:
+    """Run an inner WSGI app and keep its answer, so the router can count or replace it."""
+    started = _Started()
+    body = b"".join(app(environ, started))
+    return started.status, started.headers, body
+
+
+class _Started:
+    """A start_response that keeps what an inner app answered."""
+
+    def __init__(self) -> None:
+        self.status: int = 500
+        self.headers: Headers = []
+
+    def __call__(self, status: str, headers: Headers, exc_info: Any = None, /
+                 ) -> Callable[[bytes], object]:
+        self.status, self.headers = int(status.split()[0]), list(headers)
+        return _no_write
+
+
+def _no_write(data: bytes) -> object:
+    raise RuntimeError("the inner apps return their body; they never write")
+
+
+def _plain(status: int, message: str) -> Answer:
+    return status, [("content-type", TEXT)], message.encode()
 
 
 def _content_length(environ: dict[str, Any]) -> int | None:
     """The declared body length; None when it is not a non-negative integer."""
     raw = str(environ.get("CONTENT_LENGTH") or "0").strip()
     return int(raw) if raw.isascii() and raw.isdigit() else None
-
-
-_REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden",
-            404: "Not Found", 413: "Payload Too Large", 500: "Internal Server Error",
-            503: "Service Unavailable"}

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import itertools
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,6 +28,35 @@ ADMIN, ALICE, BOB = "UADMIN01", "UALICE01", "UBOB0001"
 ALERTS = "CALERTS01"
 
 
+class ListenerPool(ThreadPoolExecutor):
+    """Bolt's listener pool, remembering what it ran: a test waits until every listener has
+    finished (`settle`) instead of sleeping to prove that something did not happen."""
+
+    def __init__(self) -> None:
+        super().__init__(max_workers=32, thread_name_prefix="bolt")
+        self._lock = threading.Lock()
+        self._futures: list[Future[Any]] = []
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        future = super().submit(fn, *args, **kwargs)
+        with self._lock:
+            self._futures.append(future)
+        return future
+
+    def settle(self, timeout: float = 10.0) -> None:
+        """Return once every listener submitted so far (and any it submitted) has finished."""
+        deadline = time.monotonic() + timeout
+        while True:
+            with self._lock:
+                pending = [f for f in self._futures if not f.done()]
+                self._futures = pending
+            if not pending:
+                return
+            _, late = wait(pending, timeout=max(0.0, deadline - time.monotonic()))
+            if late:
+                raise TimeoutError(f"{len(late)} listener(s) still running after {timeout}s")
+
+
 def make_settings(db_url: str, slack_url: str, **extra: str) -> Settings:
     env = {"SLACK_BOT_TOKEN": "xoxb-test", "SLACK_SIGNING_SECRET": SECRET,
            "SLACK_API_URL": slack_url, "DATABASE_URL": db_url, "BOT_ADMINS": ADMIN,
@@ -40,6 +71,7 @@ class Harness:
     services: Services
     app: App
     slack: FakeSlack
+    listeners: ListenerPool
     _seq: Iterator[int] = field(default_factory=itertools.count)
 
     def dispatch(self, body: str, timestamp: int | None = None,
@@ -60,6 +92,10 @@ class Harness:
 
     def action(self, payload: dict[str, Any]) -> Any:
         return self.dispatch(interactive_body(payload))
+
+    def settle(self, timeout: float = 10.0) -> None:
+        """Wait until every listener started so far has finished (its Slack calls are recorded)."""
+        self.listeners.settle(timeout)
 
 
 def reply_text(reply: dict[str, Any]) -> str:
@@ -85,5 +121,9 @@ def running_bot(db: Database, clock: FixedClock, **extra: str) -> Iterator[Harne
         services = Services(settings, db, clock, overrides={"account_id": "123456789012"})
         with db.session_scope() as session:
             directory.bootstrap_admins(session, clock, settings.bot.admins)
-        app = create_app(settings, services, slack_client(settings))
-        yield Harness(settings, services, app, slack)
+        listeners = ListenerPool()
+        app = create_app(settings, services, slack_client(settings), listener_executor=listeners)
+        try:
+            yield Harness(settings, services, app, slack, listeners)
+        finally:
+            listeners.shutdown(wait=False)

@@ -35,18 +35,16 @@ def _button(bot: Harness, user: str, action_id: str, value: str, response: str) 
 
 
 def click(bot: Harness, user: str, action_id: str, value: str) -> str:
-    """Click a button; return what the clicker was told ephemerally ('' if nothing)."""
+    """Click a button; return what the clicker was told ephemerally ('' if nothing).
+
+    The answer is read once the listener has finished, so '' means no reply was sent at all."""
     name = f"click-{user}-{action_id}-{len(bot.slack.calls())}"
     resp = bot.action(_button(bot, user, action_id, value, name))
     assert resp.status == 200, resp.body
-    return _settle(bot, f"response_url:{name}")
-
-
-def _settle(bot: Harness, method: str) -> str:
-    try:
-        return reply_text(bot.slack.wait_for(method, timeout=1.5)[0].args)
-    except TimeoutError:
-        return ""
+    bot.settle()
+    told = bot.slack.calls(f"response_url:{name}")
+    assert len(told) <= 1, told
+    return reply_text(told[0].args) if told else ""
 
 
 def submit(bot: Harness, user: str, callback_id: str, metadata: str, reason: str) -> Any:

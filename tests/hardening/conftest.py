@@ -102,7 +102,7 @@ def wsgi_call(app: WsgiApp, method: str, path: str, body: bytes = b"",
         "REQUEST_METHOD": method, "PATH_INFO": path, "QUERY_STRING": "",
         "CONTENT_LENGTH": str(len(body)) if content_length is None else content_length,
         "wsgi.input": io.BytesIO(body), "SERVER_NAME": "localhost", "SERVER_PORT": "3000",
-        "wsgi.url_scheme": "http",
+        "wsgi.url_scheme": "http", "SERVER_PROTOCOL": "HTTP/1.1",
     }
     for key, value in (headers or {}).items():
         if key.lower() == "content-type":

@@ -178,12 +178,17 @@ def test_tags_of(profiles: AwsProfiles, bedrock: tuple[Any, Stubber]) -> None:
 
 
 def test_delete_is_idempotent(profiles: AwsProfiles, bedrock: tuple[Any, Stubber]) -> None:
-    _, stubber = bedrock
+    client, stubber = bedrock
+    statuses: list[int] = []
+    client.meta.events.register("after-call.bedrock.DeleteInferenceProfile",
+                                lambda http_response, **_: statuses.append(http_response.status_code))
     stubber.add_response("delete_inference_profile", {}, {"inferenceProfileIdentifier": AIP_ARN})
     stubber.add_client_error("delete_inference_profile", "ResourceNotFoundException", "gone", 404,
                              expected_params={"inferenceProfileIdentifier": AIP_ARN})
     profiles.delete(AIP_ARN)
-    profiles.delete(AIP_ARN)
+    profiles.delete(AIP_ARN)  # already gone: Bedrock's 404 is swallowed, not raised
+    stubber.assert_no_pending_responses()
+    assert statuses == [200, 404]  # both deletes reached Bedrock; the second was told "gone"
 
 
 def test_delete_conflict_raises(profiles: AwsProfiles, bedrock: tuple[Any, Stubber]) -> None:
