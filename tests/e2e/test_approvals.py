@@ -81,6 +81,7 @@ def _request_alice(bot: Harness) -> int:
     modal = bot.slack.wait_for("views.open")[0].args["view"]
     assert modal["callback_id"] == "restore_request_modal" and modal["private_metadata"] == "1"
     assert submit(bot, ALICE, "restore_request_modal", "1", "customer demo at 3pm").status == 200
+    bot.settle()  # the request is posted and alice told before the caller clears the fake Slack
     post = bot.slack.wait_for("chat.postMessage", count=2)
     request_post = next(c for c in post if c.args["channel"] == ALERTS)
     text = reply_text(request_post.args)
