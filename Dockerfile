@@ -20,6 +20,7 @@ COPY pyproject.toml README.md ./
 COPY bot ./bot
 COPY handlers ./handlers
 COPY jobs ./jobs
+COPY demo ./demo
 COPY migrations ./migrations
 # A regular (non-editable) install: the venv is all the final image needs.
 RUN pip install . && python -m compileall -q /opt/venv

@@ -5,7 +5,7 @@ limit is 3,000 ms); resident memory serving < 200 MB.
 
 Per database (SQLite file, then a private PostgreSQL schema): seed 10k subjects with 30 days of
 hourly ledger rows (bench/common.py: 7.2M rows), start `python -m handlers.main serve --no-scheduler`
-on a free loopback port against a local Slack stand-in (handlers.slack_stub.FakeSlack: Web API and
+on a free loopback port against a local Slack stand-in (tests/fakes/slack_api.FakeSlack: Web API and
 response_url sink), wait for /healthz, then 20 client threads each send `--requests` signed
 `/bedrock` slash commands in turn — `help`, `usage <@user>` and `usage team-…` as an owner — over a
 new connection each, as Slack does. A thread sends its next command once the previous one has been
@@ -62,9 +62,8 @@ from bench.common import (
     table,
     verdict,
 )
-from handlers import slack_stub
-from handlers.slack_stub import Call, FakeSlack
 from tests.fakes.signing import signed_headers, slash_command_body
+from tests.fakes.slack_api import Call, FakeSlack
 
 SECRET = "bench-signing-secret"
 ADMIN = "UADMIN0001"  # BOT_ADMINS: an owner, so `usage` may look at anyone
@@ -229,9 +228,6 @@ class Phase:
 
 
 def load(db: BenchDb, s: Seed, args: argparse.Namespace, workdir: Path) -> Run:
-    # socketserver's listen backlog is 5: more replies than that arriving at once would have their
-    # SYNs dropped and retried after 1 s, a harness artefact. Give the stand-in a real server's backlog.
-    slack_stub._Server.request_queue_size = 128
     run = Run(db.name, s)
     answers = Answers()
     rng = random.Random(42)

@@ -286,19 +286,3 @@ class OutboxMessage(Base):
     last_error: Mapped[str] = mapped_column(String(200), default="")
     created_at: Mapped[datetime]
     sent_at: Mapped[datetime | None]
-
-
-class LocalInferenceProfile(Base):
-    """The `local` AIP backend's registry: same ids and ARN shapes as Bedrock's."""
-
-    __tablename__ = "local_inference_profiles"
-    id: Mapped[str] = mapped_column(String(64), primary_key=True)
-    arn: Mapped[str] = mapped_column(String(2048), unique=True)
-    name: Mapped[str] = mapped_column(String(64), unique=True)
-    description: Mapped[str] = mapped_column(Text, default="")
-    model_source: Mapped[str] = mapped_column(String(2048))
-    models: Mapped[dict[str, Any]] = mapped_column(default=dict)  # {"arns": [...]}
-    tags: Mapped[dict[str, Any]] = mapped_column(default=dict)
-    status: Mapped[str] = mapped_column(String(16), default="ACTIVE")
-    client_request_token: Mapped[str | None] = mapped_column(String(256), unique=True)
-    created_at: Mapped[datetime]

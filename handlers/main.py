@@ -84,7 +84,7 @@ def cmd_run_job(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
-    from handlers.demo import run_demo
+    from demo.walkthrough import run_demo
 
     if not args.verbose:  # the story is the output; logs only when asked for
         logging.getLogger().setLevel(logging.WARNING)

@@ -5,15 +5,21 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import create_engine, pool
 
+from bot.aws.local_registry import TABLE as LOCAL_REGISTRY
 from bot.models import Base
 
 config = context.config
 target_metadata = Base.metadata
 
 
+def _include_name(name: str | None, type_: str, _parents: object) -> bool:
+    """Autogenerate leaves the local AIP registry's table alone: it is no production table."""
+    return not (type_ == "table" and name == LOCAL_REGISTRY)
+
+
 def run_migrations_offline() -> None:
     context.configure(url=config.get_main_option("sqlalchemy.url"), target_metadata=target_metadata,
-                      literal_binds=True, render_as_batch=True)
+                      literal_binds=True, render_as_batch=True, include_name=_include_name)
     with context.begin_transaction():
         context.run_migrations()
 
@@ -30,7 +36,7 @@ def run_migrations_online() -> None:
 
 def _run(connection: object) -> None:
     context.configure(connection=connection, target_metadata=target_metadata,  # type: ignore[arg-type]
-                      render_as_batch=True, compare_type=True)
+                      render_as_batch=True, compare_type=True, include_name=_include_name)
     with context.begin_transaction():
         context.run_migrations()
 

@@ -12,8 +12,9 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 
 import pytest
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine, inspect, text
 
+from bot.aws.local_registry import TABLE as LOCAL_REGISTRY
 from bot.clock import FixedClock
 from bot.db import Database
 from bot.migrate import upgrade
@@ -80,6 +81,8 @@ def _pg_migrated(pg_url: str) -> Iterator[Database]:
 def _wipe(database: Database) -> None:
     tables = [t.name for t in reversed(Base.metadata.sorted_tables)]
     with database.engine.begin() as c:
+        if inspect(c).has_table(LOCAL_REGISTRY):  # made on first use, outside the migrations
+            tables.append(LOCAL_REGISTRY)
         if database.dialect == "postgresql":
             c.execute(text("TRUNCATE " + ", ".join(f'"{t}"' for t in tables) + " RESTART IDENTITY CASCADE"))
         else:

@@ -1,8 +1,9 @@
 """Amazon Bedrock Application Inference Profiles (AIPs): one interface, two backends.
 
 `AwsProfiles` talks to Bedrock. `LocalProfiles` is the offline registry
-(`BOT_PROFILES_BACKEND=local`) kept in the bot's own database with the same ids, ARN
-shapes and error codes, because moto has no inference-profile API. The pure helpers
+(`BOT_PROFILES_BACKEND=local`) kept in the bot's own database, outside the production
+schema (bot/aws/local_registry.py), with the same ids, ARN shapes and error codes,
+because moto has no inference-profile API. The pure helpers
 turn what an admin typed into a model source ARN, a valid profile name and the tags.
 
 Patterns follow the Bedrock service model (botocore `bedrock/2023-04-20`).
@@ -22,12 +23,13 @@ from typing import TYPE_CHECKING, Any, Final, Protocol, runtime_checkable
 from botocore.exceptions import BotoCoreError, ClientError
 from sqlalchemy import delete, or_, select
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
 from bot.aws.clients import aws_error
+from bot.aws.local_registry import LocalInferenceProfile, ensure_table
 from bot.clock import Clock
 from bot.db import Database
 from bot.errors import AwsError, BadInput
-from bot.models import LocalInferenceProfile
 
 if TYPE_CHECKING:
     from mypy_boto3_bedrock import BedrockClient
@@ -389,19 +391,19 @@ class LocalProfiles:
 
     def get(self, identifier: str) -> InferenceProfileInfo | None:
         self._check_identifier("GetInferenceProfile", identifier)
-        with self._db.session_scope(join=True) as s:
+        with self._session() as s:
             row = s.scalar(select(LocalInferenceProfile).where(_matches(identifier)))
             return _row_info(row) if row else None
 
     def list_application(self) -> list[InferenceProfileInfo]:
-        with self._db.session_scope(join=True) as s:
+        with self._session() as s:
             rows = s.scalars(select(LocalInferenceProfile).order_by(
                 LocalInferenceProfile.created_at, LocalInferenceProfile.id))
             # Tags left out, as ListInferenceProfiles does, so callers can't come to rely on them.
             return [_row_info(row, with_tags=False) for row in rows]
 
     def tags_of(self, arn: str) -> dict[str, str]:
-        with self._db.session_scope(join=True) as s:
+        with self._session() as s:
             row = s.scalar(select(LocalInferenceProfile).where(LocalInferenceProfile.arn == arn))
             if row is None:
                 raise AwsError("ListTagsForResource", NOT_FOUND, f"{arn[:200]} was not found")
@@ -409,15 +411,22 @@ class LocalProfiles:
 
     def delete(self, identifier: str) -> None:
         self._check_identifier("DeleteInferenceProfile", identifier)
-        with self._db.session_scope(join=True) as s:
+        with self._session() as s:
             s.execute(delete(LocalInferenceProfile).where(_matches(identifier)))
 
     def account_id(self) -> str:
         return self._account_id
 
+    @contextmanager
+    def _session(self) -> Iterator[Session]:
+        # Joins the caller's transaction: on SQLite a second writer would wait on the first.
+        with self._db.session_scope(join=True) as s:
+            ensure_table(s)
+            yield s
+
     def _insert_or_replay(self, name: str, source: str, tags: Mapping[str, str],
                           description: str, token: str) -> InferenceProfileInfo:
-        with self._db.session_scope(join=True) as s:
+        with self._session() as s:
             if token:
                 prior = s.scalar(select(LocalInferenceProfile)
                                  .where(LocalInferenceProfile.client_request_token == token))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from handlers.demo import run_demo
+from demo.walkthrough import run_demo
 
 
 def test_demo_runs_clean(capsys: pytest.CaptureFixture[str]) -> None:

@@ -19,11 +19,12 @@ from moto import mock_aws
 from sqlalchemy import delete, select
 
 from bot.aws.access import IamAccess, deny_document, policy_name
+from bot.aws.local_registry import LocalInferenceProfile
 from bot.aws.profiles import LocalProfiles
 from bot.clock import FixedClock
 from bot.db import Database
 from bot.errors import AwsError
-from bot.models import AuditEvent, LocalInferenceProfile, Principal, Profile, Revocation
+from bot.models import AuditEvent, Principal, Profile, Revocation
 from bot.render.reconcile import reconcile_message
 from bot.services import access, audit, directory, profiles
 from bot.services.directory import Actor, SubjectRef

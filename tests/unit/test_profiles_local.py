@@ -1,5 +1,6 @@
 """The offline AIP registry (`BOT_PROFILES_BACKEND=local`): same shapes and error codes as
-Bedrock, stored in the bot's own database. Runs on SQLite, and on PostgreSQL when reachable."""
+Bedrock, stored in the bot's own database but outside its migrations: every test starts from an
+empty database. Runs on SQLite, and on PostgreSQL when reachable."""
 
 from __future__ import annotations
 
@@ -8,11 +9,15 @@ import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine, inspect, text
 
+from bot.aws import local_registry
 from bot.aws import profiles as profiles_module
+from bot.aws.local_registry import LocalInferenceProfile
 from bot.aws.profiles import (
     PROFILE_ARN_RE,
     PROFILE_ID_RE,
@@ -23,7 +28,7 @@ from bot.aws.profiles import (
 from bot.clock import FixedClock
 from bot.db import Database
 from bot.errors import AwsError
-from bot.models import Base, LocalInferenceProfile
+from bot.models import Base
 
 ACCOUNT = "123456789012"
 REGION = "us-east-1"
@@ -36,7 +41,6 @@ T0 = datetime(2026, 11, 25, 10, 30, tzinfo=UTC)
 
 def _sqlite(tmp_path: Path) -> Iterator[Database]:
     db = Database(f"sqlite:///{tmp_path / 't.db'}")
-    Base.metadata.create_all(db.engine)
     yield db
     db.dispose()
 
@@ -55,7 +59,6 @@ def _postgres() -> Iterator[Database]:
         conn.execute(text(f'CREATE SCHEMA "{schema}"'))
     db = Database(f"{PG_BASE}?options=-csearch_path%3D{schema}", pool_size=2, max_overflow=0)
     try:
-        Base.metadata.create_all(db.engine)
         yield db
     finally:
         db.dispose()
@@ -242,3 +245,52 @@ def test_constructor_checks_region_and_account(local_db: Database, clock: FixedC
                                                region: str, account: str) -> None:
     with pytest.raises(ValueError):
         LocalProfiles(local_db, region, account, clock)
+
+
+# ---------------------------------------------------------------- its table, outside the migrations
+
+
+def _has_table(db: Database) -> bool:
+    return inspect(db.engine).has_table(local_registry.TABLE)
+
+
+def test_the_table_is_no_production_table() -> None:
+    assert local_registry.TABLE not in Base.metadata.tables
+    assert LocalInferenceProfile.metadata is not Base.metadata
+
+
+def test_the_table_is_made_on_first_use(any_db: Database, clock: FixedClock) -> None:
+    registry = LocalProfiles(any_db, REGION, ACCOUNT, clock)
+    assert not _has_table(any_db)  # building the backend touches nothing
+    assert registry.list_application() == []
+    assert _has_table(any_db)
+
+
+def test_made_again_after_a_caller_rolls_back_the_first_use(any_db: Database,
+                                                            clock: FixedClock) -> None:
+    registry = LocalProfiles(any_db, REGION, ACCOUNT, clock)
+    with pytest.raises(RuntimeError), any_db.session_scope():
+        registry.create("p1", HAIKU_ARN, {}, "", "")  # joins the caller's transaction
+        raise RuntimeError("the caller fails after the call")
+    assert not _has_table(any_db)  # the CREATE TABLE was rolled back with the caller
+    made = registry.create("p1", HAIKU_ARN, {}, "", "")
+    assert registry.get(made.id) == made
+
+
+def test_losing_the_race_to_make_the_table_is_harmless(any_db: Database, clock: FixedClock,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another process made the table between our look and our CREATE: that CREATE fails in a
+    savepoint and the call carries on in the same transaction (PostgreSQL would otherwise
+    refuse every later statement of it)."""
+    registry = LocalProfiles(any_db, REGION, ACCOUNT, clock)
+    registry.list_application()
+    real, looks = local_registry.inspect, []
+
+    def first_look_misses(conn: Any) -> Any:
+        looks.append(conn)
+        return SimpleNamespace(has_table=lambda _name: False) if len(looks) == 1 else real(conn)
+
+    monkeypatch.setattr(local_registry, "inspect", first_look_misses)
+    made = registry.create("p1", HAIKU_ARN, {}, "", "")
+    assert len(looks) == 2  # missed, tried, looked again
+    assert registry.get(made.id) == made

@@ -32,7 +32,7 @@ from bot.migrate import upgrade
 from bot.render.terminal import blocks_to_text
 from bot.runtime import Services, build_services
 from bot.services import audit, directory
-from handlers.slack_stub import Call, FakeSlack
+from demo.slack_standin import Call, SlackStandIn
 
 ADMIN, ALICE, BOB, CAROL = "UADMIN0001", "UALICE0001", "UBOB000001", "UCAROL0001"
 NAMES = {ADMIN: "dana (admin)", ALICE: "alice", BOB: "bob", CAROL: "carol", "UBOT": "bedrock-bot"}
@@ -75,7 +75,7 @@ class Demo:
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
         self.secret = secrets.token_hex(16)
-        self.slack = FakeSlack(on_call=_print_call)
+        self.slack = SlackStandIn(on_call=_print_call)
         self.seq = itertools.count()
         self.base_url = ""
         self.services: Services | None = None
@@ -100,16 +100,10 @@ class Demo:
                           "text": text, "response_url": self.slack.response_url(name),
                           "trigger_id": "1.2.3"})
         print(f"\n  {NAMES[user]} types: /bedrock {text}")
-        ts = str(int(time.time()))
-        sig = SignatureVerifier(self.secret).generate_signature(timestamp=ts, body=body)
-        req = urllib.request.Request(
-            f"{self.base_url}/slack/events", data=body.encode(), method="POST",
-            headers={"X-Slack-Request-Timestamp": ts, "X-Slack-Signature": sig,
-                     "Content-Type": "application/x-www-form-urlencoded"})
         started = time.monotonic()
-        with urllib.request.urlopen(req, timeout=10) as resp:
-            if resp.status != 200:
-                raise DemoFailed(f"server answered {resp.status}")
+        status = self._post(body)
+        if status != 200:
+            raise DemoFailed(f"server answered {status}")
         print(f"    (acknowledged in {1000 * (time.monotonic() - started):.0f} ms)")
         reply = self.slack.wait_for(f"response_url:{name}", timeout=15)[0].args
         time.sleep(0.05)  # let the printer finish the alert-channel posts of this step
@@ -117,9 +111,12 @@ class Demo:
 
     def interact(self, payload: dict[str, Any]) -> int:
         """POST a signed block_actions / view_submission payload like Slack does."""
-        body = urlencode({"payload": json.dumps(payload)})
+        return self._post(urlencode({"payload": json.dumps(payload)}))
+
+    def _post(self, body: str) -> int:
+        """POST a form body to the server, signed as Slack signs it; return the HTTP status."""
         ts = str(int(time.time()))
-        sig = SignatureVerifier(self.secret).generate_signature(timestamp=ts, body=body)
+        sig = SignatureVerifier(self.secret).generate_signature(timestamp=ts, body=body) or ""
         req = urllib.request.Request(
             f"{self.base_url}/slack/events", data=body.encode(), method="POST",
             headers={"X-Slack-Request-Timestamp": ts, "X-Slack-Signature": sig,

@@ -1,12 +1,14 @@
-"""A local stand-in for the Slack Web API over real HTTP: the demo prints what the bot
-sends through it, and the tests use it as their fake Slack (tests/fakes/slack_api.py).
+"""A local stand-in for the Slack Web API over real HTTP, so the demo runs offline.
+
+It answers the Web API methods the bot calls (and its response_url and file uploads) the
+way Slack does, records every call and hands each one to ``on_call``: the demo prints them.
+The tests' fake (tests/fakes/slack_api.py) extends it with failure injection.
 
 Usage::
 
-    with FakeSlack() as fake:
-        client = WebClient(token="xoxb-test", base_url=fake.url)
+    with SlackStandIn(on_call=print) as slack:
+        client = WebClient(token="xoxb-demo", base_url=slack.url)
         client.chat_postMessage(channel="C1", text="hi")
-        assert fake.last("chat.postMessage").args["text"] == "hi"
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from urllib.parse import parse_qsl, urlsplit
 JSON_ARGS = ("blocks", "attachments", "view", "files", "metadata")
 AUTH_TEST: dict[str, Any] = {"url": "https://fake.slack.com/", "team": "Fake Team", "user": "bot"}
 AUTH_TEST |= {"team_id": "T0001", "user_id": "UBOT", "bot_id": "BBOT"}
+Answer = tuple[int, dict[str, str], bytes]  # HTTP status, headers, body
 
 
 @dataclass(frozen=True)
@@ -32,13 +35,6 @@ class Call:
     method: str
     args: dict[str, Any]
     headers: dict[str, str] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class _Failure:
-    error: str
-    status: int
-    retry_after: int | None
 
 
 def _decode_json_args(args: dict[str, Any]) -> dict[str, Any]:
@@ -72,8 +68,9 @@ def _parse_body(content_type: str, body: bytes) -> dict[str, Any]:
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
-    request_queue_size = 128  # bursts of 20+ clients must not see refused connections
-    fake: FakeSlack
+    # socketserver's backlog is 5: a burst of 20+ replies would see SYNs dropped and retried 1 s later.
+    request_queue_size = 128
+    standin: SlackStandIn
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -91,7 +88,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _handle(self, body: bytes) -> None:
         url = urlsplit(self.path)
-        status, headers, payload = self.server.fake._dispatch(
+        status, headers, payload = self.server.standin._dispatch(
             url.path, url.query, dict(self.headers.items()), body
         )
         self.send_response(status)
@@ -102,32 +99,27 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(payload)
 
 
-class FakeSlack:
-    """Local HTTP fake of the Slack Web API; thread safe; records every call (failed ones too).
+class SlackStandIn:
+    """Local HTTP stand-in for the Slack Web API; thread safe; records every call.
 
-    Calls are named by API method, ``response_url:<name>`` or ``upload:<file_id>``; failure
-    injection (``fail_next``/``fail_always``) takes those names, ``down()`` hits all of them.
+    Calls are named by API method, ``response_url:<name>`` or ``upload:<file_id>``.
     """
 
     def __init__(self, on_call: Callable[[Call], None] | None = None) -> None:
         self.on_call = on_call  # the demo prints each call as it arrives
-        self._cond = threading.Condition()
+        self._cond = threading.Condition()  # reentrant: _answer overrides may take it again
         self._calls: list[Call] = []
         self._uploads: dict[str, bytes] = {}
-        self._next_failures: dict[str, list[_Failure]] = {}
-        self._always: dict[str, _Failure] = {}
-        self._overrides: dict[str, dict[str, Any]] = {}
-        self._down = False
         self._seq = 0
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
 
-    def start(self) -> FakeSlack:
+    def start(self) -> SlackStandIn:
         if self._server is None:
             self._server = _Server(("127.0.0.1", 0), _Handler)
-            self._server.fake = self
+            self._server.standin = self
             self._thread = threading.Thread(
-                target=self._server.serve_forever, args=(0.05,), name="fake-slack", daemon=True
+                target=self._server.serve_forever, args=(0.05,), name="slack-standin", daemon=True
             )
             self._thread.start()
         return self
@@ -140,7 +132,7 @@ class FakeSlack:
                 self._thread.join(timeout=5)
             self._server, self._thread = None, None
 
-    def __enter__(self) -> FakeSlack:
+    def __enter__(self) -> SlackStandIn:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -149,7 +141,7 @@ class FakeSlack:
     @property
     def root(self) -> str:
         if self._server is None:
-            raise RuntimeError("FakeSlack is not started")
+            raise RuntimeError("the Slack stand-in is not started")
         return f"http://127.0.0.1:{self._server.server_address[1]}"
 
     @property
@@ -164,17 +156,6 @@ class FakeSlack:
         with self._cond:
             return [c for c in self._calls if method is None or c.method == method]
 
-    def last(self, method: str) -> Call:
-        found = self.calls(method)
-        if not found:
-            raise AssertionError(f"no call to {method!r}; got {[c.method for c in self.calls()]}")
-        return found[-1]
-
-    def clear(self) -> None:
-        with self._cond:
-            self._calls.clear()
-            self._uploads.clear()
-
     def wait_for(self, method: str, count: int = 1, timeout: float = 5.0) -> list[Call]:
         with self._cond:
             if not self._cond.wait_for(lambda: len(self._matching(method)) >= count, timeout):
@@ -185,35 +166,6 @@ class FakeSlack:
     def uploaded_files(self) -> dict[str, bytes]:
         with self._cond:
             return dict(self._uploads)
-
-    def fail_next(
-        self, method: str, error: str = "ratelimited", status: int = 429, retry_after: int = 1
-    ) -> None:
-        with self._cond:
-            failure = _Failure(error, status, retry_after if status == 429 else None)
-            self._next_failures.setdefault(method, []).append(failure)
-
-    def fail_always(self, method: str, error: str, status: int = 200) -> None:
-        with self._cond:
-            self._always[method] = _Failure(error, status, None)
-
-    def heal(self, method: str) -> None:
-        with self._cond:
-            self._always.pop(method, None)
-            self._next_failures.pop(method, None)
-
-    def set_response(self, method: str, body: dict[str, Any]) -> None:
-        """Answer ``method`` with ``body`` (HTTP 200) instead of the built-in response."""
-        with self._cond:
-            self._overrides[method] = body
-
-    def down(self) -> None:
-        with self._cond:
-            self._down = True
-
-    def up(self) -> None:
-        with self._cond:
-            self._down = False
 
     def _matching(self, method: str) -> list[Call]:
         return [c for c in self._calls if c.method == method]
@@ -227,9 +179,7 @@ class FakeSlack:
         micros = 1_700_000_000_000_000 + 100 * self._seq
         return f"{micros // 1_000_000}.{micros % 1_000_000:06d}"
 
-    def _dispatch(
-        self, path: str, query: str, headers: dict[str, str], body: bytes
-    ) -> tuple[int, dict[str, str], bytes]:
+    def _dispatch(self, path: str, query: str, headers: dict[str, str], body: bytes) -> Answer:
         parts = path.strip("/").split("/", 1)
         kind, name = parts[0], parts[1] if len(parts) > 1 else ""
         ctype = next((v for k, v in headers.items() if k.lower() == "content-type"), "")
@@ -245,33 +195,22 @@ class FakeSlack:
             self._cond.notify_all()
             if self.on_call is not None:
                 self.on_call(call)
-            failure = self._failure_for(method)
-            if failure is not None:
-                extra = {"Retry-After": str(failure.retry_after)} if failure.retry_after else {}
-                return self._json(failure.status, {"ok": False, "error": failure.error}, extra)
-            if kind == "upload":
-                self._uploads[name] = body
-                return 200, {"Content-Type": "text/plain; charset=utf-8"}, b"OK"
-            if kind == "response":
-                return self._json(200, {"ok": True})
-            if kind != "api":
-                return self._json(404, {"ok": False, "error": "not_found"})
-            if method in self._overrides:
-                return self._json(200, self._overrides[method])
-            return self._json(200, self._respond(method, args))
+            return self._answer(kind, name, method, args, body)
 
-    def _failure_for(self, method: str) -> _Failure | None:
-        if self._down:
-            return _Failure("service_unavailable", 503, None)
-        queued = self._next_failures.get(method)
-        if queued:
-            return queued.pop(0)
-        return self._always.get(method)
+    def _answer(self, kind: str, name: str, method: str, args: dict[str, Any],
+                body: bytes) -> Answer:
+        """Slack's answer to a recorded call; called with the lock held."""
+        if kind == "upload":
+            self._uploads[name] = body
+            return 200, {"Content-Type": "text/plain; charset=utf-8"}, b"OK"
+        if kind == "response":
+            return self._json(200, {"ok": True})
+        if kind != "api":
+            return self._json(404, {"ok": False, "error": "not_found"})
+        return self._json(200, self._respond(method, args))
 
     @staticmethod
-    def _json(
-        status: int, data: dict[str, Any], extra: dict[str, str] | None = None
-    ) -> tuple[int, dict[str, str], bytes]:
+    def _json(status: int, data: dict[str, Any], extra: dict[str, str] | None = None) -> Answer:
         headers = {"Content-Type": "application/json; charset=utf-8", **(extra or {})}
         return status, headers, json.dumps(data).encode("utf-8")
 
