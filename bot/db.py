@@ -10,6 +10,8 @@ from typing import Any
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
+from bot.services.leases import current_fence
+
 
 def make_engine(url: str, **kwargs: Any) -> Engine:
     if url.startswith("sqlite"):
@@ -45,6 +47,14 @@ def _sqlite_engine(url: str, **kwargs: Any) -> Engine:
     return engine
 
 
+def _check_fence(session: Session) -> None:
+    """Inside `leases.fenced()` (a scheduled job), commit only while the lease is still held:
+    checked in this transaction, which then rolls back with `LeaseLost` if it is not."""
+    fence = current_fence()
+    if fence is not None:
+        fence.check(session)
+
+
 class Database:
     """Owns the engine and hands out sessions. Built once from settings."""
 
@@ -73,6 +83,7 @@ class Database:
         token = self._current.set(session)
         try:
             yield session
+            _check_fence(session)
             session.commit()
         except BaseException:
             session.rollback()

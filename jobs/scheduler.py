@@ -1,27 +1,38 @@
-"""The job runner: APScheduler 3 in the background, but only the replica holding the
-`scheduler` lease runs jobs.
+"""The job runner: one APScheduler 3 scheduler per replica; only the replica holding the
+`scheduler` lease runs jobs, and each job is fenced by that lease.
 
-Every replica runs a lease heartbeat every `lease_ttl / 3`; the one that holds the lease
-(`bot.services.leases`) is the leader, the others keep trying and take over once the
-leader's lease expires (a dead leader is replaced within `lease_ttl` plus one heartbeat).
-Every job wrapper first asks `is_leader()` — the lease is ours and not expired by
-`services.clock` — and otherwise returns doing nothing.
+Leadership. A `lease_heartbeat` job, every `lease_ttl / 3`, takes or renews the lease
+(`bot.services.leases`); the holder is the leader, the others keep trying and take over once
+the leader's lease expires (a dead leader is replaced within `lease_ttl` plus one heartbeat,
+so within two lease periods). The heartbeat is a job of its own on the scheduler's thread
+pool, so it keeps renewing while a long job runs: the lease says "this process is alive",
+not "no job is slow". Every job wrapper first asks `is_leader()` — the lease is ours and not
+expired by `services.clock` — and otherwise returns doing nothing.
 
-Schedule:
+Fencing. A job runs inside `leases.fenced(...)`: each transaction it commits first checks,
+in that transaction, that the lease is still ours and unexpired (`Database.session_scope`).
+A job that outlives its lease — the process stalled past the ttl, or another replica took
+over — gets `LeaseLost` at its next commit and commits nothing from then on. The fence
+guards the database only: an AWS or Slack call the job had already made stays made, and the
+repair paths (reassert, reconcile, the digest's claim) handle that as after a crash.
+
+Schedule (APScheduler triggers, coalesced, one instance of each job at a time):
 - `usage_sync` every `BOT_SYNC_SECONDS` (it runs `enforce` itself, after the sync);
-- `daily_digest` at `BOT_DIGEST_TIME` in `BOT_TIMEZONE` (cron, coalesced, hours of misfire
-  grace), and at once when a replica becomes leader after today's digest time — the
-  digest job posts at most once per day (`digests` table), so the catch-up is safe;
-- `reconcile` hourly, `expire_requests` every 5 minutes.
+- `daily_digest` at `BOT_DIGEST_TIME` in `BOT_TIMEZONE` (cron, hours of misfire grace), and
+  at once when a replica becomes leader after today's digest time — the digest job posts
+  at most once per day (`digests` table), so the catch-up is safe;
+- `reconcile` hourly, `expire_requests` every 5 minutes, `flush_outbox` every minute.
 Interval jobs also run as soon as a replica becomes leader: it cannot know when the old
 leader last ran them. Jobs are looked up by name when they run (`jobs.registry.JOBS` by
 default), so a job that is not registered is skipped.
 
-A job that raises is logged and audited (`system:scheduler`, `job.<name>`, `error`) in a
-transaction of its own, and never stops the scheduler.
+A job that raises (`LeaseLost` included) is logged and audited (`system:scheduler`,
+`job.<name>`, `error`) in a transaction of its own, outside the fence, and never stops the
+scheduler.
 
-`tick()` steps the same schedule synchronously, without APScheduler's threads, by
-`services.clock`: tests and deterministic stepping use it instead of `start()`.
+Time: APScheduler fires by the wall clock, so `services.clock` must be the wall clock too
+(`utcnow`, as in production). Tests move both with time-machine and step the scheduler
+through APScheduler's own job processing (`make_scheduler`, tests/stepped_scheduler.py).
 """
 
 from __future__ import annotations
@@ -36,6 +47,7 @@ from typing import Any
 from uuid import uuid4
 
 from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.schedulers.base import BaseScheduler
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.date import DateTrigger
 from apscheduler.triggers.interval import IntervalTrigger
@@ -55,12 +67,12 @@ RECONCILE = "reconcile"
 EXPIRE_REQUESTS = "expire_requests"
 FLUSH_OUTBOX = "flush_outbox"
 DIGEST_CATCH_UP = "daily_digest_catch_up"
-# fresh usage before the digest
-TICK_ORDER = (USAGE_SYNC, DAILY_DIGEST, EXPIRE_REQUESTS, RECONCILE, FLUSH_OUTBOX)
+DEFAULT_LEASE_TTL = timedelta(seconds=90)
 DIGEST_MISFIRE_GRACE = timedelta(hours=6)
 INTERVAL_MISFIRE_GRACE = timedelta(seconds=30)
 
 JobFn = Callable[[Services], Any]
+SchedulerFactory = Callable[..., BaseScheduler]
 
 
 def default_holder() -> str:
@@ -69,18 +81,26 @@ def default_holder() -> str:
 
 
 class JobRunner:
-    """Runs the jobs on the replica that holds the `scheduler` lease."""
+    """Runs the jobs on the replica that holds the `scheduler` lease.
+
+    `make_scheduler` builds the APScheduler scheduler from its options (timezone,
+    job_defaults): a BackgroundScheduler in production; tests pass one they step by hand.
+    `lease_ttl` defaults to DEFAULT_LEASE_TTL, read when the runner is built.
+    """
 
     def __init__(self, services: Services, holder: str | None = None,
-                 lease_ttl: timedelta = timedelta(seconds=90),
-                 jobs: Mapping[str, Callable[[Services], Any]] | None = None) -> None:
-        if lease_ttl <= timedelta(0):
+                 lease_ttl: timedelta | None = None, jobs: Mapping[str, JobFn] | None = None,
+                 make_scheduler: SchedulerFactory = BackgroundScheduler) -> None:
+        ttl = DEFAULT_LEASE_TTL if lease_ttl is None else lease_ttl
+        if ttl <= timedelta(0):
             raise ValueError("lease_ttl must be positive")
         self.services = services
         self.holder = holder or default_holder()
-        self.lease_ttl = lease_ttl
-        self.heartbeat_every = lease_ttl / 3
+        self.lease_ttl = ttl
+        self.heartbeat_every = ttl / 3
+        self.fence = leases.Fence(LEASE_NAME, self.holder, services.clock)
         self._jobs = jobs
+        self._make_scheduler = make_scheduler
         bot = services.settings.bot
         self.digest_time = bot.digest_time
         self.intervals: dict[str, timedelta] = {
@@ -92,11 +112,8 @@ class JobRunner:
         self._lock = threading.Lock()
         self._leader_until: datetime | None = None
         self.last_heartbeat: datetime | None = None  # clock time of our last successful renewal
-        self._scheduler: Any = None
+        self._scheduler: BaseScheduler | None = None
         self._stopping = False
-        # tick() state: when each interval job is next due, and the local day whose digest ran.
-        self._next_due: dict[str, datetime] = {}
-        self._digest_day: date | None = None
 
     # ---- leadership --------------------------------------------------------------------
 
@@ -133,12 +150,10 @@ class JobRunner:
 
     def _on_leadership(self) -> None:
         """A new leader runs the interval jobs now and catches up today's digest."""
-        self._next_due.clear()
-        self._digest_day = None
         scheduler = self._scheduler
         if scheduler is None:
             return
-        now = datetime.now(UTC)  # APScheduler fires by the wall clock
+        now = datetime.now(UTC)  # APScheduler's own clock
         try:
             for name in self.intervals:
                 scheduler.modify_job(name, next_run_time=now)
@@ -157,15 +172,19 @@ class JobRunner:
         return table.get(name)
 
     def run_job(self, name: str) -> bool:
-        """Run one job if we are the leader and it exists; True when it was run (even if it
-        failed: a failure is logged and audited, never raised)."""
+        """Run one job, fenced by our lease, if we are the leader and it exists; True when
+        it was run (even if it failed: a failure is logged and audited, never raised)."""
         if not self.is_leader():
             return False
         fn = self.job(name)
         if fn is None:
             return False
         try:
-            fn(self.services)
+            with leases.fenced(self.fence):
+                fn(self.services)
+        except leases.LeaseLost as exc:
+            log.warning("job %s lost the scheduler lease; its uncommitted work was rolled back", name)
+            self._audit_failure(name, exc)
         except Exception as exc:
             log.exception("job %s failed", name)
             self._audit_failure(name, exc)
@@ -179,78 +198,50 @@ class JobRunner:
         except Exception:
             log.exception("could not audit the failure of job %s", name)
 
-    def _digest_instant(self, now: datetime) -> tuple[date, datetime]:
-        """Today's date in BOT_TIMEZONE and today's digest time as an aware datetime."""
-        tz = self.services.tz
-        today = now.astimezone(tz).date()
-        return today, datetime.combine(today, self.digest_time, tzinfo=tz)
-
     def _digest_time_passed(self) -> bool:
+        """Whether today's digest time (in BOT_TIMEZONE) has passed by `services.clock`."""
         now = self.services.clock()
-        return self._digest_instant(now)[1] <= now
+        today: date = now.astimezone(self.services.tz).date()
+        return datetime.combine(today, self.digest_time, tzinfo=self.services.tz) <= now
 
-    # ---- deterministic stepping --------------------------------------------------------
-
-    def tick(self) -> list[str]:
-        """One heartbeat, then every due job, synchronously; returns the jobs run, in order.
-
-        Due, by `services.clock`: an interval job when it has not run since we became
-        leader or its interval has passed since it last ran (missed runs coalesce into one);
-        the digest when today's digest time has passed and this leader has not run it today.
-        A non-leader runs nothing and keeps no schedule: on taking over everything is due.
-        """
-        if self._scheduler is not None:
-            raise RuntimeError("tick() steps the schedule by hand; the scheduler is running")
-        self.heartbeat()
-        ran: list[str] = []
-        for name in TICK_ORDER:
-            if self.is_leader() and self._due(name) and self.run_job(name):
-                ran.append(name)
-        return ran
-
-    def _due(self, name: str) -> bool:
-        """Whether `name` is due now; if so, mark it run (for tick())."""
-        now = self.services.clock()
-        if name == DAILY_DIGEST:
-            today, at = self._digest_instant(now)
-            if at > now or self._digest_day == today:
-                return False
-            self._digest_day = today
-            return True
-        due = self._next_due.get(name)
-        if due is not None and now < due:
-            return False
-        self._next_due[name] = now + self.intervals[name]
-        return True
-
-    # ---- APScheduler ---------------------------------------------------------------------
+    # ---- the scheduler -------------------------------------------------------------------
 
     @property
     def running(self) -> bool:
         return self._scheduler is not None
 
+    @property
+    def scheduler(self) -> BaseScheduler | None:
+        """The APScheduler scheduler while started (tests step it)."""
+        return self._scheduler
+
     def start(self) -> None:
-        """Schedule everything on a BackgroundScheduler, start it, and heartbeat at once."""
+        """Build the scheduler, schedule everything, start it, and heartbeat at once."""
         if self._scheduler is not None:
             raise RuntimeError("JobRunner already started")
-        scheduler = BackgroundScheduler(timezone=UTC, job_defaults={
+        scheduler = self._make_scheduler(timezone=UTC, job_defaults={
             "coalesce": True, "max_instances": 1,
             "misfire_grace_time": int(INTERVAL_MISFIRE_GRACE.total_seconds())})
+        self._schedule(scheduler)
+        self._scheduler = scheduler
+        self._stopping = False
+        scheduler.start()
+        log.info("scheduler started as %s (lease ttl %ss)", self.holder, self.lease_ttl.total_seconds())
+        self.heartbeat()
+
+    def _schedule(self, scheduler: BaseScheduler) -> None:
+        # A late heartbeat still runs (no misfire grace): skipping one could cost the lease.
         scheduler.add_job(self.heartbeat, IntervalTrigger(
-            seconds=self.heartbeat_every.total_seconds(), timezone=UTC), id=HEARTBEAT)
+            seconds=self.heartbeat_every.total_seconds(), timezone=UTC), id=HEARTBEAT,
+            misfire_grace_time=None)
         for name, every in self.intervals.items():
             scheduler.add_job(self.run_job, IntervalTrigger(seconds=every.total_seconds(), timezone=UTC),
                               args=[name], id=name)
         t = self.digest_time
         scheduler.add_job(self.run_job, CronTrigger(hour=t.hour, minute=t.minute, second=t.second,
                                                     timezone=self.services.tz),
-                          args=[DAILY_DIGEST], id=DAILY_DIGEST, coalesce=True,
+                          args=[DAILY_DIGEST], id=DAILY_DIGEST,
                           misfire_grace_time=int(DIGEST_MISFIRE_GRACE.total_seconds()))
-        self._scheduler = scheduler
-        self._stopping = False
-        scheduler.start()
-        log.info("scheduler started as %s (lease ttl %ss)", self.holder, self.lease_ttl.total_seconds())
-        self.heartbeat()
 
     def shutdown(self, wait: bool = True) -> None:
         """Stop the scheduler (waiting for running jobs) and release the lease, so another

@@ -7,10 +7,22 @@ row and then re-checks the WHERE against the committed row; SQLite serialises wr
 
 Pure functions on a Session: they flush nothing of their own and never commit — the
 caller's `session_scope()` does. Times are aware UTC, as everywhere.
+
+Fencing: work done on behalf of a lease holder (the scheduler's jobs) runs inside
+`fenced(Fence(...))`. `Database.session_scope()` then calls `Fence.check()` right before
+each commit: in the same transaction it reads the lease row (`FOR SHARE` on PostgreSQL, so
+a takeover's update waits for this commit; SQLite's writer lock already serialises) and
+raises `LeaseLost` — the transaction rolls back — unless the row still names the holder
+and has not expired by the fence's clock. So a job that outlives its lease, or whose
+replica was replaced meanwhile, commits nothing from then on.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -18,6 +30,7 @@ from sqlalchemy import delete, or_, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from bot.clock import Clock
 from bot.models import Lease
 
 NAME_MAX = 64
@@ -81,3 +94,50 @@ def holder_of(session: Session, name: str, now: datetime) -> str | None:
     return session.execute(
         select(Lease.holder).where(Lease.name == name, Lease.expires_at > now)
     ).scalar_one_or_none()
+
+
+# ---- fencing ------------------------------------------------------------------------------
+
+
+class LeaseLost(RuntimeError):
+    """A fenced transaction was rolled back: its lease is no longer held by its holder."""
+
+
+@dataclass(frozen=True)
+class Fence:
+    """The lease `name` must still be `holder`'s, unexpired by `clock`, at every commit."""
+
+    name: str
+    holder: str
+    clock: Clock
+
+    def check(self, session: Session) -> None:
+        """Raise LeaseLost unless the lease is still ours; call it inside the transaction
+        that is about to commit, so the answer holds until that commit."""
+        now = self.clock()
+        _check(self.name, self.holder, now)
+        held = session.execute(
+            select(Lease.holder)
+            .where(Lease.name == self.name, Lease.holder == self.holder, Lease.expires_at > now)
+            .with_for_update(read=True)  # FOR SHARE: several fenced jobs may commit at once
+        ).scalar_one_or_none()
+        if held is None:
+            raise LeaseLost(f"the {self.name} lease is no longer held by {self.holder}; "
+                            "this transaction was rolled back")
+
+
+_FENCE: ContextVar[Fence | None] = ContextVar("lease_fence", default=None)
+
+
+@contextmanager
+def fenced(fence: Fence) -> Iterator[Fence]:
+    """Every `session_scope()` commit in this block (this thread or task) checks `fence`."""
+    token = _FENCE.set(fence)
+    try:
+        yield fence
+    finally:
+        _FENCE.reset(token)
+
+
+def current_fence() -> Fence | None:
+    return _FENCE.get()

@@ -1,8 +1,9 @@
 """`bedrock-bot` for the multi-process tests, with a short scheduler lease.
 
-The lease TTL is not configurable (JobRunner's default, 90 s), and a takeover test must not
-wait three minutes, so this entry point shortens the default from HARDENING_LEASE_SECONDS
-and then runs the real `handlers.main.main()` — everything else is the shipped `serve`.
+The lease TTL is not configurable (`jobs.scheduler.DEFAULT_LEASE_TTL`, 90 s), and a takeover
+test must not wait three minutes, so this entry point shortens the default from
+HARDENING_LEASE_SECONDS and then runs the real `handlers.main.main()` — everything else is
+the shipped `serve`.
 """
 
 from __future__ import annotations
@@ -19,9 +20,7 @@ def _short_lease() -> None:
     seconds = os.environ.get("HARDENING_LEASE_SECONDS")
     if not seconds:
         return
-    defaults = list(scheduler.JobRunner.__init__.__defaults__ or ())
-    defaults[1] = timedelta(seconds=float(seconds))  # (holder, lease_ttl, jobs)
-    scheduler.JobRunner.__init__.__defaults__ = tuple(defaults)
+    scheduler.DEFAULT_LEASE_TTL = timedelta(seconds=float(seconds))
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from tests.fakes.sns_signing import make_notification, write_cert
 from tests.hardening.aws_faults import Faults, bot_iam_client, iam_error, inject
 from tests.hardening.conftest import World, assert_chain_intact, audit_events, last_audit_id
 from tests.harness import ADMIN, BOB, reply_text
+from tests.stepped_scheduler import SteppedScheduler, stepped
 
 TOPIC = "arn:aws:sns:us-east-1:123456789012:bedrock-bot-alerts"
 
@@ -72,8 +73,15 @@ def test_every_refusal_and_failure_has_its_row_and_the_chain_verifies(
                                                  "Resource": "*"}]}))
     step(("system:reconcile", "reconcile.deny_unknown", "ok"), lambda: reconcile.run(bot.services))
 
-    runner = JobRunner(bot.services, holder="audit-test", jobs={"usage_sync": _boom})
-    step(("system:scheduler", "job.usage_sync", "error"), runner.tick)
+    runner = JobRunner(bot.services, holder="audit-test", jobs={"usage_sync": _boom},
+                       make_scheduler=SteppedScheduler)
+
+    def scheduled() -> None:  # a new leader runs its interval jobs at once
+        runner.start()
+        assert "usage_sync" in stepped(runner).run_pending()
+        runner.shutdown()
+
+    step(("system:scheduler", "job.usage_sync", "error"), scheduled)
 
     bot.slack.down()  # a change while Slack is down: the change itself is recorded
     step((f"slack:{ADMIN}", "limit.set", "ok"), lambda: bot.command("limit alice 2M/day alarm=off"))

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import time_machine
 from moto import mock_aws
 from sqlalchemy import select
 from sqlalchemy.engine import make_url
@@ -31,6 +32,7 @@ from tests.fakes.sns_signing import make_notification, write_cert
 from tests.hardening.conftest import assert_chain_intact, signed_post, wsgi_call
 from tests.hardening.tcp_proxy import TcpProxy
 from tests.harness import ADMIN, ALERTS, Harness, make_settings, reply_text, running_bot
+from tests.stepped_scheduler import SteppedScheduler, stepped
 
 TOPIC = "arn:aws:sns:us-east-1:123456789012:bedrock-bot-alerts"
 UNREACHABLE = "postgresql+psycopg://bot:hunter2-db-password@127.0.0.1:1/bot"
@@ -104,7 +106,7 @@ def outage(proxied_db: tuple[Database, TcpProxy], clock: FixedClock, tmp_path: P
 def test_database_outage_and_recovery_without_restart(outage: tuple[Harness, WsgiApp, TcpProxy],
                                                       clock: FixedClock) -> None:
     bot, app, proxy = outage
-    runner = JobRunner(bot.services, holder="replica-a")
+    runner = JobRunner(bot.services, holder="replica-a", make_scheduler=SteppedScheduler)
     assert _health(app) == (200, {"status": "ok"})
     assert "No limits" in reply_text(bot.command("limits"))
     envelope = json.dumps(make_notification("not an alarm", TOPIC, timestamp=clock())).encode()
@@ -116,13 +118,19 @@ def test_database_outage_and_recovery_without_restart(outage: tuple[Harness, Wsg
     _polite(reply_text(bot.command("revoke alice")))
     sns_status, _, _ = wsgi_call(app, "POST", "/sns", envelope)
     assert sns_status >= 500  # SNS delivers it again later
-    assert runner.tick() == []  # a heartbeat that cannot reach the database: no jobs, no crash
+    with time_machine.travel(clock(), tick=False):  # the scheduler's wall clock = the bot's
+        runner.start()  # a heartbeat that cannot reach the database: no lease, no crash
+        assert not runner.is_leader()
+        assert stepped(runner).run_pending() == []  # no jobs
 
     proxy.up()
     _wait_healthy(app)
     assert "No limits" in reply_text(bot.command("limits"))
     assert wsgi_call(app, "POST", "/sns", envelope)[0] == 200  # the redelivery is processed
-    assert "usage_sync" in runner.tick()
+    clock.advance(seconds=runner.heartbeat_every.total_seconds())
+    with time_machine.travel(clock(), tick=False):  # the next heartbeat takes the lease
+        assert "usage_sync" in stepped(runner).run_pending()
+    runner.shutdown()
     with bot.services.db.session_scope() as s:
         assert s.scalars(select(SnsMessage.outcome)).all() == ["unrecognised"]
     assert any(c.args["channel"] == ALERTS for c in bot.slack.calls("chat.postMessage"))

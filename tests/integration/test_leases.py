@@ -1,5 +1,6 @@
 """Leases on SQLite and PostgreSQL: one holder at a time, renewal, hand-over on expiry,
-release, and an atomic acquire when two threads race for the same lease."""
+release, an atomic acquire when two threads race for the same lease, and the fence that
+lets a transaction commit only while its lease is still held."""
 
 from __future__ import annotations
 
@@ -7,8 +8,11 @@ import threading
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import event, select, text
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session
 
+from bot.clock import FixedClock
 from bot.db import Database
 from bot.models import Lease
 from bot.services import leases
@@ -127,3 +131,101 @@ def test_racing_threads_get_exactly_one_winner(db: Database) -> None:
         assert sorted(results.values()) == [False, True], (round_no, results)
         winner = next(h for h, won in results.items() if won)
         assert holder_of(db, T0, name) == winner
+
+
+# ---- fencing: Database.session_scope() commits only while the fence's lease is held ----------
+
+
+def _fenced_write(db: Database, fence: leases.Fence, name: str = "probe") -> None:
+    """A write (another lease row stands in for any row) in a transaction fenced by `fence`."""
+    with leases.fenced(fence), db.session_scope() as s:
+        assert leases.acquire(s, name, "writer", T0, TTL)
+
+
+def test_a_fenced_commit_goes_through_while_the_lease_is_held(db: Database) -> None:
+    assert acquire(db, "a", T0)
+    _fenced_write(db, leases.Fence("scheduler", "a", FixedClock(T0 + TTL - timedelta(microseconds=1))))
+    assert holder_of(db, T0, "probe") == "writer"
+    assert leases.current_fence() is None
+
+
+@pytest.mark.parametrize("case", ["taken over", "expired", "released", "never held"])
+def test_a_fenced_commit_is_rolled_back_once_the_lease_is_lost(db: Database, case: str) -> None:
+    at = T0 + timedelta(seconds=10)
+    if case != "never held":
+        assert acquire(db, "a", T0)
+    if case == "taken over":
+        assert acquire(db, "b", T0 + TTL)
+    elif case == "expired":
+        at = T0 + TTL  # expires_at <= now, nobody else has it yet
+    elif case == "released":
+        with db.session_scope() as s:
+            assert leases.release(s, "scheduler", "a")
+    with pytest.raises(leases.LeaseLost, match="the scheduler lease is no longer held by a"):
+        _fenced_write(db, leases.Fence("scheduler", "a", FixedClock(at)))
+    assert holder_of(db, T0, "probe") is None  # nothing of the transaction was committed
+    assert leases.current_fence() is None
+    with db.session_scope() as s:  # outside the fence, commits are as before
+        assert leases.acquire(s, "probe", "writer", T0, TTL)
+    assert holder_of(db, T0, "probe") == "writer"
+
+
+def test_the_fence_is_per_thread(db: Database) -> None:
+    """Another thread (the heartbeat, a Slack request) is not fenced by a job's lease."""
+    assert acquire(db, "b", T0)
+    fence = leases.Fence("scheduler", "a", FixedClock(T0))
+    errors: list[BaseException] = []
+
+    def other() -> None:
+        try:
+            with db.session_scope() as s:
+                leases.acquire(s, "probe", "writer", T0, TTL)
+        except BaseException as exc:
+            errors.append(exc)
+
+    with leases.fenced(fence):
+        thread = threading.Thread(target=other)
+        thread.start()
+        thread.join(timeout=30)
+    assert not errors and holder_of(db, T0, "probe") == "writer"
+
+
+def test_a_takeover_waits_for_a_fenced_commit_in_flight(db: Database) -> None:
+    """PostgreSQL: the fence reads the lease row FOR SHARE, so a takeover cannot slip in
+    between the check and the commit — it waits, and the old holder's last commit lands
+    before the new holder's lease. (SQLite: the writer lock serialises both already.)"""
+    if db.dialect != "postgresql":
+        pytest.skip("SQLite's BEGIN IMMEDIATE serialises the check, the commit and the takeover")
+    assert acquire(db, "a", T0)
+    fence = leases.Fence("scheduler", "a", FixedClock(T0 + TTL - timedelta(seconds=1)))
+    checked, go = threading.Event(), threading.Event()
+    errors: list[BaseException] = []
+
+    def hold_commit(_session: Session) -> None:  # runs inside commit(), after the fence check
+        if leases.current_fence() is fence:
+            checked.set()
+            assert go.wait(timeout=30)
+
+    def job() -> None:
+        try:
+            _fenced_write(db, fence)
+        except BaseException as exc:
+            errors.append(exc)
+
+    event.listen(db.factory, "before_commit", hold_commit)
+    thread = threading.Thread(target=job)
+    try:
+        thread.start()
+        assert checked.wait(timeout=30)
+        # B's clock says A's lease has expired; B still cannot take it while A commits.
+        with pytest.raises(OperationalError, match="lock"), db.session_scope() as s:
+            s.execute(text("SET LOCAL lock_timeout = '200ms'"))
+            leases.acquire(s, "scheduler", "b", T0 + TTL, TTL)
+        go.set()
+        thread.join(timeout=30)
+    finally:
+        go.set()
+        event.remove(db.factory, "before_commit", hold_commit)
+    assert not errors, errors
+    assert holder_of(db, T0, "probe") == "writer"  # A's commit landed…
+    assert acquire(db, "b", T0 + TTL)  # …and then B took over
