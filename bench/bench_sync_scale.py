@@ -6,12 +6,14 @@ active profiles < 5 s on the bot's side.
 Per database: seed 10k subjects, AIPs and meters with 30 days of hourly ledger history
 (bench/common.py), leave the sync cursor at the current hour (the steady state: every profile
 backfilled, the previous sync a minute ago), then run `sync_usage` — the `usage_sync` job's
-transaction: discovery through a profiles backend that lists every AIP (all known), ListMetrics,
-GetMetricData for the previous and current hour, ledger rows, upsert, commit — `--syncs` times a
+flow: a short planning transaction, then with none open discovery through a profiles backend
+that lists every AIP (all known), ListMetrics, GetMetricData for the previous and current hour,
+then the recording transaction (ledger rows, upsert, commit) — `--syncs` times a
 minute apart, with 100, 1,000 and 10,000 of the profiles active. CloudWatch is
 bench_sync_calls.FakeCloudWatch: ListMetrics pages of 500, every active profile publishing the three
 token metrics, GetMetricData answering hourly sums. Bot seconds = wall time minus time inside the stub;
-upsert seconds = time in `ledger.upsert`; SQL seconds = time in cursor.execute (upsert included).
+upsert seconds = time in `ledger.upsert`; SQL seconds = time in cursor.execute (upsert included);
+commit seconds = time in the sync's session commits (before_commit to after_commit).
 The monthly CloudWatch bill is computed from the metrics actually requested. Then `enforce` (the
 job that follows every sync) over the seeded 2,000 limits, with an IAM stub, for information.
 
@@ -20,7 +22,7 @@ single-row INSERT … ON CONFLICT as an executemany, instead of compiling a 2,00
 statement per chunk.
 
     .venv/bin/python bench/bench_sync_scale.py [--db both|sqlite|postgres] [--profiles 10000]
-        [--days 30] [--syncs 3] [--variant shipped|executemany] [--quick]
+        [--days 30] [--syncs 3] [--latency-ms 0] [--variant shipped|executemany] [--quick]
 """
 
 from __future__ import annotations
@@ -64,11 +66,12 @@ from bench.common import (
 from bot.aws.profiles import InferenceProfileInfo
 from bot.clock import FixedClock
 from bot.config import load_settings
+from bot.flows.usage_sync import sync_usage
 from bot.models import Profile, SyncCursor
 from bot.runtime import Services, build_services
 from bot.services import ledger
 from bot.services.ledger import LedgerRow, floor_hour
-from bot.services.usage import CURSOR, SyncResult, sync_usage
+from bot.services.usage import CURSOR, SyncResult
 from jobs import enforce
 
 BOT_TARGET_S = 5.0
@@ -86,6 +89,27 @@ class ListingBackend:
 
     def tags_of(self, arn: str) -> dict[str, str]:
         raise AssertionError(f"every AIP is known; no tags should be read ({arn})")
+
+
+class SlowCloudWatch(FakeCloudWatch):
+    """The stub, each call taking `latency` seconds more (counted as time in the stub)."""
+
+    def __init__(self, latency: float) -> None:
+        super().__init__(0)
+        self.latency = latency
+
+    def get_metric_data(self, **request: Any) -> dict[str, Any]:
+        self._wait()
+        return super().get_metric_data(**request)
+
+    def list_metrics(self, **request: Any) -> dict[str, Any]:
+        self._wait()
+        return super().list_metrics(**request)
+
+    def _wait(self) -> None:
+        if self.latency:
+            time.sleep(self.latency)
+            self.seconds += self.latency
 
 
 class StubIam:
@@ -113,6 +137,7 @@ class SyncFigures:
     upsert_sql_s: float  # of upsert_s, in cursor.execute
     sql_s: float  # every cursor.execute, the upsert's included
     commit_s: float
+    longest_tx_s: float  # the longest transaction (on SQLite: the writer lock held)
 
     @property
     def bot_s(self) -> float:
@@ -129,12 +154,16 @@ def upsert_executemany(session: Session, rows: Sequence[LedgerRow], now: datetim
 
 
 class Timers:
-    """Seconds in `ledger.upsert` and in cursor.execute (in and outside the upsert), while installed."""
+    """Seconds in `ledger.upsert`, in cursor.execute (in and outside the upsert) and in session
+    commits, while installed."""
 
     def __init__(self, services: Services, variant: str = "shipped") -> None:
         self.upsert_s = 0.0
         self.sql_s = 0.0
         self.upsert_sql_s = 0.0
+        self.commit_s = 0.0
+        self._commit_began = 0.0
+        self.longest_tx_s = 0.0
         self._in_upsert = False
         self._original = ledger.upsert
         self._engine = services.db.engine
@@ -160,16 +189,39 @@ class Timers:
         if self._in_upsert:
             self.upsert_sql_s += took
 
+    def _before_commit(self, _session: Session) -> None:
+        self._commit_began = time.perf_counter()
+
+    def _after_commit(self, session: Session) -> None:
+        self.commit_s += time.perf_counter() - self._commit_began
+        self._tx_end(session)
+
+    def _tx_begin(self, session: Session, *_: Any) -> None:
+        session.info["bench_tx_began"] = time.perf_counter()
+
+    def _tx_end(self, session: Session) -> None:
+        began = session.info.pop("bench_tx_began", None)
+        if began is not None:
+            self.longest_tx_s = max(self.longest_tx_s, time.perf_counter() - began)
+
     def __enter__(self) -> Timers:
         ledger.upsert = self._upsert  # type: ignore[assignment]
         event.listen(self._engine, "before_cursor_execute", self._before)
         event.listen(self._engine, "after_cursor_execute", self._after)
+        event.listen(Session, "before_commit", self._before_commit)
+        event.listen(Session, "after_commit", self._after_commit)
+        event.listen(Session, "after_begin", self._tx_begin)
+        event.listen(Session, "after_rollback", self._tx_end)
         return self
 
     def __exit__(self, *exc: object) -> None:
         ledger.upsert = self._original  # type: ignore[assignment]
         event.remove(self._engine, "before_cursor_execute", self._before)
         event.remove(self._engine, "after_cursor_execute", self._after)
+        event.remove(Session, "before_commit", self._before_commit)
+        event.remove(Session, "after_commit", self._after_commit)
+        event.remove(Session, "after_begin", self._tx_begin)
+        event.remove(Session, "after_rollback", self._tx_end)
 
 
 def one_sync(services: Services, clock: FixedClock, fake: FakeCloudWatch, backend: ListingBackend,
@@ -177,13 +229,11 @@ def one_sync(services: Services, clock: FixedClock, fake: FakeCloudWatch, backen
     fake.seconds = 0.0
     with Timers(services, variant) as timers:
         began = time.perf_counter()
-        with services.db.session_scope() as session:
-            result = sync_usage(session, clock, services.metrics, backend, services.prices, discover=True)
-            worked = time.perf_counter()
+        result = sync_usage(services.db, clock, services.metrics, backend, services.prices, discover=True)
         ended = time.perf_counter()
     assert result.active == active and result.rows == 2 * active, result
     return SyncFigures(db, active, result, ended - began, fake.seconds, timers.upsert_s, timers.upsert_sql_s,
-                       timers.sql_s, ended - worked)
+                       timers.sql_s, timers.commit_s, timers.longest_tx_s)
 
 
 def run_db(db: BenchDb, args: argparse.Namespace) -> tuple[list[SyncFigures], list[tuple[str, str]]]:
@@ -193,7 +243,7 @@ def run_db(db: BenchDb, args: argparse.Namespace) -> tuple[list[SyncFigures], li
     clock = FixedClock(now)
     iam = StubIam()
     settings = load_settings(None, DATABASE_URL=db.url, BOT_PROFILES_BACKEND="local")
-    fake = FakeCloudWatch(0)
+    fake = SlowCloudWatch(args.latency_ms / 1000)
     services = build_services(settings, clock=clock, cloudwatch=fake, iam=iam, account_id=ACCOUNT)
     out: list[SyncFigures] = []
     notes: list[tuple[str, str]] = []
@@ -250,12 +300,15 @@ def report(figures: list[SyncFigures], notes: Sequence[tuple[str, str]]) -> bool
                      f"{2 * active:,}", f"{s_(bot)} ({s_(max(f.bot_s for f in runs))})",
                      f"< {BOT_TARGET_S:.0f} s", verdict(meets_time), f"{s_(upsert)} ({s_(upsert_sql)})",
                      s_(other_sql), s_(_median(runs, lambda f: f.commit_s)), s_(python),
+                     s_(_median(runs, lambda f: f.longest_tx_s)),
                      s_(_median(runs, lambda f: f.cloudwatch_s))))
     print("One sync (previous + current hour); seconds are the median (max) of the syncs, bot = wall − "
           "time in the CloudWatch stub;\nupsert = `ledger.upsert` (its SQL execute in brackets); other SQL = "
-          "every other cursor.execute; Python = the rest:")
+          "every other cursor.execute; Python = the rest; longest tx = the longest transaction of the sync\n"
+          "(on SQLite the writer lock is held that long; before issue 13 the sync was one transaction, "
+          "bot s + in stub):")
     print(table(("database, profiles", "GMD calls", "calls", "rows", "bot s", "target", "result",
-                 "upsert (SQL)", "other SQL", "commit", "Python", "in stub"), rows))
+                 "upsert (SQL)", "other SQL", "commit", "Python", "longest tx", "in stub"), rows))
 
     print(f"\nCloudWatch per sync, and the bill at one sync every {SYNC_SECONDS} s ({SYNCS_PER_MONTH:,} a "
           f"month): GetMetricData ${USD_PER_1K_METRICS} per 1,000 metrics requested; the naive baseline is "
@@ -288,6 +341,8 @@ def main() -> int:
     ap.add_argument("--syncs", type=int, default=3, help="syncs per size, a minute apart")
     ap.add_argument("--sizes", type=lambda v: tuple(int(x) for x in v.split(",")), default=SIZES,
                     help="active profiles, comma-separated (default 100,1000,10000)")
+    ap.add_argument("--latency-ms", type=float, default=0.0,
+                    help="added to every CloudWatch call (real calls take tens to hundreds of ms)")
     ap.add_argument("--variant", choices=("shipped", "executemany"), default="shipped",
                     help="what-if: ledger.upsert as an executemany (see the docstring)")
     ap.add_argument("--quick", action="store_true", help="smoke run: 1,000 profiles, 2 days of history")

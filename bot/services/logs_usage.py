@@ -20,6 +20,11 @@ meter and lands in the same hourly ledger as the CloudWatch (AIP) usage:
 Hours are re-read whole and overwrite what the ledger had for the log meters (``principal``
 and ``metadata``) in those hours, so a re-run is idempotent and a changed mapping moves an
 hour rather than counting it twice. See docs/invocation-logs.md.
+
+A sync is three steps, run by `bot/flows/usage_sync.py`: `plan_logs` (a short transaction: the
+cursor and the window), `query_logs` (the polled Logs Insights query, no session open) and
+`record_logs` (a short transaction: attribution against the mappings and links as they are
+then, the overwrite, the cursor).
 """
 
 from __future__ import annotations
@@ -102,16 +107,42 @@ class _Sums:
     cost_micro_usd: int = 0
 
 
-def sync_logs(session: Session, clock: Clock, insights: LogsInsights, log_group: str,
-              metadata_keys: Sequence[str], prices: PriceTable, *,
-              min_interval: timedelta = timedelta(0), max_hours: int = MAX_HOURS) -> LogsSyncResult:
-    """Read the unsynced whole hours of the invocation logs into the ledger (see module doc).
+@dataclass(frozen=True)
+class LogsPlan:
+    """The hours one sync reads, decided in a short transaction (plain data)."""
 
-    The window starts at the previous hour (or at the cursor after a gap, never before the
-    previous month) and ends now; a gap longer than `max_hours` is read `max_hours` at a time.
+    now: datetime
+    start: datetime
+    end: datetime  # the query's end: now, or `max_hours` after start
+    read_end: datetime  # hours before this are re-read whole and overwritten
+    keys: tuple[str, ...]
+    cursor: datetime | None
+    skip: bool = False  # ran less than `min_interval` ago
+
+    def skipped(self) -> LogsSyncResult:
+        return LogsSyncResult("skipped", self.start, self.end, cursor=self.cursor)
+
+
+@dataclass(frozen=True)
+class LogsRead:
+    """What Logs Insights answered: rows, or None when the query did not complete in time."""
+
+    rows: list[dict[str, str]] | None
+    truncated: bool  # as many rows as one query returns: the last hour may be cut short
+    calls: dict[str, int]
+    bytes_scanned: float
+
+    def pending(self, plan: LogsPlan) -> LogsSyncResult:
+        """Nothing written, cursor untouched: the next sync re-reads the same hours."""
+        return LogsSyncResult("pending", plan.start, plan.end, cursor=plan.cursor, calls=self.calls)
+
+
+def plan_logs(session: Session, clock: Clock, metadata_keys: Sequence[str], *,
+              min_interval: timedelta = timedelta(0), max_hours: int = MAX_HOURS) -> LogsPlan:
+    """The window: from the previous hour (or the cursor after a gap, never before the
+    previous month) to now; a gap longer than `max_hours` is read `max_hours` at a time.
     `min_interval` lets a deployment run this collector less often than the CloudWatch sync
-    (each run is billed per GB scanned).
-    """
+    (each run is billed per GB scanned)."""
     keys = insights_query.validate_metadata_keys(metadata_keys)
     if max_hours < 2:
         raise ValueError("max_hours must be >= 2 (the previous and the current hour)")
@@ -124,20 +155,29 @@ def sync_logs(session: Session, clock: Clock, insights: LogsInsights, log_group:
     end, read_end = now, this_hour + HOUR
     if read_end - start > max_hours * HOUR:
         end = read_end = start + max_hours * HOUR
-    if cur is not None and min_interval and now - cur.updated_at < min_interval:
-        return LogsSyncResult("skipped", start, end, cursor=cur.position)
+    skip = bool(cur is not None and min_interval and now - cur.updated_at < min_interval)
+    return LogsPlan(now, start, end, read_end, tuple(keys), cur.position if cur else None, skip)
 
+
+def query_logs(plan: LogsPlan, insights: LogsInsights, log_group: str) -> LogsRead:
+    """The Logs Insights query (StartQuery, polled GetQueryResults): no session, no lock."""
     calls_before = Counter(insights.calls)
     scanned_before = insights.bytes_scanned
-    rows = insights.run(log_group, start, end, insights_query.build_query(keys))
-    calls = dict(Counter(insights.calls) - calls_before)
-    if rows is None:
-        return LogsSyncResult("pending", start, end, cursor=cur.position if cur else None, calls=calls)
+    rows = insights.run(log_group, plan.start, plan.end, insights_query.build_query(plan.keys))
+    return LogsRead(rows, rows is not None and len(rows) >= insights.max_rows,
+                    dict(Counter(insights.calls) - calls_before),
+                    insights.bytes_scanned - scanned_before)
 
+
+def record_logs(session: Session, clock: Clock, plan: LogsPlan, read: LogsRead,
+                prices: PriceTable) -> LogsSyncResult:
+    """Attribute the rows (mappings and links as they are now), overwrite the hours, advance
+    the cursor (see the module doc)."""
+    rows = read.rows or []
+    start, read_end, keys = plan.start, plan.read_end, plan.keys
     parsed = [(_parse_hour(r.get(insights_query.HOUR_FIELD)), r) for r in rows]
     malformed = sum(1 for hour, _ in parsed if hour is None)
-    truncated = len(rows) >= insights.max_rows
-    if truncated:
+    if read.truncated:
         # Rows come sorted by hour: the last hour may be cut short, so it is left for the next
         # sync — unless it is the only one (more groups in one hour than one query returns).
         last = max((h for h, _ in parsed if h is not None), default=start)
@@ -176,8 +216,28 @@ def sync_logs(session: Session, clock: Clock, insights: LogsInsights, log_group:
         acc.cache_write_tokens += cache_write
         acc.requests += requests
 
-    # Several rows (callers, sessions, metadata values, models) can share a meter and hour:
-    # they are summed here, before the upsert; cost is rounded once per model.
+    ledger_rows = _ledger_rows(per_model, prices)
+    # Whole hours were re-read: what the log meters had for them is replaced, not added to.
+    log_meters = select(Meter.id).where(Meter.kind.in_(LOG_METER_KINDS))
+    session.execute(delete(Usage).where(Usage.meter_id.in_(log_meters), Usage.hour >= start,
+                                        Usage.hour < read_end)
+                    .execution_options(synchronize_session=False))
+    ledger.upsert(session, ledger_rows, plan.now)
+    position = min(floor_hour(plan.now), read_end)
+    _advance(session, session.get(SyncCursor, CURSOR), position, plan.now)
+    return LogsSyncResult(
+        "complete", start, plan.end, rows=len(rows), ledger_rows=len(ledger_rows),
+        attributed_requests=attributed, skipped_aip_requests=skipped_aip,
+        unattributed_requests=unattributed, unattributed_tokens=unattributed_tokens,
+        unattributed_arns=tuple(a for a, _ in strangers.most_common(UNATTRIBUTED_SHOWN)),
+        malformed_rows=malformed, truncated=read.truncated, cursor=position,
+        bytes_scanned=read.bytes_scanned, calls=read.calls)
+
+
+def _ledger_rows(per_model: dict[tuple[int, datetime, str], _Sums],
+                 prices: PriceTable) -> list[LedgerRow]:
+    """Several rows (callers, sessions, metadata values, models) can share a meter and hour:
+    they are summed here, before the upsert; cost is rounded once per model."""
     sums: dict[tuple[int, datetime], _Sums] = {}
     for (meter_id, hour, model), t in per_model.items():
         acc = sums.setdefault((meter_id, hour), _Sums())
@@ -188,24 +248,9 @@ def sync_logs(session: Session, clock: Clock, insights: LogsInsights, log_group:
         acc.requests += t.requests
         acc.cost_micro_usd += prices.cost_micro_usd(model, t.input_tokens, t.output_tokens,
                                                     t.cache_read_tokens, t.cache_write_tokens)
-    ledger_rows = [LedgerRow(m, h, t.input_tokens, t.output_tokens, t.cache_read_tokens,
-                             t.cache_write_tokens, t.requests, t.cost_micro_usd)
-                   for (m, h), t in sorted(sums.items(), key=lambda kv: (kv[0][1], kv[0][0]))]
-    # Whole hours were re-read: what the log meters had for them is replaced, not added to.
-    log_meters = select(Meter.id).where(Meter.kind.in_(LOG_METER_KINDS))
-    session.execute(delete(Usage).where(Usage.meter_id.in_(log_meters), Usage.hour >= start,
-                                        Usage.hour < read_end)
-                    .execution_options(synchronize_session=False))
-    ledger.upsert(session, ledger_rows, now)
-    position = min(this_hour, read_end)
-    _advance(session, cur, position, now)
-    return LogsSyncResult(
-        "complete", start, end, rows=len(rows), ledger_rows=len(ledger_rows),
-        attributed_requests=attributed, skipped_aip_requests=skipped_aip,
-        unattributed_requests=unattributed, unattributed_tokens=unattributed_tokens,
-        unattributed_arns=tuple(a for a, _ in strangers.most_common(UNATTRIBUTED_SHOWN)),
-        malformed_rows=malformed, truncated=truncated, cursor=position,
-        bytes_scanned=insights.bytes_scanned - scanned_before, calls=calls)
+    return [LedgerRow(m, h, t.input_tokens, t.output_tokens, t.cache_read_tokens,
+                      t.cache_write_tokens, t.requests, t.cost_micro_usd)
+            for (m, h), t in sorted(sums.items(), key=lambda kv: (kv[0][1], kv[0][0]))]
 
 
 def _advance(session: Session, cur: SyncCursor | None, position: datetime, now: datetime) -> None:

@@ -21,14 +21,24 @@ What is checked (DESIGN §4 "Revoke/restore", §5 `reconcile`):
 
 An AWS error for one principal or one AIP is a drift of its own (action ``failed: <code>``)
 and the run goes on. Every drift gets an audit row (``system:reconcile``,
-``reconcile.<kind>``). The audit rows and profile status changes are written after all the
-AWS calls, so the audit chain's lock is not held while IAM answers.
+``reconcile.<kind>``).
 
-Races with a concurrent revoke/restore: the revocation state is read again right before
-each IAM write; on PostgreSQL the re-check before putting a deny back locks the active
-revocation rows (``FOR UPDATE``), so a restore that is committing is waited for rather than
-undone. A revoke's own IAM put precedes its commit; a deny removed in that gap is put back
-by the next enforce run (``access.reassert``).
+Three steps, run by `bot/flows/reconcile.py`, so that no transaction is open while IAM or
+Bedrock answers: `read_state` (a short transaction: subjects, active revocations, their
+principals and deny scope, known principals, recorded AIPs, as plain data), `check_aws`
+(the AWS reads and fixes, no session), `record` (a short transaction: profile statuses,
+principals remembered on the revocations, the audit rows).
+
+Races with a concurrent revoke/restore: the revocation state is read again, each time in a
+short transaction of its own, right before each IAM write; on PostgreSQL the re-check before
+putting a deny back locks the active revocation rows (``FOR UPDATE``), so a restore that is
+committing is waited for rather than undone. After a put, the state is read once more: a
+restore that committed while IAM was being written wins, and the deny is taken off again
+(a restore deletes its deny after its commit, so one committing later removes it itself).
+A revoke's own IAM put precedes its commit; a deny removed in that gap is put back by the
+next enforce run (``access.reassert``). The record step re-reads what it changes: a profile
+whose status changed meanwhile is left alone, and an AIP recorded meanwhile (a provision
+between its Bedrock call and its commit) is not reported as unrecorded.
 """
 
 from __future__ import annotations
@@ -104,56 +114,123 @@ class ReconcileReport:
         return [d for d in self.drifts if d.kind == kind]
 
 
-@dataclass
-class _Run:
-    session: Session
-    clock: Clock
-    iam: IamAccess
-    report: ReconcileReport
-    pending_audit: list[tuple[Drift, str, dict[str, Any]]] = field(default_factory=list)
-    pending_status: list[tuple[Profile, str]] = field(default_factory=list)
-    pending_principals: list[tuple[Revocation, list[str]]] = field(default_factory=list)
-    checked: set[str] = field(default_factory=set)
-    failed_principals: set[str] = field(default_factory=set)
-
-    def drift(self, drift: Drift, audit_target: str, **details: Any) -> None:
-        self.report.drifts.append(drift)
-        self.pending_audit.append((drift, audit_target, details))
+# ---------------------------------------------------------------- the database's side
 
 
-def reconcile(session: Session, clock: Clock, iam: IamAccess, backend: ProfilesBackend) -> ReconcileReport:
-    """Compare the database with AWS, restore what the database says, report every drift."""
-    run = _Run(session, clock, iam, ReconcileReport(dry_run=iam.dry_run))
+@dataclass(frozen=True)
+class SubjectRow:
+    id: int
+    kind: str
+    name: str
+
+    @property
+    def label(self) -> str:
+        return f"{self.kind}:{self.name}"
+
+
+@dataclass(frozen=True)
+class RevokedDeny:
+    """A subject with an active revocation, and the deny its principals must carry."""
+
+    subject: SubjectRow
+    principals: tuple[str, ...]
+    resources: tuple[str, ...] | None  # None: everything
+
+
+@dataclass(frozen=True)
+class ProfileRow:
+    id: int
+    arn: str
+    name: str
+    profile_id: str
+    status: str
+    owner: SubjectRow | None
+
+
+@dataclass(frozen=True)
+class DbState:
+    """What the database says, read in one short transaction (plain data)."""
+
+    subjects: tuple[SubjectRow, ...]
+    revoked: tuple[RevokedDeny, ...]
+    known_principals: tuple[str, ...]  # the principals table and every revocation's list
+    profiles: tuple[ProfileRow, ...]
+
+
+def read_state(session: Session) -> DbState:
     subjects = list(session.scalars(select(Subject).order_by(Subject.id)))
-    revoked_ids = _revoked_subject_ids(session)
-    run.report.revoked_subjects = len(revoked_ids)
+    rows = {s.id: SubjectRow(s.id, s.kind, s.name) for s in subjects}
+    revoked_ids = set(session.scalars(select(Revocation.subject_id).where(Revocation.state == "active")))
+    revoked = []
     for subject in subjects:
         if subject.id in revoked_ids:
-            _assert_denies(run, subject)
-    _remove_stale(run, subjects)
-    _check_profiles(run, backend, subjects)
-    run.report.principals_checked = len(run.checked)
-    _write(run)
-    return run.report
+            resources = access.deny_resources(session, subject)
+            revoked.append(RevokedDeny(rows[subject.id], tuple(access.bound_principals(session, subject)),
+                                       tuple(resources) if resources is not None else None))
+    arns = set(session.scalars(select(Principal.arn)))
+    for recorded in session.scalars(select(Revocation.principals)):
+        arns.update(a for a in (recorded or []) if isinstance(a, str) and a)
+    profiles = tuple(
+        ProfileRow(p.id, p.arn, p.name, p.profile_id, p.status,
+                   rows.get(p.subject_id) if p.subject_id is not None else None)
+        for p in session.scalars(select(Profile).order_by(Profile.id)))
+    return DbState(tuple(rows.values()), tuple(revoked), tuple(sorted(arns)), profiles)
 
 
-# ---------------------------------------------------------------- deny policies
-
-
-def _label(subject: Subject) -> str:
-    return f"{subject.kind}:{subject.name}"
-
-
-def _revoked_subject_ids(session: Session) -> set[int]:
-    return set(session.scalars(select(Revocation.subject_id).where(Revocation.state == "active")))
-
-
-def _still_revoked(session: Session, subject_id: int, lock: bool) -> bool:
+def still_revoked(session: Session, subject_id: int, lock: bool) -> bool:
     """Read again now (READ COMMITTED on PostgreSQL: sees what committed meanwhile)."""
     q = select(Revocation.id).where(Revocation.subject_id == subject_id, Revocation.state == "active")
     if lock:  # waits for a restore that has updated the row and not committed yet
         q = q.with_for_update()
     return bool(session.scalars(q).all())
+
+
+# ---------------------------------------------------------------- the AWS side (no session)
+
+StillRevoked = Callable[[int, bool], bool]  # (subject id, lock) → revoked now? One short transaction.
+
+
+@dataclass
+class Findings:
+    """The AWS side's result: the report, and what the record step is to write."""
+
+    report: ReconcileReport
+    audit: list[tuple[Drift, str, dict[str, Any]]] = field(default_factory=list)
+    status: list[tuple[Drift, int, str, str]] = field(default_factory=list)  # profile id, seen, new
+    principals: list[tuple[int, tuple[str, ...]]] = field(default_factory=list)  # subject id, bound
+
+
+@dataclass
+class _Run:
+    iam: IamAccess
+    still_revoked: StillRevoked
+    found: Findings
+    checked: set[str] = field(default_factory=set)
+    failed_principals: set[str] = field(default_factory=set)
+
+    def drift(self, drift: Drift, audit_target: str, **details: Any) -> None:
+        self.found.report.drifts.append(drift)
+        self.found.audit.append((drift, audit_target, details))
+
+
+def check_aws(state: DbState, iam: IamAccess, backend: ProfilesBackend,
+              revoked_now: StillRevoked) -> Findings:
+    """Compare the database's state with AWS and put IAM back as the database says.
+
+    Called with no transaction open; `revoked_now` re-reads one subject's revocation state
+    in a short transaction of its own, right before (and after) each IAM write.
+    """
+    run = _Run(iam, revoked_now, Findings(ReconcileReport(dry_run=iam.dry_run)))
+    run.found.report.revoked_subjects = len(state.revoked)
+    for deny in state.revoked:
+        _assert_denies(run, deny)
+    _remove_stale(run, state)
+    _check_profiles(run, backend, state)
+    run.found.report.principals_checked = len(run.checked)
+    return run.found
+
+
+# ---------------------------------------------------------------- deny policies
 
 
 def _try(call: Callable[..., T], *args: Any) -> T | AwsError:
@@ -166,59 +243,56 @@ def _try(call: Callable[..., T], *args: Any) -> T | AwsError:
         return AwsError("ParsePrincipal", "InvalidArn", str(exc))
 
 
-def _failed(run: _Run, kind: str, subject: Subject | None, principal: str, err: AwsError) -> None:
+def _failed(run: _Run, kind: str, subject: SubjectRow | None, principal: str, err: AwsError) -> None:
     run.failed_principals.add(principal)
     run.drift(Drift(kind, subject.name if subject else None, principal, FAILED + err.code, str(err)[:300]),
-              _label(subject) if subject else principal, principal=principal, error=str(err)[:500])
+              subject.label if subject else principal, principal=principal, error=str(err)[:500])
 
 
-def _assert_denies(run: _Run, subject: Subject) -> None:
+def _assert_denies(run: _Run, deny: RevokedDeny) -> None:
     """Every bound principal of a revoked subject carries its deny, as the database says."""
-    session, iam = run.session, run.iam
-    resources = access.deny_resources(session, subject)
-    principals = access.bound_principals(session, subject)
-    for arn in principals:
+    iam, subject = run.iam, deny.subject
+    for arn in deny.principals:
         run.checked.add(arn)
         present = _try(iam.has_deny, arn, subject.name)
         if isinstance(present, AwsError):  # could not even look
             _failed(run, IAM_ERROR, subject, arn, present)
             continue
-        if not present and not _still_revoked(session, subject.id, lock=True):
+        if not present and not run.still_revoked(subject.id, True):
             continue  # restored meanwhile: nothing to put back
-        result = _try(iam.deny, arn, subject.name, resources)
+        result = _try(iam.deny, arn, subject.name, deny.resources)
         if isinstance(result, AwsError):
             _failed(run, DENY_MISSING if not present else DENY_ALTERED, subject, arn, result)
             continue
         if not result.changed:
+            continue
+        if not run.still_revoked(subject.id, True):
+            _take_back(run, subject, arn)  # a restore committed while IAM was written
             continue
         kind = DENY_ALTERED if present else DENY_MISSING
         verb = "rewritten" if present else "restored"
         action = f"would be {verb} (dry run)" if iam.dry_run else verb
         scope = ", ".join(result.resources)
         run.drift(Drift(kind, subject.name, arn, action, f"{result.policy_name} on {scope}"),
-                  _label(subject), principal=arn, policy=result.policy_name,
+                  subject.label, principal=arn, policy=result.policy_name,
                   resources=list(result.resources), dry_run=iam.dry_run)
-    # Record the principals so a later restore reaches them even if they are unbound first
-    # (written with the audit rows, after the AWS calls).
-    for rev in access.active(session, subject.id):
-        merged = sorted(set(rev.principals or []) | set(principals))
-        if merged != sorted(rev.principals or []):
-            run.pending_principals.append((rev, merged))
+    # Record the principals so a later restore reaches them even if they are unbound first.
+    run.found.principals.append((subject.id, deny.principals))
 
 
-def _known_principals(session: Session) -> list[str]:
-    arns = set(session.scalars(select(Principal.arn)))
-    for recorded in session.scalars(select(Revocation.principals)):
-        arns.update(a for a in (recorded or []) if isinstance(a, str) and a)
-    return sorted(arns)
+def _take_back(run: _Run, subject: SubjectRow, arn: str) -> None:
+    """Undo a put that a restore overtook (the restore's own delete may have come first)."""
+    removed = _try(run.iam.allow, arn, subject.name)
+    if isinstance(removed, AwsError):
+        _failed(run, DENY_STALE, subject, arn, removed)
 
 
-def _remove_stale(run: _Run, subjects: list[Subject]) -> None:
+def _remove_stale(run: _Run, state: DbState) -> None:
     """Take off bot deny policies whose subject has no active revocation."""
-    session, iam = run.session, run.iam
-    by_policy = {policy_name(s.name): s for s in subjects}
-    revoked = _revoked_subject_ids(session)
-    for arn in _known_principals(session):
+    iam = run.iam
+    by_policy = {policy_name(s.name): s for s in state.subjects}
+    revoked = {d.subject.id for d in state.revoked}
+    for arn in state.known_principals:
         if arn in run.failed_principals:
             continue  # already reported for this run; tried again on the next
         run.checked.add(arn)
@@ -234,7 +308,7 @@ def _remove_stale(run: _Run, subjects: list[Subject]) -> None:
                                 f"{name} names no subject in the database"),
                           arn, principal=arn, policy=name)
                 continue
-            if subject.id in revoked or _still_revoked(session, subject.id, lock=False):
+            if subject.id in revoked or run.still_revoked(subject.id, False):
                 continue
             removed = _try(iam.allow, arn, subject.name)
             if isinstance(removed, AwsError):
@@ -244,39 +318,36 @@ def _remove_stale(run: _Run, subjects: list[Subject]) -> None:
                 continue  # gone between the list and the delete
             action = "would be removed (dry run)" if iam.dry_run else "removed"
             run.drift(Drift(DENY_STALE, subject.name, arn, action, f"{name}: no active revocation"),
-                      _label(subject), principal=arn, policy=name, dry_run=iam.dry_run)
+                      subject.label, principal=arn, policy=name, dry_run=iam.dry_run)
 
 
 # ---------------------------------------------------------------- profiles
 
 
-def _check_profiles(run: _Run, backend: ProfilesBackend, subjects: list[Subject]) -> None:
-    session = run.session
+def _check_profiles(run: _Run, backend: ProfilesBackend, state: DbState) -> None:
     listed = _try(backend.list_application)
     if isinstance(listed, AwsError):
         run.drift(Drift(PROFILES_ERROR, None, "ListInferenceProfiles", FAILED + listed.code,
                         str(listed)[:300]), "profiles", error=str(listed)[:500])
         return
-    run.report.profiles_listed = len(listed)
+    run.found.report.profiles_listed = len(listed)
     in_aws: dict[str, InferenceProfileInfo] = {p.arn: p for p in listed}
-    owners = {s.id: s for s in subjects}
-    recorded = list(session.scalars(select(Profile).order_by(Profile.id)))
-    for profile in recorded:
-        owner = owners.get(profile.subject_id) if profile.subject_id is not None else None
-        where = _label(owner) if owner else profile.arn
+    for profile in state.profiles:
+        owner = profile.owner
+        where = owner.label if owner else profile.arn
         info = in_aws.get(profile.arn)
         if info is None and profile.status != MISSING:
-            run.pending_status.append((profile, MISSING))
-            run.drift(Drift(PROFILE_MISSING, owner.name if owner else None, profile.arn,
-                            f"marked {MISSING}", f"{profile.name} ({profile.profile_id}) is not in AWS"),
-                      where, arn=profile.arn, name=profile.name, was=profile.status)
+            drift = Drift(PROFILE_MISSING, owner.name if owner else None, profile.arn,
+                          f"marked {MISSING}", f"{profile.name} ({profile.profile_id}) is not in AWS")
+            run.found.status.append((drift, profile.id, profile.status, MISSING))
+            run.drift(drift, where, arn=profile.arn, name=profile.name, was=profile.status)
         elif info is not None and profile.status == MISSING:
             status = info.status or "ACTIVE"
-            run.pending_status.append((profile, status))
-            run.drift(Drift(PROFILE_FOUND, owner.name if owner else None, profile.arn,
-                            f"marked {status}", f"{profile.name} ({profile.profile_id}) is back in AWS"),
-                      where, arn=profile.arn, name=profile.name, status=status)
-    known = {p.arn for p in recorded}
+            drift = Drift(PROFILE_FOUND, owner.name if owner else None, profile.arn,
+                          f"marked {status}", f"{profile.name} ({profile.profile_id}) is back in AWS")
+            run.found.status.append((drift, profile.id, profile.status, status))
+            run.drift(drift, where, arn=profile.arn, name=profile.name, status=status)
+    known = {p.arn for p in state.profiles}
     for info in sorted(listed, key=lambda i: (i.name, i.arn)):  # a stable report order
         if info.arn in known:
             continue
@@ -299,13 +370,44 @@ def _check_profiles(run: _Run, backend: ProfilesBackend, subjects: list[Subject]
 # ---------------------------------------------------------------- writes
 
 
-def _write(run: _Run) -> None:
-    for profile, status in run.pending_status:
-        profile.status = status
-    for rev, principals in run.pending_principals:
-        rev.principals = principals
-    for drift, target, details in run.pending_audit:
-        audit.record(run.session, run.clock, ACTOR.label, f"reconcile.{drift.kind}", target,
+def record(session: Session, clock: Clock, found: Findings) -> ReconcileReport:
+    """Write what the AWS side found, against the database as it is now: a status changed
+    or an AIP recorded meanwhile (a provision finishing) is not overwritten or reported."""
+    dropped = _overtaken(session, found)
+    for drift, profile_id, _, status in found.status:
+        profile = session.get(Profile, profile_id)
+        if profile is not None and not _is_in(drift, dropped):
+            profile.status = status
+    for subject_id, bound in found.principals:
+        for rev in access.active(session, subject_id):
+            merged = sorted(set(rev.principals or []) | set(bound))
+            if merged != sorted(rev.principals or []):
+                rev.principals = merged
+    report = found.report
+    report.drifts = [d for d in report.drifts if not _is_in(d, dropped)]
+    for drift, target, details in found.audit:
+        if _is_in(drift, dropped):
+            continue
+        audit.record(session, clock, ACTOR.label, f"reconcile.{drift.kind}", target,
                      {"subject": drift.subject, "target": drift.target, "action": drift.action_taken,
                       **details}, outcome="error" if drift.failed else "ok")
-    run.session.flush()
+    session.flush()
+    return report
+
+
+def _overtaken(session: Session, found: Findings) -> list[Drift]:
+    dropped = []
+    for drift, profile_id, seen, _ in found.status:
+        profile = session.get(Profile, profile_id)
+        if profile is None or profile.status != seen:
+            dropped.append(drift)
+    unrecorded = [d for d in found.report.drifts if d.kind == PROFILE_UNRECORDED]
+    if unrecorded:
+        now_known = set(session.scalars(select(Profile.arn).where(
+            Profile.arn.in_([d.target for d in unrecorded]))))
+        dropped += [d for d in unrecorded if d.target in now_known]
+    return dropped
+
+
+def _is_in(drift: Drift, drifts: list[Drift]) -> bool:
+    return any(drift is d for d in drifts)

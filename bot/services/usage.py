@@ -1,17 +1,23 @@
-"""Usage: the CloudWatch sync into the ledger, and the per-subject usage report."""
+"""Usage: the CloudWatch sync into the ledger, and the per-subject usage report.
+
+The sync is three steps, run by `bot/flows/usage_sync.py`: `plan_sync` (a short transaction:
+the cursor and the known profiles), `read_metrics` (ListMetrics and GetMetricData, no session),
+`record_sync` (a short transaction: ledger upserts, backfill marks, the cursor). A sync that
+fails between them writes nothing and leaves the cursor, so the next one reads the same hours.
+"""
 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from bot.aws.metrics import ALL_METRICS, TOKEN_METRICS, CloudWatchMetrics, HourlyUsage
-from bot.aws.profiles import ProfilesBackend
 from bot.clock import Clock
 from bot.errors import Denied, NotFound
 from bot.models import Limit, Meter, Profile, Revocation, Subject, SyncCursor
@@ -20,7 +26,6 @@ from bot.quantities import Window, window_bounds, window_label
 from bot.services import directory, ledger
 from bot.services.directory import Actor, SubjectInfo, SubjectRef
 from bot.services.ledger import HOUR, LedgerRow, Totals, floor_hour
-from bot.services.profiles import adopt_tagged
 
 CURSOR = "usage_sync"
 RECENT = timedelta(hours=2)
@@ -39,10 +44,6 @@ class SyncResult:
     calls: dict[str, int] = field(default_factory=dict)
 
 
-def _cursor(session: Session) -> SyncCursor | None:
-    return session.get(SyncCursor, CURSOR)
-
-
 def backfill_start(now: datetime) -> datetime:
     """The start of the previous month, a day early: whatever BOT_TIMEZONE is (±14 h),
     its previous calendar month is covered."""
@@ -50,54 +51,103 @@ def backfill_start(now: datetime) -> datetime:
     return (first - timedelta(days=1)).replace(day=1) - timedelta(days=1)
 
 
-def sync_usage(session: Session, clock: Clock, metrics: CloudWatchMetrics,
-               backend: ProfilesBackend | None, prices: PriceTable,
-               discover: bool = True) -> SyncResult:
-    """Read the current and previous hour (or since the last sync) into the ledger.
+@dataclass(frozen=True)
+class SyncPlan:
+    """What one sync reads, decided in a short transaction (plain data: no session needed)."""
 
-    A profile never synced before is backfilled from the start of the previous month.
-    """
+    now: datetime
+    start: datetime  # the previous hour, or the cursor after a gap
+    known_arns: frozenset[str]  # every recorded AIP: the rest may be adopted
+    backfilled: frozenset[str]  # profile ids read from `start` when ListMetrics lists them
+    new: frozenset[str]  # of those, created in the last day: read whether listed or not
+    fresh: tuple[str, ...]  # never backfilled: read from the start of the previous month
+
+    @property
+    def recently_active(self) -> bool:
+        """After a gap longer than RECENT, ListMetrics' PT3H would miss profiles idle since."""
+        return self.now - self.start <= RECENT
+
+
+@dataclass(frozen=True)
+class Readings:
+    """What CloudWatch answered for a plan."""
+
+    usage: list[HourlyUsage]
+    active: int  # profiles read from `start`
+    fresh: tuple[str, ...]  # profile ids backfilled by these readings (adopted ones included)
+    calls: dict[str, int]  # this sync's API calls, by operation
+
+
+def plan_sync(session: Session, clock: Clock) -> SyncPlan:
     now = clock()
-    calls_before = Counter(metrics.calls)
-    adopted = adopt_tagged(session, clock, backend) if (discover and backend) else []
-    cur = _cursor(session)
+    cur = session.get(SyncCursor, CURSOR)
     start = floor_hour(now) - HOUR
     if cur is not None and cur.position < start:
         start = max(cur.position, backfill_start(now))
-    active = metrics.active_model_ids(recently_active=now - start <= RECENT)
-    profiles = {p.profile_id: p for p in session.scalars(select(Profile))}
-    fresh = [p for p in profiles.values() if p.backfilled_at is None]
-    wanted = {pid: names for pid, names in active.items()
-              if pid in profiles and profiles[pid].backfilled_at is not None}
+    rows = session.execute(select(Profile.arn, Profile.profile_id, Profile.backfilled_at,
+                                  Profile.created_at)).all()
+    done = [(pid, created) for _, pid, backfilled, created in rows if backfilled is not None]
+    return SyncPlan(now, start, frozenset(arn for arn, *_ in rows),
+                    frozenset(pid for pid, _ in done),
+                    frozenset(pid for pid, created in done if now - created < NEW_PROFILE),
+                    tuple(pid for _, pid, backfilled, _ in rows if backfilled is None))
+
+
+def read_metrics(plan: SyncPlan, metrics: CloudWatchMetrics,
+                 adopting: Sequence[str] = ()) -> Readings:
+    """The CloudWatch calls of a plan (no session: called with no transaction open).
+
+    `adopting`: ids of AIPs about to be adopted, backfilled like never-synced profiles.
+    """
+    calls_before = Counter(metrics.calls)
+    listed = metrics.active_model_ids(recently_active=plan.recently_active)
+    wanted = {pid: names for pid, names in listed.items() if pid in plan.backfilled}
     # ListMetrics can take up to 15 minutes to list a metric it has never seen: profiles
     # created in the last day are read whether listed or not, so their first breach counts.
-    for p in profiles.values():
-        if p.backfilled_at is not None and p.profile_id not in wanted and now - p.created_at < NEW_PROFILE:
-            wanted[p.profile_id] = frozenset(TOKEN_METRICS)
-    readings = metrics.hourly(wanted, start, now) if wanted else []
+    for pid in sorted(plan.new):
+        wanted.setdefault(pid, frozenset(TOKEN_METRICS))
+    usage = metrics.hourly(wanted, plan.start, plan.now) if wanted else []
+    fresh = plan.fresh + tuple(pid for pid in adopting if pid not in plan.fresh)
     if fresh:
         # The last 3 hours say nothing about last month: ask for every metric, cache
         # tokens included (a one-off cost per profile).
-        backfill = {p.profile_id: frozenset(ALL_METRICS) for p in fresh}
-        readings += metrics.hourly(backfill, backfill_start(now), now)
-        for p in fresh:
-            p.backfilled_at = now
-    rows = _ledger_rows(session, clock, readings, profiles, prices)
-    ledger.upsert(session, rows, now)
-    _advance(session, cur, floor_hour(now), now)
-    return SyncResult(len(wanted), len(readings), len(fresh), len(rows), len(adopted), start, now,
-                      dict(Counter(metrics.calls) - calls_before))
+        backfill = {pid: frozenset(ALL_METRICS) for pid in fresh}
+        usage += metrics.hourly(backfill, backfill_start(plan.now), plan.now)
+    return Readings(usage, len(wanted), fresh, dict(Counter(metrics.calls) - calls_before))
+
+
+def record_sync(session: Session, clock: Clock, plan: SyncPlan, read: Readings,
+                prices: PriceTable, adopted: int = 0) -> SyncResult:
+    """Write the readings: hourly upserts (idempotent), backfill marks, the cursor."""
+    profiles = {pid: (model_id, subject_id) for pid, model_id, subject_id in session.execute(
+        select(Profile.profile_id, Profile.model_id, Profile.subject_id))}
+    fresh = [pid for pid in read.fresh if pid in profiles]  # an AIP not adopted has no row
+    backfilled = 0
+    if fresh:
+        marked = session.execute(update(Profile).where(Profile.profile_id.in_(fresh),
+                                                       Profile.backfilled_at.is_(None))
+                                 .values(backfilled_at=plan.now)
+                                 .execution_options(synchronize_session=False))
+        backfilled = marked.rowcount  # type: ignore[attr-defined]
+    usage = [r for r in read.usage if r.model_id in profiles]
+    rows = _ledger_rows(session, clock, usage, profiles, prices)
+    ledger.upsert(session, rows, plan.now)
+    _advance(session, session.get(SyncCursor, CURSOR), floor_hour(plan.now), plan.now)
+    return SyncResult(read.active, len(usage), backfilled, len(rows), adopted, plan.start, plan.now,
+                      read.calls)
 
 
 def _ledger_rows(session: Session, clock: Clock, readings: list[HourlyUsage],
-                 profiles: dict[str, Profile], prices: PriceTable) -> list[LedgerRow]:
-    meters = {m.key: m.id for m in session.scalars(select(Meter).where(Meter.kind == "profile"))}
+                 profiles: dict[str, tuple[str, int | None]], prices: PriceTable) -> list[LedgerRow]:
+    """`profiles`: profile id → (model id, subject id)."""
+    meters = {key: mid for key, mid in session.execute(
+        select(Meter.key, Meter.id).where(Meter.kind == "profile"))}
     merged: dict[tuple[int, datetime], LedgerRow] = {}
     for r in readings:
-        profile = profiles[r.model_id]
+        model_id, subject_id = profiles[r.model_id]
         meter_id = meters.get(r.model_id) or directory.ensure_meter(
-            session, clock, "profile", r.model_id, profile.subject_id).id
-        cost = prices.cost_micro_usd(profile.model_id, r.input_tokens, r.output_tokens,
+            session, clock, "profile", r.model_id, subject_id).id
+        cost = prices.cost_micro_usd(model_id, r.input_tokens, r.output_tokens,
                                      r.cache_read_tokens, r.cache_write_tokens)
         # A backfill and a normal read can both return an hour: the values are the same
         # CloudWatch sums, so the last one wins rather than adding up.

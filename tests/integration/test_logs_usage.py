@@ -30,13 +30,15 @@ from bot.aws.profiles import LocalProfiles
 from bot.clock import FixedClock
 from bot.db import Database
 from bot.errors import BadInput, Denied
+from bot.flows.usage_sync import sync_logs, sync_usage
 from bot.models import AuditEvent, Limit, Meter, Subject, SyncCursor, Usage
 from bot.pricing import PriceTable
-from bot.services import directory, profiles
+from bot.services import directory
 from bot.services.directory import Actor, SubjectRef
 from bot.services.ledger import LedgerRow, upsert
-from bot.services.logs_usage import CURSOR, LogsSyncResult, map_metadata, sync_logs
-from bot.services.usage import limit_status, report, sync_usage
+from bot.services.logs_usage import CURSOR, LogsSyncResult, map_metadata
+from bot.services.usage import limit_status, report
+from tests.aips import provision_aip
 
 ACCOUNT = "123456789012"
 REGION = "us-east-1"
@@ -190,8 +192,7 @@ def logs() -> FakeLogs:
 def sync(db: Database, clock: FixedClock, logs: FakeLogs, keys: tuple[str, ...] = KEYS,
          insights: LogsInsights | None = None, **kwargs: Any) -> LogsSyncResult:
     insights = insights or LogsInsights(logs, sleep=lambda _: None)
-    with db.session_scope() as s:
-        return sync_logs(s, clock, insights, GROUP, keys, PRICES, **kwargs)
+    return sync_logs(db, clock, insights, GROUP, keys, PRICES, **kwargs)
 
 
 def setup(db: Database, clock: FixedClock) -> None:
@@ -265,16 +266,14 @@ def test_calls_through_an_aip_are_skipped_so_they_count_once(db: Database, clock
     setup(db, clock)
     with mock_aws():
         cw = boto3.client("cloudwatch", region_name=REGION)
-        with db.session_scope() as s:
-            aip = profiles.provision(s, clock, LocalProfiles(db, REGION, ACCOUNT, clock), REGION, ADMIN,
-                                     SubjectRef(name="alice"), HAIKU, {})
+        aip = provision_aip(db, clock, LocalProfiles(db, REGION, ACCOUNT, clock), REGION, ADMIN,
+                            SubjectRef(name="alice"), HAIKU)
         # One call through alice's AIP: CloudWatch meters it under the AIP id …
         cw.put_metric_data(Namespace="AWS/Bedrock", MetricData=[
             {"MetricName": name, "Dimensions": [{"Name": "ModelId", "Value": aip.profile_id}],
              "Timestamp": T0 - timedelta(minutes=20), "Value": value}
             for name, value in (("InputTokenCount", 700), ("OutputTokenCount", 70), ("Invocations", 1))])
-        with db.session_scope() as s:
-            sync_usage(s, clock, CloudWatchMetrics(cw), None, PRICES, discover=False)
+        sync_usage(db, clock, CloudWatchMetrics(cw), None, PRICES, discover=False)
     # … and the invocation log has it too, with the AIP ARN as modelId; plus one direct call.
     logs.put(T0 - timedelta(minutes=20), invocation(T0, ALICE_USER, aip.arn, 700, 70))
     logs.put(T0 - timedelta(minutes=15), invocation(T0, ALICE_USER, HAIKU, 300, 30))
@@ -304,9 +303,9 @@ def test_calls_through_an_aip_are_skipped_so_they_count_once(db: Database, clock
 def test_a_limit_on_alice_counts_aip_and_principal_usage(db: Database, clock: FixedClock,
                                                          logs: FakeLogs) -> None:
     setup(db, clock)
+    aip = provision_aip(db, clock, LocalProfiles(db, REGION, ACCOUNT, clock), REGION, ADMIN,
+                        SubjectRef(name="alice"), HAIKU)
     with db.session_scope() as s:
-        aip = profiles.provision(s, clock, LocalProfiles(db, REGION, ACCOUNT, clock), REGION, ADMIN,
-                                 SubjectRef(name="alice"), HAIKU, {})
         aip_meter = s.scalar(select(Meter.id).where(Meter.kind == "profile", Meter.key == aip.profile_id))
         assert aip_meter is not None
         upsert(s, [LedgerRow(aip_meter, NINE, 600, 100, 0, 0, 2, 0)], clock())  # the CloudWatch sync's row

@@ -12,11 +12,11 @@ from bot.aws.metrics import HourlyUsage
 from bot.aws.profiles import LocalProfiles
 from bot.clock import FixedClock
 from bot.db import Database
+from bot.flows.usage_sync import sync_usage
 from bot.models import Usage
 from bot.pricing import PriceTable
-from bot.services import profiles
 from bot.services.directory import Actor, SubjectRef
-from bot.services.usage import sync_usage
+from tests.aips import provision_aip
 
 
 class UnlistedMetrics:
@@ -41,18 +41,14 @@ class UnlistedMetrics:
 def test_new_profile_is_read_before_list_metrics_lists_it(db: Database, clock: FixedClock) -> None:
     backend = LocalProfiles(db, "us-east-1", "123456789012", clock)
     metrics, prices = UnlistedMetrics(), PriceTable.load()
-    with db.session_scope() as s:
-        p = profiles.provision(s, clock, backend, "us-east-1", Actor.system("test"), SubjectRef(name="alice"),
-                               "anthropic.claude-3-haiku-20240307-v1:0", {})
-    with db.session_scope() as s:
-        sync_usage(s, clock, metrics, backend, prices)  # first sight: the backfill
+    p = provision_aip(db, clock, backend, "us-east-1", Actor.system("test"), SubjectRef(name="alice"),
+                      "anthropic.claude-3-haiku-20240307-v1:0")
+    sync_usage(db, clock, metrics, backend, prices)  # first sight: the backfill
     clock.advance(minutes=5)
-    with db.session_scope() as s:
-        sync_usage(s, clock, metrics, backend, prices)
+    sync_usage(db, clock, metrics, backend, prices)
     assert metrics.asked[-1] == {p.profile_id}
     clock.advance(days=2)  # no longer new: only what ListMetrics lists is read
-    with db.session_scope() as s:
-        sync_usage(s, clock, metrics, backend, prices)
+    sync_usage(db, clock, metrics, backend, prices)
     assert len(metrics.asked) == 2  # nothing listed, nothing new: no GetMetricData at all
     with db.session_scope() as s:
         assert s.scalars(select(Usage.input_tokens)).all() == [500]

@@ -24,9 +24,10 @@ from bot.aws.profiles import LocalProfiles
 from bot.clock import FixedClock
 from bot.db import Database
 from bot.errors import AwsError
+from bot.flows import access as access_flow
 from bot.models import AuditEvent, Principal, Profile, Revocation
 from bot.render.reconcile import reconcile_message
-from bot.services import access, audit, directory, profiles
+from bot.services import audit, directory
 from bot.services.directory import Actor, SubjectRef
 from bot.services.reconcile import (
     DENY_MISSING,
@@ -41,6 +42,7 @@ from bot.services.reconcile import (
     ReconcileReport,
 )
 from jobs import reconcile as job
+from tests.aips import provision_aip
 from tests.harness import ALERTS, ALICE, BOB, Harness, reply_text, running_bot
 
 ACCOUNT = "123456789012"  # moto's default account
@@ -77,8 +79,9 @@ class World:
         return arn_of(name)
 
     def revoke(self, name: str) -> None:
-        with self.db.session_scope() as s:
-            access.revoke_manual(s, self.clock, self.access, ADMIN, SubjectRef(name=name), "test")
+        """Through the access flow; its announcement is cleared so tests see reconcile's alone."""
+        access_flow.revoke_manual(self.bot.services, ADMIN, SubjectRef(name=name), "test")
+        self.bot.slack.clear()
 
     def policies(self, user: str) -> list[str]:
         return list(self.iam.list_user_policies(UserName=user)["PolicyNames"])
@@ -88,9 +91,8 @@ class World:
                                  PolicyDocument=json.dumps(deny_document(None)))
 
     def provision(self, name: str) -> Profile:
+        made = provision_aip(self.db, self.clock, self.backend, REGION, ADMIN, SubjectRef(name=name), HAIKU)
         with self.db.session_scope() as s:
-            made = profiles.provision(s, self.clock, self.backend, REGION, ADMIN, SubjectRef(name=name),
-                                      HAIKU, {})
             return s.scalars(select(Profile).where(Profile.arn == made.arn)).one()
 
     def run(self) -> ReconcileReport:
@@ -162,12 +164,10 @@ def test_deny_removed_outside_the_bot_is_put_back_and_announced(world: World) ->
 
 
 def test_restore_whose_commit_failed_is_repaired(world: World) -> None:
-    """IAM delete went through, the database commit did not: the revocation is still active."""
+    """A restore's IAM delete went through, its database change did not: still active."""
     world.user("alice", ALICE)
     world.revoke("alice")
-    with pytest.raises(RuntimeError), world.db.session_scope() as s:
-        access.restore_manual(s, world.clock, world.access, ADMIN, SubjectRef(name="alice"), "")
-        raise RuntimeError("commit failed")
+    world.access.allow(arn_of("alice"), "alice")  # the IAM half of a restore, nothing recorded
     assert world.policies("alice") == []
 
     report = world.run()
@@ -181,9 +181,7 @@ def test_revoke_whose_commit_failed_is_undone(world: World) -> None:
     world.user("alice", ALICE)
     world.user("bob", BOB)
     world.revoke("alice")
-    with pytest.raises(RuntimeError), world.db.session_scope() as s:
-        access.revoke_manual(s, world.clock, world.access, ADMIN, SubjectRef(name="bob"), "")
-        raise RuntimeError("commit failed")
+    world.access.deny(arn_of("bob"), "bob", None)  # the IAM half of a revoke, nothing recorded
     assert world.policies("bob") == ["bedrock-bot-deny-bob"]
 
     report = world.run()
@@ -219,8 +217,8 @@ def test_stale_deny_on_a_principal_known_only_from_a_revocation(world: World) ->
     """An unlinked principal is still reached through `revocations.principals`."""
     bob_arn = world.user("bob", BOB)
     world.revoke("bob")
+    access_flow.restore_manual(world.bot.services, ADMIN, SubjectRef(name="bob"), "")
     with world.db.session_scope() as s:
-        access.restore_manual(s, world.clock, world.access, ADMIN, SubjectRef(name="bob"), "")
         s.execute(delete(Principal).where(Principal.arn == bob_arn))
     world.put_by_hand("bob", "bob")
 
@@ -305,8 +303,7 @@ def test_dry_run_reports_without_touching_iam(db: Database, clock: FixedClock) -
     with world_for(db, clock, BOT_DRY_RUN="1") as world:
         world.user("alice", ALICE)
         world.user("bob", BOB)
-        with db.session_scope() as s:  # a revocation made while dry: nothing in IAM
-            access.revoke_manual(s, clock, world.access, ADMIN, SubjectRef(name="alice"), "")
+        world.revoke("alice")  # a revocation made while dry: nothing in IAM
         world.put_by_hand("bob", "bob")
 
         report = world.run()

@@ -21,11 +21,13 @@ from bot.aws.metrics import CloudWatchMetrics
 from bot.aws.profiles import LocalProfiles
 from bot.clock import FixedClock
 from bot.db import Database
+from bot.flows.usage_sync import sync_usage
 from bot.models import AuditEvent, Meter, Profile, Subject, SyncCursor, Usage
 from bot.pricing import PriceTable
-from bot.services import audit, directory, profiles
+from bot.services import audit, directory
 from bot.services.directory import Actor, SubjectRef
-from bot.services.usage import SyncResult, report, sync_usage
+from bot.services.usage import SyncResult, report
+from tests.aips import provision_aip
 
 ACCOUNT = "123456789012"
 REGION = "us-east-1"
@@ -142,16 +144,14 @@ def provision(db: Database, clock: FixedClock, who: str = "alice", model: str = 
     """A profile made through the bot; returns its id (CloudWatch's ModelId)."""
     with db.session_scope() as s:
         directory.bootstrap_admins(s, clock, ["UADMIN01"])
-        made = profiles.provision(s, clock, backend_for(db, clock), REGION, ADMIN,
-                                  SubjectRef(name=who), model, {})
+    made = provision_aip(db, clock, backend_for(db, clock), REGION, ADMIN, SubjectRef(name=who), model)
     return made.profile_id
 
 
 def sync(db: Database, clock: FixedClock, client: Any, backend: LocalProfiles | None = None,
          metrics: CloudWatchMetrics | None = None) -> SyncResult:
     metrics = metrics or CloudWatchMetrics(client)
-    with db.session_scope() as s:
-        return sync_usage(s, clock, metrics, backend, PRICES, discover=backend is not None)
+    return sync_usage(db, clock, metrics, backend, PRICES, discover=backend is not None)
 
 
 def ledger(db: Database) -> Ledger:

@@ -1,0 +1,107 @@
+"""Usage sync: CloudWatch metrics and model-invocation logs into the ledger.
+
+Each reader is plan → call → record, so no transaction (no SQLite writer lock, no row lock)
+is open while AWS answers:
+
+    CloudWatch   plan_sync (cursor, known profiles) → ListInferenceProfiles + tags of unknown
+                 AIPs, ListMetrics, GetMetricData → adopt tagged AIPs, upsert hours, advance
+                 the cursor (bot/services/usage.py, bot/services/profiles.py)
+    logs         plan_logs (cursor, window) → StartQuery + polled GetQueryResults →
+                 attribute, overwrite the hours, advance the cursor (bot/services/logs_usage.py)
+
+A failure anywhere writes nothing of that reader and leaves its cursor, so the next sync
+reads the same hours again; the failing step is audited (`runner.step` / `runner.call`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from datetime import timedelta
+
+from sqlalchemy.orm import Session
+
+from bot.aws.logs import LogsInsights
+from bot.aws.metrics import CloudWatchMetrics
+from bot.aws.profiles import ProfilesBackend
+from bot.clock import Clock
+from bot.db import Database
+from bot.flows.runner import Outcome, attempt, call, step
+from bot.pricing import PriceTable
+from bot.runtime import Services
+from bot.services import logs_usage, profiles, usage
+from bot.services.directory import Actor
+from bot.services.logs_usage import MAX_HOURS, LogsSyncResult
+from bot.services.profiles import Tagged
+from bot.services.usage import Readings, SyncResult
+
+log = logging.getLogger(__name__)
+NAME = "usage_sync"
+ACTOR = Actor.system(NAME)
+
+
+def run(s: Services, discover: bool = True) -> Outcome[SyncResult]:
+    """The CloudWatch sync, then the invocation logs when a log group is configured (each
+    with its own cursor: one failing does not stop the other)."""
+    out = attempt(lambda: sync_usage(s.db, s.clock, s.metrics, s.profiles, s.prices, discover=discover))
+    if out.ok:
+        r = out.value
+        log.info("usage_sync: %d active, %d backfilled, %d ledger rows, calls %s",
+                 r.active, r.backfilled, r.rows, r.calls)
+    else:
+        log.warning("usage_sync failed: %s", out.message)
+    if s.settings.aws.invocation_log_group:
+        run_logs(s)
+    return out
+
+
+def run_logs(s: Services) -> Outcome[LogsSyncResult]:
+    """Callers without an AIP, from model-invocation logs."""
+    aws = s.settings.aws
+    group = aws.invocation_log_group or ""
+    out = attempt(lambda: sync_logs(s.db, s.clock, s.logs_insights, group, aws.metadata_keys, s.prices))
+    if out.ok:
+        r = out.value
+        log.info("invocation logs: %s, %d ledger rows, %d unattributed requests", r.status,
+                 r.ledger_rows, r.unattributed_requests)
+    else:
+        log.warning("invocation-log sync failed: %s", out.message)
+    return out
+
+
+def sync_usage(db: Database, clock: Clock, metrics: CloudWatchMetrics,
+               backend: ProfilesBackend | None, prices: PriceTable,
+               discover: bool = True) -> SyncResult:
+    """Read the current and previous hour (or since the last sync) into the ledger; a
+    profile never synced before, adopted ones included, is backfilled from the start of
+    the previous month."""
+    plan = step(db, clock, ACTOR, NAME, "usage", lambda session: usage.plan_sync(session, clock))
+
+    def read() -> tuple[list[Tagged], Readings]:
+        found = profiles.find_tagged(backend, plan.known_arns) if (discover and backend) else []
+        return found, usage.read_metrics(plan, metrics, [f.info.id for f in found])
+
+    found, readings = call(db, clock, ACTOR, NAME, "usage", read)
+
+    def record(session: Session) -> SyncResult:
+        adopted = profiles.adopt(session, clock, found)
+        return usage.record_sync(session, clock, plan, readings, prices, adopted=len(adopted))
+
+    return step(db, clock, ACTOR, NAME, "usage", record)
+
+
+def sync_logs(db: Database, clock: Clock, insights: LogsInsights, log_group: str,
+              metadata_keys: Sequence[str], prices: PriceTable, *,
+              min_interval: timedelta = timedelta(0), max_hours: int = MAX_HOURS) -> LogsSyncResult:
+    """Read the unsynced whole hours of the invocation logs into the ledger."""
+    action = f"{NAME}.logs"
+    plan = step(db, clock, ACTOR, action, log_group, lambda session: logs_usage.plan_logs(
+        session, clock, metadata_keys, min_interval=min_interval, max_hours=max_hours))
+    if plan.skip:
+        return plan.skipped()
+    read = call(db, clock, ACTOR, action, log_group,
+                lambda: logs_usage.query_logs(plan, insights, log_group))
+    if read.rows is None:
+        return read.pending(plan)
+    return step(db, clock, ACTOR, action, log_group,
+                lambda session: logs_usage.record_logs(session, clock, plan, read, prices))
