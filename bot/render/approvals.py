@@ -15,24 +15,19 @@ from slack_sdk.models.blocks import (
     InputBlock,
     MarkdownTextObject,
     PlainTextInputElement,
-    SectionBlock,
 )
 from slack_sdk.models.views import View
 
+from bot.render.blocks import Reply, section
 from bot.render.enforcement import restore_button
 from bot.render.text import escape, when
 from bot.render.usage import limit_line
 from bot.services.restore_requests import RequestView
 from bot.services.usage import UsageReport
 
-Reply = tuple[str, list[dict[str, Any]]]
 APPROVE, APPROVE_24H, DENY = "approve_request", "approve_request_24h", "deny_request"
 REQUEST_MODAL, DENY_MODAL = "restore_request_modal", "deny_request_modal"
 REASON_BLOCK, REASON_INPUT = "reason", "reason_input"
-
-
-def _section(text: str) -> SectionBlock:
-    return SectionBlock(text=MarkdownTextObject(text=text[:3000]))
 
 
 def _summary(r: RequestView) -> str:
@@ -57,7 +52,7 @@ def request_message(r: RequestView, tz: ZoneInfo) -> Reply:
     ])
     context = ContextBlock(elements=[MarkdownTextObject(
         text=f"Request {r.id} · expires {when(r.expires_at, tz)} · the requester cannot approve it")])
-    blocks = [_section(_summary(r)), actions, context]
+    blocks = [section(_summary(r)), actions, context]
     return f"Restore request from {r.requester} for {who}", [b.to_dict() for b in blocks]
 
 
@@ -70,7 +65,7 @@ def decided_message(r: RequestView, tz: ZoneInfo) -> Reply:
     else:
         line = "⌛ Expired without a decision"
     at = f" · {when(r.decided_at, tz)}" if r.decided_at else ""
-    blocks = [_section(_summary(r)), ContextBlock(elements=[MarkdownTextObject(text=f"{line}{at}")])]
+    blocks = [section(_summary(r)), ContextBlock(elements=[MarkdownTextObject(text=f"{line}{at}")])]
     return f"Restore request {r.id}: {r.status}", [b.to_dict() for b in blocks]
 
 
@@ -91,7 +86,7 @@ def _reason_input(label: str, placeholder: str) -> InputBlock:
 def request_modal(revocation_id: int, subject: str) -> dict[str, Any]:
     return View(type="modal", callback_id=REQUEST_MODAL, private_metadata=str(revocation_id),
                 title="Request restore", submit="Send request", close="Cancel",
-                blocks=[_section(f"Ask an admin to restore Bedrock access for `{subject}`."),
+                blocks=[section(f"Ask an admin to restore Bedrock access for `{subject}`."),
                         _reason_input("Why do you need it back?", "e.g. demo for a customer at 3pm")
                         ]).to_dict()
 
@@ -106,23 +101,23 @@ def home_view(report: UsageReport | None, periods: list[UsageReport], pending: l
               revocation_id: int | None, tz: ZoneInfo) -> dict[str, Any]:
     blocks: list[Any] = [HeaderBlock(text="Your Bedrock usage")]
     if report is None:
-        blocks.append(_section("No usage recorded for you yet. An admin can provision an inference "
+        blocks.append(section("No usage recorded for you yet. An admin can provision an inference "
                                "profile for you with `/bedrock provision @you <model>`."))
         return View(type="home", blocks=blocks).to_dict()
     for p in periods:
         t = p.totals
-        blocks.append(_section(f"*{p.label}*: {t.input_tokens:,} tokens in, {t.output_tokens:,} out, "
+        blocks.append(section(f"*{p.label}*: {t.input_tokens:,} tokens in, {t.output_tokens:,} out, "
                                f"{t.requests:,} requests"))
     if report.limits:
         lines = "\n".join(limit_line(s, tz) for s in report.limits)
-        blocks += [DividerBlock(), _section(f"*Limits*\n{lines}")]
+        blocks += [DividerBlock(), section(f"*Limits*\n{lines}")]
     blocks.append(DividerBlock())
     if report.revoked:
-        blocks.append(_section("⛔ *Revoked*: " + escape("; ".join(report.revoked))))
+        blocks.append(section("⛔ *Revoked*: " + escape("; ".join(report.revoked))))
         if pending:
-            blocks.append(_section(f"⏳ Your restore request {pending[-1].id} is waiting for an admin."))
+            blocks.append(section(f"⏳ Your restore request {pending[-1].id} is waiting for an admin."))
         elif revocation_id is not None:
             blocks.append(restore_button(revocation_id))
     else:
-        blocks.append(_section("✅ *Active*: you can call Bedrock."))
+        blocks.append(section("✅ *Active*: you can call Bedrock."))
     return View(type="home", blocks=blocks[:100]).to_dict()

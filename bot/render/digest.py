@@ -23,31 +23,25 @@ from slack_sdk.models.blocks import (
 )
 
 from bot.quantities import format_tokens, format_usd
+from bot.render.blocks import SECTION_LIMIT, Reply, finish, section
 from bot.render.text import METRIC_LABEL, bar, escape, metric_value, trend, when
 from bot.services.digest import OTHERS, AtRisk, DigestData, PendingLine, RevokedLine, SubjectDay
 
-Reply = tuple[str, list[dict[str, Any]]]
-MAX_BLOCKS = 50
-SECTION_LIMIT = 3000
 _BUDGET = SECTION_LIMIT - 100  # room for the "…and N more" line
 _SLACK_ID = re.compile(r"^[UW][A-Z0-9]{2,31}$")
 _WEEKDAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
 
 
-def _section(text: str) -> SectionBlock:
-    return SectionBlock(text=MarkdownTextObject(text=text[:SECTION_LIMIT]))
-
-
 def _list_section(title: str, lines: list[str], empty: str) -> SectionBlock:
     """A titled list cut to fit one section; says how many lines did not fit."""
     if not lines:
-        return _section(f"*{title}*\n_{empty}_")
+        return section(f"*{title}*\n_{empty}_")
     text = f"*{title}*"
     for i, line in enumerate(lines):
         if len(text) + 1 + len(line) > _BUDGET:
-            return _section(f"{text}\n_…and {len(lines) - i} more_")
+            return section(f"{text}\n_…and {len(lines) - i} more_")
         text += "\n" + line
-    return _section(text)
+    return section(text)
 
 
 def _who(name: str, kind: str) -> str:
@@ -129,7 +123,7 @@ def digest_blocks(d: DigestData, tz: ZoneInfo) -> Reply:
             f"costs are estimates from list prices · chart of the last {len(d.chart.days)} days "
             f"in the thread")[:2000])]),
     ]
-    return digest_text(d), [b.to_dict() for b in blocks[:MAX_BLOCKS]]
+    return digest_text(d), finish(blocks)
 
 
 def chart_title(d: DigestData) -> str:

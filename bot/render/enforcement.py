@@ -10,15 +10,14 @@ from slack_sdk.models.blocks import (
     ButtonElement,
     ContextBlock,
     MarkdownTextObject,
-    SectionBlock,
 )
 
+from bot.render.blocks import Reply, section
 from bot.render.text import METRIC_LABEL, bar, escape, metric_value, when
 from bot.services.access import RevocationView
 from bot.services.enforce import Breach, Warning
 from bot.services.usage import LimitStatus
 
-Reply = tuple[str, list[dict[str, Any]]]
 REQUEST_RESTORE = "request_restore"
 
 
@@ -26,10 +25,6 @@ def _usage_line(s: LimitStatus, tz: ZoneInfo) -> str:
     return (f"`{bar(s.percent)}` {s.percent:.0f}% of the {METRIC_LABEL[s.metric]}/{s.window} "
             f"limit: {metric_value(s.metric, s.used)} of {metric_value(s.metric, s.amount)}; "
             f"the window ends {when(s.window_end, tz)}")
-
-
-def _section(text: str) -> SectionBlock:
-    return SectionBlock(text=MarkdownTextObject(text=text[:3000]))
 
 
 def restore_button(revocation_id: int) -> ActionsBlock:
@@ -41,7 +36,7 @@ def restore_button(revocation_id: int) -> ActionsBlock:
 def warning_message(w: Warning, tz: ZoneInfo) -> Reply:
     head = "⛔ Limit reached (notify only)" if w.threshold >= 100 else f"⚠️ {w.threshold}% of a limit"
     text = f"{head}: {w.subject.mention}\n{_usage_line(w.status, tz)}"
-    return f"{w.subject.name} is at {w.status.percent:.0f}% of a limit", [_section(text).to_dict()]
+    return f"{w.subject.name} is at {w.status.percent:.0f}% of a limit", [section(text).to_dict()]
 
 
 def breach_message(b: Breach, tz: ZoneInfo) -> Reply:
@@ -50,7 +45,7 @@ def breach_message(b: Breach, tz: ZoneInfo) -> Reply:
     text = (f"⛔ *Access revoked*{dry}: {r.subject.mention}\n{_usage_line(b.status, tz)}\n"
             f"Access comes back automatically when the window ends, or an admin approves a "
             f"restore request.")
-    blocks: list[Any] = [_section(text), _principals(r), restore_button(r.id)]
+    blocks: list[Any] = [section(text), _principals(r), restore_button(r.id)]
     return f"Bedrock access revoked for {r.subject.name}: limit reached", [b_.to_dict() for b_ in blocks]
 
 
@@ -59,7 +54,7 @@ def manual_revoke_message(r: RevocationView, actor_id: str | None) -> Reply:
     dry = " (dry run: IAM was not changed)" if r.dry_run else ""
     note = f"\nReason: {escape(r.note)}" if r.note else ""
     text = f"⛔ *Access revoked*{dry}: {r.subject.mention}, by {by}.{note}"
-    blocks: list[Any] = [_section(text), _principals(r), restore_button(r.id)]
+    blocks: list[Any] = [section(text), _principals(r), restore_button(r.id)]
     return f"Bedrock access revoked for {r.subject.name}", [b.to_dict() for b in blocks]
 
 
@@ -70,7 +65,7 @@ def restored_message(revs: list[RevocationView], by: str, note: str = "") -> Rep
     text = f"✅ *Access restored*: {r.subject.mention}, by {by}{why}."
     if not r.principals and not still:
         text += " No IAM principals are linked to this subject."
-    return f"Bedrock access restored for {r.subject.name}", [_section(text).to_dict()]
+    return f"Bedrock access restored for {r.subject.name}", [section(text).to_dict()]
 
 
 def _principals(r: RevocationView) -> ContextBlock:

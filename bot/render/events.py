@@ -5,18 +5,13 @@ from __future__ import annotations
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from slack_sdk.models.blocks import ContextBlock, MarkdownTextObject, SectionBlock
+from slack_sdk.models.blocks import ContextBlock, MarkdownTextObject
 
 from bot.aws.notifications import AlarmEvent, BudgetEvent
+from bot.render.blocks import Reply, finish, section
 from bot.render.enforcement import restore_button
 from bot.render.text import METRIC_LABEL, bar, escape, metric_value, when
 from bot.services.events import EventOutcome
-
-Reply = tuple[str, list[dict[str, Any]]]
-
-
-def _section(text: str) -> dict[str, Any]:
-    return SectionBlock(text=MarkdownTextObject(text=text[:3000])).to_dict()
 
 
 def _context(text: str) -> dict[str, Any]:
@@ -55,12 +50,12 @@ def event_message(o: EventOutcome, tz: ZoneInfo) -> Reply | None:
         return None
     if o.outcome in ("confirmed", "unsubscribed"):
         verb = "Subscribed to" if o.outcome == "confirmed" else "Unsubscribed from"
-        return f"{verb} {o.topic}", [_section(f"📬 {verb} SNS topic `{escape(o.topic)}`.")]
+        return f"{verb} {o.topic}", finish([section(f"📬 {verb} SNS topic `{escape(o.topic)}`.")])
     if o.outcome == "unrecognised":
         body = escape(o.raw[:1500]).replace("```", "ʼʼʼ")
-        return ("Unrecognised SNS message", [_section(f"❓ Unrecognised SNS message on `{escape(o.topic)}`"),
-                                            _section(f"```{body}```")])
-    blocks = [_section(_head(o) + "\n" + _describe(o.event))]
+        head = section(f"❓ Unrecognised SNS message on `{escape(o.topic)}`")
+        return "Unrecognised SNS message", finish([head, section(f"```{body}```")])
+    blocks: list[Any] = [section(_head(o) + "\n" + _describe(o.event))]
     if o.status is not None:
         s = o.status
         blocks.append(_context(f"`{bar(s.percent)}` the bot's own count: {metric_value(s.metric, s.used)} "
@@ -68,7 +63,7 @@ def event_message(o: EventOutcome, tz: ZoneInfo) -> Reply | None:
                                f"window ends {when(s.window_end, tz)}"))
     if o.revocation is not None:
         blocks.append(restore_button(o.revocation.id).to_dict())
-    return f"{_head(o)}", blocks
+    return f"{_head(o)}", finish(blocks)
 
 
 def _head(o: EventOutcome) -> str:

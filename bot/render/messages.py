@@ -5,48 +5,39 @@ from __future__ import annotations
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from slack_sdk.models.blocks import ContextBlock, HeaderBlock, MarkdownTextObject, SectionBlock
+from slack_sdk.models.blocks import ContextBlock, HeaderBlock, MarkdownTextObject
 
+from bot.render.blocks import Reply, finish, section
 from bot.render.text import escape, when
 from bot.services.audit import AuditLine
 from bot.services.limits import LimitView
 from bot.services.profiles import ProfileView
-from bot.slash.grammar import HELP_TEXT, USAGE
-
-Reply = tuple[str, list[dict[str, Any]]]
-MAX_BLOCKS = 50
-
-
-def _section(text: str) -> SectionBlock:
-    return SectionBlock(text=MarkdownTextObject(text=text[:3000]))
-
-
-def _done(blocks: list[Any]) -> list[dict[str, Any]]:
-    return [b.to_dict() for b in blocks[:MAX_BLOCKS]]
 
 
 def text_reply(text: str) -> Reply:
-    return text, _done([_section(text)])
+    return text, finish([section(text)])
 
 
 def error_reply(message: str) -> Reply:
-    return f"⚠️ {message}", _done([_section(f"⚠️ {escape(message)}".replace("&lt;@", "<@"))])
+    return f"⚠️ {message}", finish([section(f"⚠️ {escape(message)}".replace("&lt;@", "<@"))])
 
 
-def help_reply(topic: str | None) -> Reply:
+def help_reply(entries: list[tuple[str, str]], topic: bool = False) -> Reply:
+    """(usage line, help text) per subcommand; one entry with `topic` shows just that one."""
     if topic:
-        text = f"*`{USAGE[topic]}`*\n{HELP_TEXT[topic]}"
-        return text, _done([_section(text)])
-    lines = [f"`{USAGE[name]}`\n    {HELP_TEXT[name]}" for name in USAGE]
+        text = f"*`{entries[0][0]}`*\n{entries[0][1]}"
+        return text, finish([section(text)])
+    lines = [f"`{usage}`\n    {text}" for usage, text in entries]
     blocks: list[Any] = [HeaderBlock(text="/bedrock commands")]
     chunk: list[str] = []
     for line in lines:  # sections are capped at 3,000 characters
         if sum(len(x) + 1 for x in chunk) + len(line) > 2800:
-            blocks.append(_section("\n".join(chunk)))
+            blocks.append(section("\n".join(chunk)))
             chunk = []
         chunk.append(line)
-    blocks.append(_section("\n".join(chunk)))
-    return "/bedrock commands: " + ", ".join(USAGE), _done(blocks)
+    blocks.append(section("\n".join(chunk)))
+    names = ", ".join(usage.split()[1] for usage, _ in entries)
+    return "/bedrock commands: " + names, finish(blocks)
 
 
 def profiles_reply(profiles: list[ProfileView], title: str) -> Reply:
@@ -54,19 +45,19 @@ def profiles_reply(profiles: list[ProfileView], title: str) -> Reply:
         return text_reply(f"No inference profiles for {title} yet.")
     blocks: list[Any] = [HeaderBlock(text=f"Inference profiles: {title}"[:150])]
     for p in profiles[:40]:
-        blocks.append(_section(
+        blocks.append(section(
             f"*{p.name}* ({p.subject or 'unbound'}) · {p.model_id} · {p.status}"
             f"{'' if p.managed else ' · adopted'}\n`{p.arn}`"))
     if len(profiles) > 40:
         blocks.append(ContextBlock(elements=[MarkdownTextObject(
             text=f"…and {len(profiles) - 40} more; name a subject to narrow it down")]))
-    return f"{len(profiles)} inference profiles", _done(blocks)
+    return f"{len(profiles)} inference profiles", finish(blocks)
 
 
 def provisioned_reply(p: ProfileView, actor_id: str) -> Reply:
     text = (f"✅ <@{actor_id}> provisioned *{p.name}* for `{p.subject}` ({p.model_id}).\n"
             f"Call Bedrock with this model id:\n`{p.arn}`")
-    return f"Provisioned {p.name}: {p.arn}", _done([_section(text)])
+    return f"Provisioned {p.name}: {p.arn}", finish([section(text)])
 
 
 def admins_reply(rows: list[tuple[str, str]]) -> Reply:
@@ -81,7 +72,7 @@ def limits_reply(limits: list[LimitView], title: str) -> Reply:
     lines = [f"• `{v.subject}`: {v.amount_text} {v.metric}/{v.window} · warn at "
              f"{', '.join(f'{t}%' for t in v.warn) or 'never'} · {v.action}"
              + ("" if v.alarm else " · alarm off") for v in limits[:100]]
-    return f"{len(limits)} limits", _done([_section(f"*Limits: {title}*\n" + "\n".join(lines))])
+    return f"{len(limits)} limits", finish([section(f"*Limits: {title}*\n" + "\n".join(lines))])
 
 
 def limit_set_reply(new: LimitView, before: LimitView | None) -> Reply:
@@ -100,10 +91,10 @@ def audit_reply(rows: list[AuditLine], tz: ZoneInfo) -> Reply:
     chunk: list[str] = []
     for line in lines:
         if sum(len(x) + 1 for x in chunk) + len(line) > 2800:
-            blocks.append(_section("\n".join(chunk)))
+            blocks.append(section("\n".join(chunk)))
             chunk = []
         chunk.append(line)
-    blocks.append(_section("\n".join(chunk)))
+    blocks.append(section("\n".join(chunk)))
     blocks.append(ContextBlock(elements=[MarkdownTextObject(
         text="Verify the whole chain with `bedrock-bot audit verify`.")]))
-    return f"{len(rows)} audit events", _done(blocks)
+    return f"{len(rows)} audit events", finish(blocks)

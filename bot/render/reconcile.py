@@ -6,6 +6,7 @@ from typing import Any
 
 from slack_sdk.models.blocks import ContextBlock, HeaderBlock, MarkdownTextObject, SectionBlock
 
+from bot.render.blocks import Reply
 from bot.render.text import escape
 from bot.services.reconcile import (
     DENY_ALTERED,
@@ -21,8 +22,6 @@ from bot.services.reconcile import (
     Drift,
     ReconcileReport,
 )
-
-Reply = tuple[str, list[dict[str, Any]]]
 
 TITLES = {
     DENY_MISSING: "Deny policy missing in IAM",
@@ -52,7 +51,7 @@ def _line(d: Drift) -> str:
     return f"• {who}{_code(d.target)} → {action}{detail}"
 
 
-def _section(kind: str, drifts: list[Drift]) -> SectionBlock:
+def _drift_section(kind: str, drifts: list[Drift]) -> SectionBlock:
     head = f"*{TITLES.get(kind, kind)}* ({len(drifts)})"
     lines: list[str] = []
     size = len(head)
@@ -88,7 +87,7 @@ def reconcile_message(report: ReconcileReport) -> Reply | None:
     for kind in order:
         found = [d for d in report.drifts if d.kind == kind]
         if found:
-            blocks.append(_section(kind, found))
+            blocks.append(_drift_section(kind, found))
     notes = ["Each drift is in the audit log (`/bedrock audit`)."]
     if report.dry_run:
         notes.append("Dry run (`BOT_DRY_RUN=1`): IAM was not changed.")

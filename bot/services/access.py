@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 
 from bot.aws.access import IamAccess
 from bot.clock import Clock
-from bot.errors import AwsError, BadInput, Denied
+from bot.errors import AwsError, BadInput
 from bot.models import Limit, LimitException, Profile, Revocation, Subject
 from bot.quantities import Window
 from bot.services import audit, directory
@@ -74,124 +74,169 @@ def active(session: Session, subject_id: int) -> list[Revocation]:
 
 
 @dataclass(frozen=True)
+class DenyPlan:
+    """What a deny must cover, read in a transaction and applied after it (no lock held)."""
+
+    subject_id: int
+    subject_name: str
+    principals: tuple[str, ...]
+    resources: tuple[str, ...] | None  # None: everything
+
+
+def plan_deny(session: Session, subject: Subject) -> DenyPlan:
+    resources = deny_resources(session, subject)
+    return DenyPlan(subject.id, subject.name, tuple(bound_principals(session, subject)),
+                    tuple(resources) if resources is not None else None)
+
+
+@dataclass(frozen=True)
 class DenyOutcome:
     principals: list[str]  # every bound principal
     changed: list[str]  # written or changed now
     failed: dict[str, str]  # principal → AWS error code (deleted user, quota, AccessDenied …)
 
 
-def apply_deny(session: Session, iam: IamAccess, subject: Subject) -> DenyOutcome:
-    """Put the subject's deny policy on every bound principal (idempotent).
+def apply_deny(iam: IamAccess, plan: DenyPlan) -> DenyOutcome:
+    """Put the subject's deny policy on every planned principal (idempotent). No session.
 
     One principal failing (deleted outside the bot, inline quota full) does not stop the
     others; the failure is returned, audited by the caller and retried on the next run."""
-    resources = deny_resources(session, subject)
-    out = DenyOutcome(bound_principals(session, subject), [], {})
-    for arn in out.principals:
+    out = DenyOutcome(list(plan.principals), [], {})
+    for arn in plan.principals:
         try:
-            if iam.deny(arn, subject.name, resources).changed:
+            if iam.deny(arn, plan.subject_name, plan.resources).changed:
                 out.changed.append(arn)
         except (AwsError, ValueError) as exc:
             out.failed[arn] = exc.code if isinstance(exc, AwsError) else "InvalidPrincipal"
     return out
 
 
-def reassert(session: Session, clock: Clock, iam: IamAccess) -> list[str]:
-    """Keep every active revocation's deny complete: principals linked, members added or
-    AIPs provisioned since the revocation are covered on the next enforce run."""
-    touched: list[str] = []
-    if iam.dry_run:  # nothing was written, so there is nothing to keep complete
-        return touched
-    subject_ids = set(session.scalars(select(Revocation.subject_id).where(Revocation.state == "active")))
-    for subject in session.scalars(select(Subject).where(Subject.id.in_(subject_ids)).order_by(Subject.id)):
-        out = apply_deny(session, iam, subject)
-        for rev in active(session, subject.id):
-            rev.principals = sorted(set(rev.principals or []) | set(out.principals))
-        if out.changed:
-            touched.append(subject.name)
-            audit.record(session, clock, "system:enforce", "access.reassert",
-                         f"{subject.kind}:{subject.name}", {"principals": out.changed})
-        if out.failed:
-            audit.record(session, clock, "system:enforce", "access.reassert",
-                         f"{subject.kind}:{subject.name}", {"failed": out.failed}, outcome="error")
-    session.flush()
-    return touched
-
-
-def lift_deny(session: Session, iam: IamAccess, subject: Subject) -> list[str]:
-    recorded = session.scalars(select(Revocation.principals).where(Revocation.subject_id == subject.id))
-    principals = sorted(set(bound_principals(session, subject)).union(*[set(r or []) for r in recorded]))
+def remove_deny(iam: IamAccess, subject_name: str, principals: list[str]) -> dict[str, str]:
+    """Delete the subject's deny from each principal (idempotent); failures by principal."""
+    failed: dict[str, str] = {}
     for arn in principals:
-        iam.allow(arn, subject.name)
-    return principals
+        try:
+            iam.allow(arn, subject_name)
+        except (AwsError, ValueError) as exc:
+            failed[arn] = exc.code if isinstance(exc, AwsError) else "InvalidPrincipal"
+    return failed
 
 
-def revoke(session: Session, clock: Clock, iam: IamAccess, actor: Actor, subject: Subject,
-           reason: str, note: str = "", limit_id: int | None = None,
-           window: tuple[datetime, datetime] | None = None, strict: bool = False) -> RevocationView:
-    """Deny now and record it. `strict` (a person asked): any IAM failure refuses the whole
-    revocation, named in the reply. Not strict (enforce, alarms): the revocation is recorded
-    and the failed principals are retried every run, so nothing is let through meanwhile."""
+def plan_reassert(session: Session) -> list[DenyPlan]:
+    """Every actively revoked subject's deny as it should be now: principals linked, members
+    added or AIPs provisioned since the revocation are covered on the next enforce run."""
+    subject_ids = set(session.scalars(select(Revocation.subject_id).where(Revocation.state == "active")))
+    subjects = session.scalars(select(Subject).where(Subject.id.in_(subject_ids)).order_by(Subject.id))
+    return [plan_deny(session, subject) for subject in subjects]
+
+
+def record_reassert(session: Session, clock: Clock, plan: DenyPlan, out: DenyOutcome) -> bool:
+    """Remember the principals now covered; audit what changed or failed. True if changed."""
+    subject = session.get(Subject, plan.subject_id)
+    if subject is None:
+        return False
+    for rev in active(session, subject.id):
+        rev.principals = sorted(set(rev.principals or []) | set(out.principals))
+    label = f"{subject.kind}:{subject.name}"
+    if out.changed:
+        audit.record(session, clock, "system:enforce", "access.reassert", label, {"principals": out.changed})
+    if out.failed:
+        audit.record(session, clock, "system:enforce", "access.reassert", label, {"failed": out.failed},
+                     outcome="error")
+    session.flush()
+    return bool(out.changed)
+
+
+def principals_to_clear(session: Session, subject: Subject) -> list[str]:
+    """Everyone who may carry the subject's deny: bound now, or recorded on any revocation."""
+    recorded = session.scalars(select(Revocation.principals).where(Revocation.subject_id == subject.id))
+    return sorted(set(bound_principals(session, subject)).union(*[set(r or []) for r in recorded]))
+
+
+def record_revocation(session: Session, clock: Clock, actor: Actor, subject: Subject, reason: str,
+                      note: str, limit_id: int | None, window: tuple[datetime, datetime] | None,
+                      deny: DenyOutcome, dry_run: bool) -> RevocationView:
+    """Record a revocation whose deny has been applied (`deny` says where it took effect)."""
     if reason not in REASONS:
         raise ValueError(f"unknown revocation reason {reason!r}")
-    deny = apply_deny(session, iam, subject)
-    if strict and deny.failed:
-        arn, code = next(iter(deny.failed.items()))
-        raise AwsError("PutUserPolicy" if ":user/" in arn else "PutRolePolicy", code,
-                       f"could not deny {arn}" + (f" and {len(deny.failed) - 1} more" if len(deny.failed) > 1
-                                                  else ""))
-    principals, dry = deny.principals, iam.dry_run
     rev = Revocation(subject_id=subject.id, reason=reason, note=note[:500], limit_id=limit_id,
                      window_start=window[0] if window else None,
                      window_end=window[1] if window else None, state="active",
-                     revoked_by=actor.label, revoked_at=clock(), principals=principals)
+                     revoked_by=actor.label, revoked_at=clock(), principals=deny.principals)
     session.add(rev)
     session.flush()
     audit.record(session, clock, actor.label, "access.revoke", f"{subject.kind}:{subject.name}",
                  {"revocation": rev.id, "reason": reason, "note": note[:500], "limit": limit_id,
-                  "principals": principals, "dry_run": dry, "failed": deny.failed},
+                  "principals": deny.principals, "dry_run": dry_run, "failed": deny.failed},
                  outcome="error" if deny.failed else "ok")
-    return _view(session, rev, subject, principals, dry)
+    return _view(session, rev, subject, deny.principals, dry_run)
 
 
-def revoke_manual(session: Session, clock: Clock, iam: IamAccess, actor: Actor,
-                  ref: directory.SubjectRef, note: str) -> RevocationView:
+def check_manual_revoke(session: Session, actor: Actor, ref: directory.SubjectRef) -> Subject:
     directory.authorize(session, actor, "admin", "revoke")
     subject = directory.get(session, ref)
     if any(r.reason == "manual" for r in active(session, subject.id)):
         raise BadInput(f"{subject.name} is already revoked by an admin")
-    return revoke(session, clock, iam, actor, subject, "manual", note, strict=True)
+    return subject
 
 
-def lift(session: Session, clock: Clock, iam: IamAccess, actor: Actor, rev: Revocation,
-         note: str = "") -> RevocationView:
-    """Mark one revocation restored; the deny comes off when none is left active."""
+@dataclass(frozen=True)
+class Lift:
+    """A revocation marked restored; `principals` are to lose the deny (none while another
+    revocation of the subject stays active)."""
+
+    view: RevocationView
+    subject_name: str
+    principals: list[str]
+
+
+def mark_lifted(session: Session, clock: Clock, actor: Actor, rev: Revocation, note: str = "",
+                dry_run: bool = False) -> Lift:
+    """Mark one revocation restored; the deny comes off (after the commit) when none is left."""
     subject = session.get(Subject, rev.subject_id)
     assert subject is not None
     rev.state, rev.restored_by, rev.restored_at = "restored", actor.label, clock()
     session.flush()
     remaining = active(session, subject.id)
-    principals = [] if remaining else lift_deny(session, iam, subject)
+    principals = [] if remaining else principals_to_clear(session, subject)
     audit.record(session, clock, actor.label, "access.restore", f"{subject.kind}:{subject.name}",
                  {"revocation": rev.id, "reason": rev.reason, "note": note[:500],
                   "principals": principals, "still_revoked_by": [r.id for r in remaining],
-                  "dry_run": iam.dry_run})
-    return _view(session, rev, subject, principals, iam.dry_run)
+                  "dry_run": dry_run})
+    return Lift(_view(session, rev, subject, principals, dry_run), subject.name, principals)
 
 
-def restore_manual(session: Session, clock: Clock, iam: IamAccess, actor: Actor,
-                   ref: directory.SubjectRef, note: str) -> list[RevocationView]:
-    """An admin lifts every active revocation of the subject."""
-    if not directory.has_role(session, actor, "admin"):
-        raise Denied("only admins restore access directly; ask for it back with "
-                               "the Request restore button on the revocation message")
+@dataclass(frozen=True)
+class RestorePlan:
+    """An admin's restore: the revocations to lift, and the denies to delete first."""
+
+    subject_name: str
+    revocation_ids: tuple[int, ...]
+    clear: tuple[str, ...]  # principals whose deny comes off
+    deny: DenyPlan  # to put back what was deleted when IAM refuses part of the restore
+
+
+def plan_manual_restore(session: Session, actor: Actor, ref: directory.SubjectRef) -> RestorePlan:
+    """An admin lifts every active revocation of the subject (authorized here)."""
+    directory.authorize(session, actor, "admin", "restore")
     subject = directory.get(session, ref)
     revs = active(session, subject.id)
     if not revs:
         raise BadInput(f"{subject.name} is not revoked")
-    for rev in revs:
-        hold_off(session, clock, actor, rev)
-    return [lift(session, clock, iam, actor, rev, note) for rev in revs]
+    return RestorePlan(subject.name, tuple(r.id for r in revs), tuple(principals_to_clear(session, subject)),
+                       plan_deny(session, subject))
+
+
+def record_manual_restore(session: Session, clock: Clock, actor: Actor, plan: RestorePlan, note: str,
+                          dry_run: bool = False) -> list[Lift]:
+    """After the denies are gone: mark the planned revocations restored (those still active)."""
+    lifts = []
+    for rev_id in plan.revocation_ids:
+        rev = session.get(Revocation, rev_id)
+        if rev is not None and rev.state == "active":
+            hold_off(session, clock, actor, rev)
+            lifts.append(mark_lifted(session, clock, actor, rev, note, dry_run))
+    return lifts
 
 
 def hold_off(session: Session, clock: Clock, actor: Actor, rev: Revocation,

@@ -1,8 +1,9 @@
 """Backstops: the CloudWatch alarm or AWS Budget that backs up a limit (defence in depth).
 
-`sync_backstops` makes AWS match one limit, idempotently: it puts the alarm/budget the limit can
-have and deletes any of that limit's that it should no longer have. `remove_backstops` deletes them
-when the limit goes. The bot's own minute-by-minute evaluation stays the enforcement; these only
+`plan_backstop` (database) → `apply_backstop` (AWS, no session) → `record_backstop` (audit)
+makes AWS match one limit, idempotently: it puts the alarm/budget the limit can have and
+deletes any of that limit's that it should no longer have. `apply_removal` deletes them when
+the limit goes. The bot's own minute-by-minute evaluation stays the enforcement; these only
 notify ``BOT_ALARM_TOPIC_ARN`` (see docs/alarms-and-budgets.md for what each limit gets).
 
 Names encode the limit id (``bedrock-bot-limit-<id>``), so a notification maps back to its limit.
@@ -10,7 +11,8 @@ Names encode the limit id (``bedrock-bot-limit-<id>``), so a notification maps b
 AWS failures do not fail the caller by default: a limit is still set when CloudWatch or Budgets
 refuses, the failure is in `BackstopResult.errors` and the audit row has outcome ``error``. Pass
 ``strict=True`` to raise the `AwsError` instead (the caller's transaction then rolls back).
-Functions take a Session and flush only (the audit row); AWS calls are made as they go.
+Planning and recording take a Session and flush only; applying takes no session, so no
+database lock is held while CloudWatch or Budgets answer.
 """
 
 from __future__ import annotations
@@ -92,16 +94,27 @@ def cost_tags(session: Session, subject: Subject, profiles: list[Profile]) -> li
     return sorted(pairs)
 
 
-def sync_backstops(session: Session, clock: Clock, limit: Limit, alarms: Alarms, budgets: Budgets | None,
-                topic_arn: str | None, account_id: str, *, actor: str = ACTOR, strict: bool = False,
-                audit_unchanged: bool = True) -> BackstopResult:
-    """Make the limit's alarm/budget in AWS match `limit`; audited as ``backstops.sync`` (with
-    ``audit_unchanged=False`` only when something changed or failed). An alarm already right is
-    not rewritten; a budget is rewritten only where it differs."""
+@dataclass(frozen=True)
+class BackstopPlan:
+    """What AWS should hold for one limit, read in a transaction and applied after it."""
+
+    limit_id: int
+    target: str  # audit target: the subject, or limit:<id> when it is gone
+    metric: str
+    window: str
+    is_cost: bool
+    want_alarms: list[dict[str, Any]]
+    want_budget: dict[str, Any] | None
+    notes: list[str]
+    remove: bool = False  # the limit's subject is gone: delete whatever it has
+
+
+def plan_backstop(session: Session, limit: Limit, topic_arn: str | None, account_id: str,
+                  budgets_enabled: bool) -> BackstopPlan:
     subject = session.get(Subject, limit.subject_id)
     if subject is None:  # the limit's subject is gone: nothing to guard
-        return remove_backstops(session, clock, limit.id, alarms, budgets, actor=actor, strict=strict)
-    run = _Run(strict)
+        return BackstopPlan(limit.id, f"limit:{limit.id}", limit.metric, limit.window, False, [], None, [],
+                            remove=True)
     notes: list[str] = []
     want_alarms: list[dict[str, Any]] = []
     want_budget: dict[str, Any] | None = None
@@ -113,7 +126,7 @@ def sync_backstops(session: Session, clock: Clock, limit: Limit, alarms: Alarms,
     else:
         profiles = backstopped_profiles(session, subject)
         if is_cost:
-            if budgets is None:
+            if not budgets_enabled:
                 notes.append(NO_BUDGETS)
             else:
                 want_budget, budget_notes = plan_budget(
@@ -125,12 +138,22 @@ def sync_backstops(session: Session, clock: Clock, limit: Limit, alarms: Alarms,
                                             limit.amount, limit.window, topic_arn, subject=subject.name)
             if note:
                 notes.append(note)
+    return BackstopPlan(limit.id, f"{subject.kind}:{subject.name}", limit.metric, limit.window, is_cost,
+                        want_alarms, want_budget, notes)
 
+
+def apply_backstop(plan: BackstopPlan, alarms: Alarms, budgets: Budgets | None,
+                   strict: bool = False) -> BackstopResult:
+    """Make AWS match the plan (no session): an alarm already right is not rewritten; a
+    budget is rewritten only where it differs."""
+    if plan.remove:
+        return apply_removal(plan.limit_id, alarms, budgets, strict)
+    run = _Run(strict)
     deleted: list[str] = []
     changes: dict[str, str] = {}  # name -> created | updated | deleted
-    present = run.attempt(partial(alarms.for_limit, limit.id))
+    present = run.attempt(partial(alarms.for_limit, plan.limit_id))
     kept_alarms: list[str] = []
-    for spec in want_alarms:
+    for spec in plan.want_alarms:
         name = spec["AlarmName"]
         current = (present or {}).get(name)
         if current is not None and alarm_matches(current, spec):
@@ -141,7 +164,7 @@ def sync_backstops(session: Session, clock: Clock, limit: Limit, alarms: Alarms,
         elif current is not None:  # the put failed: the old one is still there
             kept_alarms.append(name)
     if present is not None:
-        wanted_names = {spec["AlarmName"] for spec in want_alarms}
+        wanted_names = {spec["AlarmName"] for spec in plan.want_alarms}
         stale = sorted(n for n in present if n not in wanted_names)
         if stale and _done(run, partial(alarms.delete, stale)):
             deleted.extend(stale)
@@ -149,31 +172,48 @@ def sync_backstops(session: Session, clock: Clock, limit: Limit, alarms: Alarms,
             kept_alarms.extend(stale)
 
     budget: str | None = None
-    if budgets is not None and is_cost:
-        name = budget_name(limit.id)
-        if want_budget is not None:
-            change = run.attempt(partial(budgets.put, want_budget))
+    if budgets is not None and plan.is_cost:
+        name = budget_name(plan.limit_id)
+        if plan.want_budget is not None:
+            change = run.attempt(partial(budgets.put, plan.want_budget))
             budget = name if change is not None else None
             if change in ("created", "updated"):
                 changes[name] = change
         elif run.attempt(partial(budgets.delete, name)):
             deleted.append(name)
     changes.update((n, "deleted") for n in deleted)
+    return BackstopResult(sorted(kept_alarms), budget, list(plan.notes), sorted(deleted), list(run.errors),
+                          changes=dict(sorted(changes.items())))
 
-    result = BackstopResult(sorted(kept_alarms), budget, notes, sorted(deleted), list(run.errors),
-                         changes=dict(sorted(changes.items())))
-    if audit_unchanged or result.changes or result.errors:
-        audit.record(session, clock, actor, "backstops.sync", f"{subject.kind}:{subject.name}",
-                     {"limit_id": limit.id, "metric": limit.metric, "window": limit.window,
-                      "alarms": result.alarms, "budget": budget, "changes": result.changes,
-                      "notes": notes, "errors": result.errors},
+
+def record_backstop(session: Session, clock: Clock, actor: str, plan: BackstopPlan, result: BackstopResult,
+                    audit_unchanged: bool = True) -> None:
+    """Audit what the sync did (``backstops.sync``; with ``audit_unchanged=False`` only when
+    something changed or failed)."""
+    if plan.remove:
+        record_removal(session, clock, actor, plan.limit_id, result)
+    elif audit_unchanged or result.changes or result.errors:
+        audit.record(session, clock, actor, "backstops.sync", plan.target,
+                     {"limit_id": plan.limit_id, "metric": plan.metric, "window": plan.window,
+                      "alarms": result.alarms, "budget": result.budget, "changes": result.changes,
+                      "notes": result.notes, "errors": result.errors},
                      outcome="ok" if result.ok else "error")
+
+
+def sync_backstops(session: Session, clock: Clock, limit: Limit, alarms: Alarms, budgets: Budgets | None,
+                   topic_arn: str | None, account_id: str, *, actor: str = ACTOR, strict: bool = False,
+                   audit_unchanged: bool = True) -> BackstopResult:
+    """Plan, apply and record in the caller's transaction (the hourly sweep, tests). A flow
+    that must not hold a transaction across AWS uses the three steps itself."""
+    plan = plan_backstop(session, limit, topic_arn, account_id, budgets is not None)
+    result = apply_backstop(plan, alarms, budgets, strict)
+    record_backstop(session, clock, actor, plan, result, audit_unchanged)
     return result
 
 
-def remove_backstops(session: Session, clock: Clock, limit_id: int, alarms: Alarms, budgets: Budgets | None,
-                  *, actor: str = ACTOR, target: str | None = None, strict: bool = False) -> BackstopResult:
-    """Delete every alarm and the budget of limit `limit_id` (call it when the limit is removed)."""
+def apply_removal(limit_id: int, alarms: Alarms, budgets: Budgets | None,
+                  strict: bool = False) -> BackstopResult:
+    """Delete every alarm and the budget of limit `limit_id` (no session)."""
     run = _Run(strict)
     deleted: list[str] = []
     left: list[str] = []
@@ -191,11 +231,23 @@ def remove_backstops(session: Session, clock: Clock, limit_id: int, alarms: Alar
             deleted.append(name)
         elif gone is None:  # failed: it may still be there
             budget = name
-    result = BackstopResult(sorted(left), budget, [], sorted(deleted), list(run.errors),
-                         changes={n: "deleted" for n in sorted(deleted)})
+    return BackstopResult(sorted(left), budget, [], sorted(deleted), list(run.errors),
+                          changes={n: "deleted" for n in sorted(deleted)})
+
+
+def record_removal(session: Session, clock: Clock, actor: str, limit_id: int, result: BackstopResult,
+                   target: str | None = None) -> None:
     audit.record(session, clock, actor, "backstops.remove", target or f"limit:{limit_id}",
                  {"limit_id": limit_id, "deleted": result.deleted, "errors": result.errors},
                  outcome="ok" if result.ok else "error")
+
+
+def remove_backstops(session: Session, clock: Clock, limit_id: int, alarms: Alarms,
+                     budgets: Budgets | None, *, actor: str = ACTOR, target: str | None = None,
+                     strict: bool = False) -> BackstopResult:
+    """Delete and record in the caller's transaction (tests; flows use the two steps)."""
+    result = apply_removal(limit_id, alarms, budgets, strict)
+    record_removal(session, clock, actor, limit_id, result, target)
     return result
 
 

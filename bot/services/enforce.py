@@ -18,12 +18,10 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from bot.aws.access import IamAccess
 from bot.clock import Clock
-from bot.errors import AwsError
 from bot.models import AlertMark, Limit, LimitException, Revocation, Subject
 from bot.quantities import Window
-from bot.services import access, audit, directory
+from bot.services import access, directory
 from bot.services.access import RevocationView
 from bot.services.directory import Actor, SubjectInfo
 from bot.services.usage import LimitStatus, limit_status
@@ -48,6 +46,32 @@ class Breach:
     revocation: RevocationView
 
 
+@dataclass(frozen=True)
+class BreachPlan:
+    """A limit over 100% with no revocation yet: the flow revokes after the evaluation commits."""
+
+    status: LimitStatus
+    subject_id: int
+    note: str
+
+
+@dataclass(frozen=True)
+class LiftPlan:
+    revocation_id: int
+    why: str
+
+
+@dataclass
+class Evaluation:
+    """One pass over every limit, in one transaction: warnings marked, what to do next."""
+
+    checked: int = 0
+    warnings: list[Warning] = field(default_factory=list)
+    breaches: list[BreachPlan] = field(default_factory=list)
+    lifts: list[LiftPlan] = field(default_factory=list)
+    suspended: list[LimitStatus] = field(default_factory=list)
+
+
 @dataclass
 class EnforceResult:
     checked: int = 0
@@ -59,31 +83,22 @@ class EnforceResult:
     errors: list[str] = field(default_factory=list)
 
 
-def enforce(session: Session, clock: Clock, iam: IamAccess, tz: ZoneInfo,
-            week_start: int) -> EnforceResult:
-    result = EnforceResult()
+def evaluate(session: Session, clock: Clock, tz: ZoneInfo, week_start: int) -> Evaluation:
+    """Database only: no AWS call is made while this transaction is open."""
+    ev = Evaluation()
     now = clock()
-    result.restored = _lift_finished(session, clock, iam, now, tz, week_start)
-    result.reasserted = access.reassert(session, clock, iam)
+    ev.lifts = _finished(session, now, tz, week_start)
     limits = session.execute(select(Limit, Subject).join(Subject, Subject.id == Limit.subject_id)
                              .order_by(Limit.id)).all()
     for limit, subject in limits:
-        result.checked += 1
-        # One limit failing (an AWS error while revoking) must not stop the others: each
-        # check runs in a savepoint, and the failure is audited and retried next run.
-        try:
-            with session.begin_nested():
-                status = limit_status(session, limit, subject, now, tz, week_start)
-                _check(session, clock, iam, limit, subject, status, result)
-        except AwsError as exc:
-            result.errors.append(f"{subject.name}: {exc}")
-            audit.record(session, clock, ACTOR.label, "enforce.limit", f"{subject.kind}:{subject.name}",
-                         {"limit": limit.id, "error": str(exc)[:300]}, outcome="error")
-    return result
+        ev.checked += 1
+        status = limit_status(session, limit, subject, now, tz, week_start)
+        _check(session, clock, limit, subject, status, ev)
+    return ev
 
 
-def _check(session: Session, clock: Clock, iam: IamAccess, limit: Limit, subject: Subject,
-           status: LimitStatus, result: EnforceResult) -> None:
+def _check(session: Session, clock: Clock, limit: Limit, subject: Subject, status: LimitStatus,
+           ev: Evaluation) -> None:
     key = ROLLING_KEY if Window(limit.window).rolling else status.window_start
     pct = status.percent
     users = tuple(access.affected_users(session, subject))
@@ -91,23 +106,27 @@ def _check(session: Session, clock: Clock, iam: IamAccess, limit: Limit, subject
     # from 10% to 300% says "revoked" once, not "80%", "90%" and "revoked".
     crossed = [t for t in sorted(limit.warn) if pct >= t and _mark(session, clock, limit.id, key, t)]
     if crossed and (pct < 100 or limit.action == "notify"):
-        result.warnings.append(Warning(status, crossed[-1], directory.info(subject), users))
+        ev.warnings.append(Warning(status, crossed[-1], directory.info(subject), users))
     if pct < 100:
         if key == ROLLING_KEY:
             _rearm(session, limit.id, pct)
         return
     if limit.action == "notify" or suspended(session, limit.id, clock()):
         if limit.action != "notify":
-            result.suspended.append(status)
+            ev.suspended.append(status)
         if _mark(session, clock, limit.id, key, 100) and limit.action == "notify":
-            result.warnings[-1:] = [w for w in result.warnings[-1:] if w.status.limit_id != limit.id]
-            result.warnings.append(Warning(status, 100, directory.info(subject), users))
+            ev.warnings[-1:] = [w for w in ev.warnings[-1:] if w.status.limit_id != limit.id]
+            ev.warnings.append(Warning(status, 100, directory.info(subject), users))
         return
-    if _limit_revocation(session, limit.id) is None:
-        rev = access.revoke(session, clock, iam, ACTOR, subject, "limit",
-                            _breach_note(status), limit.id, (status.window_start, status.window_end))
+    if limit_revocation(session, limit.id) is None:
         _mark(session, clock, limit.id, key, 100)
-        result.breaches.append(Breach(status, rev))
+        ev.breaches.append(BreachPlan(status, subject.id, _breach_note(status)))
+
+
+def still_breached(session: Session, clock: Clock, limit_id: int) -> bool:
+    """Asked again right before a breach is recorded: still no revocation, no exception."""
+    return (session.get(Limit, limit_id) is not None and limit_revocation(session, limit_id) is None
+            and not suspended(session, limit_id, clock()))
 
 
 def _breach_note(s: LimitStatus) -> str:
@@ -144,15 +163,14 @@ def suspended(session: Session, limit_id: int, now: datetime) -> bool:
 LIMIT_REASONS = ("limit", "alarm", "budget")  # revocations that belong to a limit's window
 
 
-def _limit_revocation(session: Session, limit_id: int) -> Revocation | None:
+def limit_revocation(session: Session, limit_id: int) -> Revocation | None:
     return session.scalar(select(Revocation).where(
         Revocation.limit_id == limit_id, Revocation.reason.in_(LIMIT_REASONS),
         Revocation.state == "active").limit(1))
 
 
-def _lift_finished(session: Session, clock: Clock, iam: IamAccess, now: datetime, tz: ZoneInfo,
-                   week_start: int) -> list[RevocationView]:
-    lifted = []
+def _finished(session: Session, now: datetime, tz: ZoneInfo, week_start: int) -> list[LiftPlan]:
+    lifts = []
     revs = session.scalars(select(Revocation).where(
         Revocation.reason.in_(LIMIT_REASONS), Revocation.state == "active").order_by(Revocation.id)).all()
     for rev in revs:
@@ -161,7 +179,7 @@ def _lift_finished(session: Session, clock: Clock, iam: IamAccess, now: datetime
         if subject is None:
             continue
         if limit is None:
-            lifted.append(access.lift(session, clock, iam, ACTOR, rev, "limit removed"))
+            lifts.append(LiftPlan(rev.id, "limit removed"))
             continue
         status = limit_status(session, limit, subject, now, tz, week_start)
         # An alarm's or budget's verdict stands until its window is over: our own estimate
@@ -169,5 +187,5 @@ def _lift_finished(session: Session, clock: Clock, iam: IamAccess, now: datetime
         held = rev.reason != "limit" and rev.window_end is not None and rev.window_end > now
         if status.used < status.amount and not held:
             why = "new window" if rev.window_end and rev.window_end <= now else "under the limit"
-            lifted.append(access.lift(session, clock, iam, ACTOR, rev, why))
-    return lifted
+            lifts.append(LiftPlan(rev.id, why))
+    return lifts

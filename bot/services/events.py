@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -17,7 +18,6 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
-from bot.aws.access import IamAccess
 from bot.aws.alarms import parse_alarm_name
 from bot.aws.budgets import parse_budget_name
 from bot.aws.notifications import AlarmEvent, BudgetEvent, UnrecognisedMessage, parse_any
@@ -27,7 +27,7 @@ from bot.models import Limit, Revocation, SnsMessage, Subject
 from bot.quantities import Window
 from bot.services import access, audit
 from bot.services.access import RevocationView
-from bot.services.directory import Actor, SubjectInfo, info
+from bot.services.directory import SubjectInfo, info
 from bot.services.enforce import suspended
 from bot.services.usage import LimitStatus, limit_status
 
@@ -64,62 +64,78 @@ def claim(session: Session, clock: Clock, env: SnsEnvelope) -> bool:
     return session.execute(stmt.returning(SnsMessage.message_id)).first() is not None
 
 
-def receive(session: Session, clock: Clock, env: SnsEnvelope, iam: IamAccess, confirm: Confirm,
-            tz: ZoneInfo, week_start: int) -> EventOutcome:
-    if not claim(session, clock, env):
-        return EventOutcome("duplicate", env.message_id, env.topic_arn)
-    actor = Actor(f"sns:{env.topic_arn}")
+@dataclass(frozen=True)
+class RevokePlan:
+    """An alarm or budget of a revoking limit fired: the flow revokes after this commits."""
+
+    limit_id: int
+    subject_id: int
+    reason: str  # alarm | budget
+    note: str
+    window: tuple[datetime, datetime]
+
+
+def decide(session: Session, clock: Clock, env: SnsEnvelope, tz: ZoneInfo,
+           week_start: int) -> tuple[EventOutcome, RevokePlan | None]:
+    """What a claimed message means, database only (confirmation and revocation are AWS
+    calls the flow makes after this transaction)."""
     if env.type == "SubscriptionConfirmation":
-        confirm(env.topic_arn, env.token or "")
-        result = EventOutcome("confirmed", env.message_id, env.topic_arn)
-    elif env.type == "UnsubscribeConfirmation":
-        result = EventOutcome("unsubscribed", env.message_id, env.topic_arn)
-    else:
-        result = _notification(session, clock, env, iam, actor, tz, week_start)
-    _finish(session, clock, env, result, actor)
-    return result
+        return EventOutcome("confirmed", env.message_id, env.topic_arn), None
+    if env.type == "UnsubscribeConfirmation":
+        return EventOutcome("unsubscribed", env.message_id, env.topic_arn), None
+    return _notification(session, clock, env, tz, week_start)
 
 
-def _finish(session: Session, clock: Clock, env: SnsEnvelope, result: EventOutcome, actor: Actor) -> None:
+def finish(session: Session, clock: Clock, env: SnsEnvelope, result: EventOutcome) -> None:
     row = session.get(SnsMessage, env.message_id)
     assert row is not None
     row.outcome, row.processed_at = result.outcome, clock()
     name = getattr(result.event, "name", None) or getattr(result.event, "budget_name", None)
-    audit.record(session, clock, actor.label, f"sns.{result.outcome}", env.topic_arn,
+    audit.record(session, clock, f"sns:{env.topic_arn}", f"sns.{result.outcome}", env.topic_arn,
                  {"message_id": env.message_id, "type": env.type, "name": name,
                   "subject": result.subject.name if result.subject else None})
 
 
-def _notification(session: Session, clock: Clock, env: SnsEnvelope, iam: IamAccess, actor: Actor,
-                  tz: ZoneInfo, week_start: int) -> EventOutcome:
+def unclaim(session: Session, message_id: str) -> None:
+    """Acting failed: forget the message so SNS's (or SQS's) next delivery is acted on."""
+    row = session.get(SnsMessage, message_id)
+    if row is not None:
+        session.delete(row)
+
+
+def _notification(session: Session, clock: Clock, env: SnsEnvelope, tz: ZoneInfo,
+                  week_start: int) -> tuple[EventOutcome, RevokePlan | None]:
     try:
         event = parse_any(env.message)
     except UnrecognisedMessage:
-        return EventOutcome("unrecognised", env.message_id, env.topic_arn, raw=env.message[:2000])
+        return EventOutcome("unrecognised", env.message_id, env.topic_arn, raw=env.message[:2000]), None
     name = event.name if isinstance(event, AlarmEvent) else event.budget_name
     limit_id = limit_id_from_name(name)
     limit = session.get(Limit, limit_id) if limit_id else None
     subject = session.get(Subject, limit.subject_id) if limit else None
     if limit is None or subject is None:
-        return EventOutcome("posted", env.message_id, env.topic_arn, event)
+        return EventOutcome("posted", env.message_id, env.topic_arn, event), None
     status = limit_status(session, limit, subject, clock(), tz, week_start)
     base = EventOutcome("posted", env.message_id, env.topic_arn, event, info(subject), status,
                         users=tuple(access.affected_users(session, subject)))
     if not _breached(event):
         base.outcome = "recovered" if isinstance(event, AlarmEvent) and event.state == "OK" else "warned"
-        return base
-    # An approved exception ("Approve for 24h") holds against alarms and budgets too.
-    if limit.action == "notify" or _already_revoked(session, limit.id) or \
-            suspended(session, limit.id, clock()):
+        return base, None
+    if not should_revoke(session, clock, limit):
         base.outcome = "warned"
-        return base
+        return base, None
     reason = "alarm" if isinstance(event, AlarmEvent) else "budget"
     window = Window(limit.window)
     end = clock() + window.length if window.length else status.window_end  # rolling: a full window
-    base.revocation = access.revoke(session, clock, iam, actor, subject, reason,
-                                    f"{reason} {name}", limit.id, (status.window_start, end))
     base.outcome = "revoked"
-    return base
+    return base, RevokePlan(limit.id, subject.id, reason, f"{reason} {name}", (status.window_start, end))
+
+
+def should_revoke(session: Session, clock: Clock, limit: Limit) -> bool:
+    """A revoking limit, not revoked yet, with no approved exception ("Approve for 24h"
+    holds against alarms and budgets too). Asked again when the revocation is recorded."""
+    return (limit.action != "notify" and not _already_revoked(session, limit.id)
+            and not suspended(session, limit.id, clock()))
 
 
 def _breached(event: AlarmEvent | BudgetEvent) -> bool:

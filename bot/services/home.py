@@ -12,9 +12,10 @@ from bot.services.directory import Actor, SubjectRef
 from bot.services.restore_requests import RequestView, pending_for
 from bot.services.usage import UsageReport
 
+HomeData = tuple[UsageReport | None, list[UsageReport], list[RequestView], int | None]
 
-def load(session: Session, clock: Clock, tz: ZoneInfo, week_start: int, actor: Actor
-         ) -> tuple[UsageReport | None, list[UsageReport], list[RequestView], int | None]:
+
+def load(session: Session, clock: Clock, tz: ZoneInfo, week_start: int, actor: Actor) -> HomeData:
     """The App Home's data: own usage today / this week / this month, limits, status."""
     me = directory.find(session, SubjectRef(slack_user_id=actor.slack_user_id))
     if me is None:

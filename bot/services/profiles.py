@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -52,21 +53,38 @@ def _unique_name(session: Session, subject: str, model: str) -> str:
     return name
 
 
-def provision(session: Session, clock: Clock, backend: ProfilesBackend, region: str,
-              actor: Actor, ref: SubjectRef, model: str, extra_tags: dict[str, str]) -> ProfileView:
-    """Create a tagged AIP for the subject and record it (admin only)."""
+@dataclass(frozen=True)
+class ProvisionPlan:
+    name: str
+    source: str
+    tags: dict[str, str]
+    token: str  # same subject + name + source → same token: a retried create returns the same AIP
+
+
+def plan_provision(session: Session, clock: Clock, backend: ProfilesBackend, region: str, actor: Actor,
+                   ref: SubjectRef, model: str, extra_tags: dict[str, str]) -> ProvisionPlan:
+    """Authorize and work out the AIP to create (admin only). The caller rolls this
+    transaction back: the subject is created only once the AIP exists."""
     directory.authorize(session, actor, "admin", "provision")
     subject = directory.ensure(session, clock, actor, ref)
     source = resolve_model_source(model, region, backend.account_id())
     tags = managed_tags(subject.kind, subject.name, extra_tags)
     name = _unique_name(session, subject.name, model)
-    # Same subject + name → same token: a retried provision returns the same AIP.
     token = hashlib.sha256(f"{subject.name}|{name}|{source}".encode()).hexdigest()[:64]
-    created = backend.create(name, source, tags, DESCRIPTION,
-                             token)
-    profile = _record(session, clock, created, subject, actor.label, managed=True, tags=tags)
+    return ProvisionPlan(name, source, tags, token)
+
+
+def create(backend: ProfilesBackend, plan: ProvisionPlan) -> InferenceProfileInfo:
+    """The AWS call, with no session open."""
+    return backend.create(plan.name, plan.source, plan.tags, DESCRIPTION, plan.token)
+
+
+def record_provisioned(session: Session, clock: Clock, actor: Actor, ref: SubjectRef, plan: ProvisionPlan,
+                       created: InferenceProfileInfo) -> ProfileView:
+    subject = directory.ensure(session, clock, actor, ref)
+    profile = _record(session, clock, created, subject, actor.label, managed=True, tags=plan.tags)
     audit.record(session, clock, actor.label, "profile.provision", f"{subject.kind}:{subject.name}",
-                 {"arn": created.arn, "model": source, "tags": tags})
+                 {"arn": created.arn, "model": plan.source, "tags": plan.tags})
     return view(profile, subject.name)
 
 
@@ -94,23 +112,44 @@ def list_profiles(session: Session, ref: SubjectRef | None) -> list[ProfileView]
     return [view(p, name) for p, name in rows]
 
 
-def adopt_tagged(session: Session, clock: Clock, backend: ProfilesBackend) -> list[ProfileView]:
-    """Bind AIPs made outside the bot and tagged user=/team= to that subject (DESIGN §4)."""
+@dataclass(frozen=True)
+class Tagged:
+    """An AIP the database does not record, with its tags (read from AWS, no session open)."""
+
+    info: InferenceProfileInfo
+    tags: dict[str, str]
+
+
+def find_tagged(backend: ProfilesBackend, known_arns: Collection[str]) -> list[Tagged]:
+    """AIPs made outside the bot and tagged user=/team=: what `adopt` may bind (AWS calls only)."""
+    found = []
+    for info in backend.list_application():
+        if info.arn in known_arns:
+            continue
+        tags = backend.tags_of(info.arn)
+        if tags.get("team") or tags.get("user"):
+            found.append(Tagged(info, tags))
+    return found
+
+
+def adopt(session: Session, clock: Clock, found: Sequence[Tagged]) -> list[ProfileView]:
+    """Bind each found AIP to the subject its tags name (DESIGN §4); one recorded meanwhile,
+    or whose tag is no valid name, is left as it is."""
     known = set(session.scalars(select(Profile.arn)))
     adopted: list[ProfileView] = []
     actor = Actor.system("usage_sync")
-    for info in backend.list_application():
-        if info.arn in known:
+    for item in found:
+        if item.info.arn in known:
             continue
-        tags = backend.tags_of(info.arn)
-        subject = _subject_from_tags(session, clock, actor, tags)
+        subject = _subject_from_tags(session, clock, actor, item.tags)
         if subject is None:
             continue
-        managed = tags.get("managed-by") == "bedrock-bot"
-        profile = _record(session, clock, info, subject, actor.label, managed, tags)
+        managed = item.tags.get("managed-by") == "bedrock-bot"
+        profile = _record(session, clock, item.info, subject, actor.label, managed, item.tags)
         audit.record(session, clock, actor.label, "profile.adopt", f"{subject.kind}:{subject.name}",
-                     {"arn": info.arn, "tags": tags})
+                     {"arn": item.info.arn, "tags": item.tags})
         adopted.append(view(profile, subject.name))
+        known.add(item.info.arn)
     return adopted
 
 

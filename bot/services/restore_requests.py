@@ -13,12 +13,11 @@ from typing import Any
 from sqlalchemy import CursorResult, select, update
 from sqlalchemy.orm import Session
 
-from bot.aws.access import IamAccess
 from bot.clock import Clock
 from bot.errors import BadInput, Denied, NotFound
 from bot.models import RestoreRequest, Revocation, Subject
 from bot.services import access, audit, directory
-from bot.services.access import RevocationView
+from bot.services.access import Lift
 from bot.services.directory import Actor, SubjectInfo, SubjectRef
 
 DECISIONS = {"approve": "approved", "approve_24h": "approved", "deny": "denied"}
@@ -48,7 +47,7 @@ class RequestView:
 @dataclass(frozen=True)
 class Decision:
     request: RequestView
-    restored: list[RevocationView]
+    lifts: list[Lift]  # revocations marked restored; their denies come off after the commit
     changed: bool  # False: someone else decided first, or it had expired
 
 
@@ -141,8 +140,10 @@ def record_message(session: Session, request_id: int, channel: str, ts: str) -> 
                     .values(channel=channel, ts=ts))
 
 
-def decide(session: Session, clock: Clock, iam: IamAccess, actor: Actor, request_id: int,
-           decision: str, note: str = "") -> Decision:
+def decide(session: Session, clock: Clock, actor: Actor, request_id: int, decision: str,
+           note: str = "", dry_run: bool = False) -> Decision:
+    """Decide once: the conditional UPDATE lets exactly one click win. An approval marks the
+    revocation restored here; the flow deletes the deny after this commits."""
     if decision not in DECISIONS:
         raise BadInput(f"unknown decision {decision!r}")
     check_decider(session, actor, request_id)
@@ -159,22 +160,22 @@ def decide(session: Session, clock: Clock, iam: IamAccess, actor: Actor, request
     session.refresh(req)
     if result.rowcount != 1:
         return Decision(_view(session, req), [], changed=False)
-    restored = _apply(session, clock, iam, actor, req, decision) if decision != "deny" else []
+    lifts = _apply(session, clock, actor, req, decision, dry_run) if decision != "deny" else []
     audit.record(session, clock, actor.label, f"request.{decision}", f"request:{req.id}",
                  {"revocation": req.revocation_id, "requester": req.requester, "note": req.decision_note,
-                  "restored": [r.id for r in restored]})
-    return Decision(_view(session, req, decision), restored, changed=True)
+                  "restored": [x.view.id for x in lifts]})
+    return Decision(_view(session, req, decision), lifts, changed=True)
 
 
-def _apply(session: Session, clock: Clock, iam: IamAccess, actor: Actor, req: RestoreRequest,
-           decision: str) -> list[RevocationView]:
+def _apply(session: Session, clock: Clock, actor: Actor, req: RestoreRequest, decision: str,
+           dry_run: bool) -> list[Lift]:
     rev = session.get(Revocation, req.revocation_id)
     assert rev is not None
     if rev.state != "active":
         return []
     until = clock() + timedelta(hours=EXCEPTION_HOURS) if decision == "approve_24h" else None
     access.hold_off(session, clock, actor, rev, until=until, request_id=req.id)
-    return [access.lift(session, clock, iam, actor, rev, f"request {req.id} approved")]
+    return [access.mark_lifted(session, clock, actor, rev, f"request {req.id} approved", dry_run)]
 
 
 def expire(session: Session, clock: Clock) -> list[RequestView]:

@@ -28,47 +28,6 @@ MENTION = re.compile(r"^<@([UW][A-Z0-9]{2,20})(?:\|([^>]{0,80}))?>\Z")
 PLAIN_NAME = re.compile(r"^@?([A-Za-z0-9][A-Za-z0-9._-]{0,63})\Z")
 PERIODS = ("today", "yesterday", "week", "month", "7d", "30d")
 
-USAGE: dict[str, str] = {
-    "help": "/bedrock help [subcommand]",
-    "usage": "/bedrock usage [@user|team] [today|yesterday|week|month|7d|30d]",
-    "limit": "/bedrock limit <subject> <amount>/<window> [input|output|requests] "
-             "[warn=80,90] [action=revoke|notify] [alarm=on|off]",
-    "limits": "/bedrock limits [subject]",
-    "unlimit": "/bedrock unlimit <subject> [window] [metric]",
-    "provision": "/bedrock provision <subject> <model> [key=value …]",
-    "profiles": "/bedrock profiles [subject]",
-    "link": "/bedrock link @user <iam-user-or-role-arn>",
-    "team": "/bedrock team <team-name> add|remove @user …",
-    "meter": "/bedrock meter <metadata-key>=<value> <subject>",
-    "revoke": "/bedrock revoke <subject> [reason]",
-    "restore": "/bedrock restore <subject> [reason]",
-    "audit": "/bedrock audit [subject] [n]",
-    "admins": "/bedrock admins [add|remove @user [owner|admin|approver]]",
-    "digest": "/bedrock digest",
-}
-
-HELP_TEXT: dict[str, str] = {
-    "help": "Show this help, or the details of one subcommand.",
-    "usage": "Tokens in/out, estimated cost, each limit as a bar, forecast and status. "
-             "Anyone for themselves and their teams; admins for everyone.",
-    "limit": "Set or change a limit (admin). Amounts: 5M, 500k, 1.5B, $200. Windows: day, "
-             "week, month (calendar) or 24h, 7d, 30d (rolling).",
-    "limits": "List limits, for one subject or everyone.",
-    "unlimit": "Remove a subject's limit(s) (admin).",
-    "provision": "Create a tagged Application Inference Profile for a user or team (admin). "
-                 "Model: a foundation-model id or ARN, or a system inference-profile id.",
-    "profiles": "List inference profiles and the ARN to call them with.",
-    "link": "Bind an IAM user or role to a user, so revocation and log metering reach it (admin).",
-    "team": "Add or remove team members (admin); the team is created when first named.",
-    "meter": "Attribute a requestMetadata value in invocation logs to a subject (admin).",
-    "revoke": "Deny a subject access to Bedrock now (admin).",
-    "restore": "Give access back (admin), or ask for it back (anyone else).",
-    "audit": "Recent audit events (admin).",
-    "admins": "List admins, or add/remove one (owner).",
-    "digest": "Post the daily digest now (admin).",
-}
-
-
 @dataclass(frozen=True)
 class Command:
     name: str
@@ -142,7 +101,8 @@ class Admins(Command):
 
 
 def _bad(name: str, reason: str) -> BadInput:
-    return BadInput(reason, USAGE.get(name, USAGE["help"]))
+    """The registry adds the subcommand's usage line to a refusal that has none."""
+    return BadInput(reason)
 
 
 def parse_subject(token: str, name: str) -> SubjectRef:
@@ -170,26 +130,14 @@ def tokenize(text: str) -> list[str]:
     return html.unescape(text).split() if "&" in text else text.split()
 
 
-def parse(text: str) -> Command:
-    """Parse the text after `/bedrock`. Raises BadInput with a reason and a usage line."""
-    words = tokenize(text)
-    if not words:
-        return Help("help")
-    name, args = words[0].lower(), words[1:]
-    parser = _PARSERS.get(name)
-    if parser is None:
-        raise _bad("help", f"unknown subcommand {words[0][:40]!r}; try `/bedrock help`")
-    return parser(name, args)
+def help_topic(name: str, args: list[str]) -> Command:
+    """The topic is checked against the registry by the registry."""
+    if len(args) > 1:
+        raise _bad(name, f"unexpected {args[1][:40]!r}")
+    return Help(name, args[0].lower() if args else None)
 
 
-def _help(name: str, args: list[str]) -> Command:
-    topic = args[0].lower() if args else None
-    if topic is not None and topic not in USAGE:
-        raise _bad("help", f"no help for {topic[:40]!r}")
-    return Help(name, topic)
-
-
-def _usage(name: str, args: list[str]) -> Command:
+def usage_args(name: str, args: list[str]) -> Command:
     subject, period = None, None
     for tok in args:
         if tok.lower() in PERIODS and period is None:
@@ -201,7 +149,7 @@ def _usage(name: str, args: list[str]) -> Command:
     return UsageQuery(name, subject, period)
 
 
-def _limit(name: str, args: list[str]) -> Command:
+def limit_args(name: str, args: list[str]) -> Command:
     if len(args) < 2:
         raise _bad(name, "a subject and an amount/window are needed, e.g. team-eng 5M/week")
     subject = parse_subject(args[0], name)
@@ -244,13 +192,13 @@ def _limit_metric(name: str, word: str, amount: Amount) -> Metric:
     return metric
 
 
-def _optional_subject(name: str, args: list[str]) -> Command:
+def optional_subject(name: str, args: list[str]) -> Command:
     if len(args) > 1:
         raise _bad(name, f"unexpected {args[1][:40]!r}")
     return SubjectCommand(name, parse_subject(args[0], name) if args else None)
 
 
-def _unlimit(name: str, args: list[str]) -> Command:
+def unlimit_args(name: str, args: list[str]) -> Command:
     if not args:
         raise _bad(name, "which subject?")
     window, metric = None, None
@@ -265,17 +213,17 @@ def _unlimit(name: str, args: list[str]) -> Command:
     return SubjectCommand(name, parse_subject(args[0], name), window=window, metric=metric)
 
 
-def _with_reason(name: str, args: list[str]) -> Command:
+def with_reason(name: str, args: list[str]) -> Command:
     if not args:
         raise _bad(name, "which subject?")
     reason = " ".join(args[1:])[:500]
     return SubjectCommand(name, parse_subject(args[0], name), reason=reason)
 
 
-def _audit(name: str, args: list[str]) -> Command:
+def audit_args(name: str, args: list[str]) -> Command:
     subject, count = None, 20
     for tok in args:
-        if tok.isdigit():
+        if tok.isascii() and tok.isdigit():
             count = int(tok)
             if not 1 <= count <= 100:
                 raise _bad(name, "n must be between 1 and 100")
@@ -286,7 +234,7 @@ def _audit(name: str, args: list[str]) -> Command:
     return SubjectCommand(name, subject, count=count)
 
 
-def _provision(name: str, args: list[str]) -> Command:
+def provision_args(name: str, args: list[str]) -> Command:
     if len(args) < 2:
         raise _bad(name, "a subject and a model are needed")
     tags: dict[str, str] = {}
@@ -298,13 +246,13 @@ def _provision(name: str, args: list[str]) -> Command:
     return Provision(name, parse_subject(args[0], name), args[1], tags)
 
 
-def _link(name: str, args: list[str]) -> Command:
+def link_args(name: str, args: list[str]) -> Command:
     if len(args) != 2:
         raise _bad(name, "a user and one IAM ARN are needed")
     return Link(name, parse_subject(args[0], name), args[1])
 
 
-def _team(name: str, args: list[str]) -> Command:
+def team_args(name: str, args: list[str]) -> Command:
     if len(args) < 3 or args[1].lower() not in ("add", "remove"):
         raise _bad(name, "say which team, add or remove, and who")
     members = tuple(parse_subject(tok, name) for tok in args[2:])
@@ -313,7 +261,7 @@ def _team(name: str, args: list[str]) -> Command:
     return TeamChange(name, args[0].lower(), args[1].lower(), members)
 
 
-def _meter(name: str, args: list[str]) -> Command:
+def meter_args(name: str, args: list[str]) -> Command:
     if len(args) != 2 or "=" not in args[0]:
         raise _bad(name, "a key=value and a subject are needed")
     key, _, value = args[0].partition("=")
@@ -322,7 +270,7 @@ def _meter(name: str, args: list[str]) -> Command:
     return MeterMap(name, key, value, parse_subject(args[1], name))
 
 
-def _admins(name: str, args: list[str]) -> Command:
+def admins_args(name: str, args: list[str]) -> Command:
     if not args:
         return Admins(name)
     op = args[0].lower()
@@ -334,15 +282,7 @@ def _admins(name: str, args: list[str]) -> Command:
     return Admins(name, op, parse_user_mention(args[1], name), role)
 
 
-def _no_args(name: str, args: list[str]) -> Command:
+def no_args(name: str, args: list[str]) -> Command:
     if args:
         raise _bad(name, f"`{name}` takes no arguments")
     return Command(name)
-
-
-_PARSERS = {
-    "help": _help, "usage": _usage, "limit": _limit, "limits": _optional_subject,
-    "unlimit": _unlimit, "provision": _provision, "profiles": _optional_subject, "link": _link,
-    "team": _team, "meter": _meter, "revoke": _with_reason, "restore": _with_reason,
-    "audit": _audit, "admins": _admins, "digest": _no_args,
-}

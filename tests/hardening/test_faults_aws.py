@@ -182,16 +182,17 @@ def test_throttling_exhausted_on_revoke_is_named_in_the_reply(iam_world: World,
 
 def test_a_failed_revoke_converges_once_iam_answers(iam_world: World,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    """Two principals, IAM refuses the user's deny (the role's goes on). Whatever the failed
-    revoke left in the database, IAM and the database agree after the next enforce and
-    reconcile runs once IAM answers: a recorded revocation is enforced on every principal, a
-    deny without one is removed."""
+    """Two principals, IAM refuses the user's deny. The role's deny, written first, is taken
+    off again at once (a person's revoke is all or nothing), so IAM and the database agree
+    right away — and still after the next enforce and reconcile runs once IAM answers."""
     w = iam_world
     w.iam.create_role(RoleName="alice-ci", AssumeRolePolicyDocument="{}")
     w.bot.command(f"link <@{ALICE}|alice> arn:aws:iam::{ACCOUNT}:role/alice-ci")
     faults = inject(w.iam, Faults("PutUserPolicy", lambda: iam_error(*DENIED)), monkeypatch)
     w.bot.command("revoke alice")
-    assert w.iam.list_role_policies(RoleName="alice-ci")["PolicyNames"] == ["bedrock-bot-deny-alice"]
+    assert w.iam.list_role_policies(RoleName="alice-ci")["PolicyNames"] == []
+    with w.db.session_scope() as s:
+        assert s.scalars(select(Revocation.state)).all() == []
     faults.times = 0  # IAM answers again
     enforce.run(w.bot.services)
     reconcile.run(w.bot.services)
@@ -270,7 +271,7 @@ def test_revoke_commit_fails_after_iam_then_reconcile_removes_stale_deny(
         world: World, failing_commit: Callable[..., None]) -> None:
     w = world
     before = snapshot(w.db)
-    failing_commit()
+    failing_commit(skip=1)  # the first commit is the plan, the second records the revocation
     text = reply_text(w.bot.command("revoke alice"))
     assert text.startswith("⚠️") and "Traceback" not in text and "OperationalError" not in text
     assert w.policies() == ["bedrock-bot-deny-alice"]  # IAM has it, the database does not
@@ -290,7 +291,7 @@ def test_restore_commit_fails_after_iam_then_reconcile_puts_deny_back(
     w = world
     w.bot.command("revoke alice")
     assert w.policies() == ["bedrock-bot-deny-alice"]
-    failing_commit(skip=1)  # the first commit is the admin check, the second the restore
+    failing_commit(skip=1)  # the first commit is the plan, the second records the restore
     assert reply_text(w.bot.command("restore alice")).startswith("⚠️")
     assert w.policies() == []  # IAM lifted it, the database still says revoked
     with w.db.session_scope() as s:

@@ -22,7 +22,7 @@ from bot.clock import FixedClock
 from bot.db import Database
 from bot.errors import BadInput
 from bot.models import AuditEvent, SnsMessage
-from bot.slash import grammar as commands
+from bot.slash import registry as commands
 from handlers.sns import SnsEndpoint
 from tests.fakes.sns_signing import make_notification, sign_envelope, write_cert
 from tests.hardening.conftest import ALICE_ARN, assert_chain_intact, audit_events, last_audit_id, snapshot
@@ -41,7 +41,7 @@ JSON_VALUE = st.recursive(JSON_SCALAR, lambda inner: st.one_of(
 
 # ---- the command parser -----------------------------------------------------------------------------
 
-WORDS = [*commands.USAGE, "add", "remove", "alice", "team-eng", "<@U0ALICE1>", "<@U0BOB001|bob>",
+WORDS = [*commands.SUBCOMMANDS, "add", "remove", "alice", "team-eng", "<@U0ALICE1>", "<@U0BOB001|bob>",
          "5M/week", "$200/month", "1.5B/30d", "500k/day", "0/day", "-5M/week", "1e309/week", "warn=",
          "warn=80,90,101", "warn=-1", "action=", "alarm=maybe", "input", "output", "requests", "cost",
          "a=b", "=b", "a=", "&amp;", "&lt;", "&#x0;", "&#0;", "&#xD800;", "<@U1|>", "<@>", "100", "101"]
@@ -61,7 +61,7 @@ def test_command_parser_refuses_with_bad_input_only(text: str) -> None:
         assert exc.reason and "\n" not in exc.reason  # one line
         assert exc.usage and exc.usage.startswith("/bedrock")
         return
-    assert cmd.name in commands.USAGE
+    assert cmd.name in commands.SUBCOMMANDS
 
 
 # ---- the SNS envelope --------------------------------------------------------------------------------

@@ -21,12 +21,16 @@ from sqlalchemy import func, select
 from bot.aws.access import DENY_ACTIONS, IamAccess
 from bot.clock import FixedClock
 from bot.db import Database
+from bot.flows import access as access_flow
+from bot.flows import enforce as enforce_flow
 from bot.models import AlertMark, AuditEvent, Limit, LimitException, Profile, Revocation
 from bot.quantities import Metric, Window, parse_amount
+from bot.runtime import Services
 from bot.services import access, audit, directory, ledger, limits
 from bot.services.directory import Actor, SubjectRef
-from bot.services.enforce import EnforceResult, enforce
+from bot.services.enforce import EnforceResult
 from bot.services.ledger import LedgerRow
+from tests.fakes.services import make_services
 
 ACCOUNT = "123456789012"  # moto's default account
 REGION = "us-east-1"
@@ -62,9 +66,14 @@ class World:
     tz: ZoneInfo = UTC_ZONE
     week_start: int = 0
 
+    @property
+    def services(self) -> Services:
+        week = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
+        return make_services(self.db, self.clock, self.iam, dry_run=self.access.dry_run,
+                             BOT_TIMEZONE=str(self.tz), BOT_WEEK_START=week[self.week_start])
+
     def run(self) -> EnforceResult:
-        with self.db.session_scope() as s:
-            return enforce(s, self.clock, self.access, self.tz, self.week_start)
+        return enforce_flow.run(self.services, announce=False)
 
     def user(self, name: str, slack_id: str, meter_key: str | None = None) -> int | None:
         """An IAM user linked to a user subject; returns the id of its usage meter (if asked)."""
@@ -292,8 +301,7 @@ def test_manual_revocation_survives_rollover_and_keeps_the_policy_until_lifted(d
     meter = w.user("alice", "UALICE01", "aipid0000001")
     assert meter is not None
     w.limit("alice", "1M", Window.DAY)
-    with db.session_scope() as s:
-        manual = access.revoke_manual(s, clock, w.access, ADMIN, SubjectRef(name="alice"), "misuse")
+    manual = access_flow.revoke_manual(w.services, ADMIN, SubjectRef(name="alice"), "misuse")
     assert manual.reason == "manual" and manual.revoked_by == "slack:UADMIN01"
     assert_user_deny(w.policy("alice", "alice"))
 
@@ -322,8 +330,7 @@ def test_manual_revocation_survives_rollover_and_keeps_the_policy_until_lifted(d
     assert r.restored == []
     assert_user_deny(w.policy("alice", "alice"))
 
-    with db.session_scope() as s:
-        views = access.restore_manual(s, clock, w.access, ADMIN, SubjectRef(name="alice"), "sorted out")
+    views = access_flow.restore_manual(w.services, ADMIN, SubjectRef(name="alice"), "sorted out")
     assert [v.id for v in views] == [manual.id]
     assert views[0].principals == (arn_of("alice"),)
     assert w.policy("alice", "alice") is None
@@ -339,14 +346,11 @@ def test_lifting_the_manual_revocation_first_keeps_the_limit_deny(db: Database, 
     assert meter is not None
     w.limit("alice", "1M", Window.DAY)
     w.usage(meter, H0, 2 * M)
-    with db.session_scope() as s:
-        manual = access.revoke_manual(s, clock, w.access, ADMIN, SubjectRef(name="alice"), "")
+    manual = access_flow.revoke_manual(w.services, ADMIN, SubjectRef(name="alice"), "")
     r = w.run()
     assert len(r.breaches) == 1
-    with db.session_scope() as s:
-        rev = s.get(Revocation, manual.id)
-        assert rev is not None
-        view = access.lift(s, clock, w.access, ADMIN, rev, "manual lifted")
+    view = access_flow.lift(w.services, ADMIN, manual.id, "manual lifted")
+    assert view is not None
     assert view.state == "restored" and view.principals == ()
     assert_user_deny(w.policy("alice", "alice"))  # the limit revocation still holds it
 
@@ -615,8 +619,7 @@ def test_admin_restore_while_over_is_not_undone_by_the_next_enforce(db: Database
     limit_id = w.limit("alice", "1M", Window.DAY)
     w.usage(meter, H0, 2 * M)
     assert len(w.run().breaches) == 1
-    with db.session_scope() as s:
-        [view] = access.restore_manual(s, clock, w.access, ADMIN, SubjectRef(name="alice"), "approved")
+    [view] = access_flow.restore_manual(w.services, ADMIN, SubjectRef(name="alice"), "approved")
     assert view.restored_by == "slack:UADMIN01"
     assert w.policies("alice") == []
 

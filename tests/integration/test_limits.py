@@ -23,7 +23,7 @@ from bot.models import AlertMark, AuditEvent, Limit, Subject
 from bot.quantities import Metric, Window, parse_amount
 from bot.services import audit, directory, ledger, limits
 from bot.services.directory import Actor, SubjectRef
-from bot.services.enforce import enforce
+from bot.services.enforce import evaluate
 from bot.services.ledger import LedgerRow
 from bot.services.limits import LimitView
 
@@ -239,7 +239,7 @@ def test_changing_the_amount_rearms_the_alert_marks(world: Database, clock: Fixe
 
     def warnings() -> list[int]:
         with world.session_scope() as s:
-            return [w.threshold for w in enforce(s, clock, iam_access, tz, 0).warnings]
+            return [w.threshold for w in evaluate(s, clock, tz, 0).warnings]
 
     def marks(limit_id: int) -> list[int]:
         with world.session_scope() as s:

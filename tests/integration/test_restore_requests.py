@@ -11,13 +11,15 @@ import pytest
 from moto import mock_aws
 from sqlalchemy import select
 
-from bot.aws.access import IamAccess
 from bot.clock import FixedClock
 from bot.db import Database
 from bot.errors import BadInput, Denied
+from bot.flows import access as access_flow
+from bot.flows import approvals
 from bot.models import AuditEvent, RestoreRequest
-from bot.services import access, audit, directory, restore_requests
+from bot.services import audit, directory, restore_requests
 from bot.services.directory import Actor, SubjectRef
+from tests.fakes.services import make_services
 
 ADMINS = ["UADMIN01", "UADMIN02", "UADMIN03", "UADMIN04"]
 ALICE = SubjectRef(name="alice", slack_user_id="UALICE01")
@@ -28,21 +30,21 @@ def revoked(db: Database, clock: FixedClock) -> Any:
     with mock_aws():
         iam = boto3.client("iam", region_name="us-east-1")
         iam.create_user(UserName="alice")
-        gate = IamAccess(iam)
+        services = make_services(db, clock, iam)
         with db.session_scope() as s:
             directory.bootstrap_admins(s, clock, ADMINS)
             directory.link_principal(s, clock, Actor.slack(ADMINS[0]), ALICE,
                                      "arn:aws:iam::123456789012:user/alice")
-            rev = access.revoke_manual(s, clock, gate, Actor.slack(ADMINS[0]), ALICE, "test")
+        rev = access_flow.revoke_manual(services, Actor.slack(ADMINS[0]), ALICE, "test")
         with db.session_scope() as s:
             req, created = restore_requests.create(s, clock, Actor.slack("UALICE01"), rev.id, "please",
                                            timedelta(hours=72))
         assert created
-        yield gate, iam, req.id
+        yield services, iam, req.id
 
 
 def test_concurrent_decisions_resolve_once(db: Database, clock: FixedClock, revoked: Any) -> None:
-    gate, iam, req_id = revoked
+    services, iam, req_id = revoked
     barrier = threading.Barrier(len(ADMINS))
     results: list[bool] = []
     errors: list[BaseException] = []
@@ -50,9 +52,7 @@ def test_concurrent_decisions_resolve_once(db: Database, clock: FixedClock, revo
     def decide(admin: str) -> None:
         try:
             barrier.wait()
-            with db.session_scope() as s:
-                d = restore_requests.decide(s, clock, gate, Actor.slack(admin), req_id, "approve")
-            results.append(d.changed)
+            results.append(approvals.decide(services, Actor.slack(admin), req_id, "approve") is None)
         except BaseException as exc:
             errors.append(exc)
 
@@ -71,11 +71,10 @@ def test_concurrent_decisions_resolve_once(db: Database, clock: FixedClock, revo
 
 
 def test_expired_request_cannot_be_decided(db: Database, clock: FixedClock, revoked: Any) -> None:
-    gate, _, req_id = revoked
+    services, _, req_id = revoked
     clock.advance(hours=73)
-    with db.session_scope() as s:
-        d = restore_requests.decide(s, clock, gate, Actor.slack(ADMINS[1]), req_id, "approve")
-    assert not d.changed
+    note = approvals.decide(services, Actor.slack(ADMINS[1]), req_id, "approve")
+    assert note is not None and note.startswith("Nothing to do")
     with db.session_scope() as s:
         assert [r.status for r in restore_requests.expire(s, clock)] == ["expired"]
         assert s.scalars(select(RestoreRequest.status)).one() == "expired"

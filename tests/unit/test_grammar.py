@@ -10,10 +10,11 @@ from bot.errors import BadInput
 from bot.quantities import Metric, Window
 from bot.services.directory import SubjectRef
 from bot.slash import grammar as c
+from bot.slash.registry import parse
 
 
 def test_empty_is_help() -> None:
-    assert c.parse("") == c.Help("help")
+    assert parse("") == c.Help("help")
 
 
 @pytest.mark.parametrize("text,subject,period", [
@@ -24,11 +25,11 @@ def test_empty_is_help() -> None:
     ("USAGE 7d @Bob", SubjectRef("bob"), "7d"),
 ])
 def test_usage(text: str, subject: SubjectRef | None, period: str | None) -> None:
-    assert c.parse(text) == c.UsageQuery("usage", subject, period)
+    assert parse(text) == c.UsageQuery("usage", subject, period)
 
 
 def test_limit_full() -> None:
-    cmd = c.parse("limit team-eng 1M/day output warn=50,80 action=notify alarm=off")
+    cmd = parse("limit team-eng 1M/day output warn=50,80 action=notify alarm=off")
     assert isinstance(cmd, c.SetLimit)
     assert cmd.subject == SubjectRef("team-eng") and cmd.amount.value == 1_000_000
     assert cmd.window == Window.DAY and cmd.metric == Metric.OUTPUT
@@ -36,7 +37,7 @@ def test_limit_full() -> None:
 
 
 def test_limit_cost() -> None:
-    cmd = c.parse("limit <@U1AB|alice> $200/month")
+    cmd = parse("limit <@U1AB|alice> $200/month")
     assert isinstance(cmd, c.SetLimit) and cmd.metric == Metric.COST and cmd.amount.is_cost
 
 
@@ -63,14 +64,14 @@ def test_limit_cost() -> None:
 ])
 def test_refusals_carry_a_reason_and_usage(text: str, needle: str) -> None:
     with pytest.raises(BadInput) as err:
-        c.parse(text)
+        parse(text)
     assert needle in str(err.value)
     assert err.value.usage and err.value.usage.startswith("/bedrock")
     assert "\n" not in str(err.value)
 
 
 def test_escaped_entities_are_unescaped() -> None:
-    cmd = c.parse("revoke team-eng too &lt;much&gt; &amp; more")
+    cmd = parse("revoke team-eng too &lt;much&gt; &amp; more")
     assert isinstance(cmd, c.SubjectCommand) and cmd.reason == "too <much> & more"
 
 
@@ -78,6 +79,6 @@ def test_escaped_entities_are_unescaped() -> None:
 @given(st.text(max_size=200))
 def test_parser_never_crashes(text: str) -> None:
     try:
-        c.parse(text)
+        parse(text)
     except BadInput as exc:
         assert exc.usage

@@ -1,0 +1,166 @@
+"""Revoke and restore: plan in the database, change IAM with no transaction open, record.
+
+A person's revoke is all or nothing: when IAM refuses one principal, the denies already
+written are taken off again and the refusal names the AWS error (nothing recorded). An
+automatic revoke (enforce, an alarm) records what took effect and leaves the failed
+principals to the next enforce run (`reassert`), so nothing is let through meanwhile.
+A lift is recorded first and the deny deleted after; a delete that fails leaves a stale
+deny, which reconcile removes (denying too long is the safe side).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from datetime import datetime
+
+from sqlalchemy.orm import Session
+
+from bot.errors import AwsError
+from bot.flows import tell
+from bot.flows.runner import audit_refusal, step
+from bot.models import Revocation, Subject
+from bot.runtime import Services
+from bot.services import access, audit
+from bot.services.access import DenyOutcome, DenyPlan, Lift, RevocationView
+from bot.services.directory import Actor, SubjectRef
+
+log = logging.getLogger(__name__)
+
+
+def revoke_manual(s: Services, actor: Actor, ref: SubjectRef, note: str) -> RevocationView:
+    """`/bedrock revoke`: admin only, strict (every principal denied, or none)."""
+    target = str(ref)
+    plan = step(s.db, s.clock, actor, "access.revoke", target,
+                lambda session: access.plan_deny(session, access.check_manual_revoke(session, actor, ref)))
+    deny = access.apply_deny(s.access, plan)
+    if deny.failed:
+        _undo(s, plan, deny)
+        arn, code = next(iter(deny.failed.items()))
+        more = f" and {len(deny.failed) - 1} more" if len(deny.failed) > 1 else ""
+        error = AwsError("PutUserPolicy" if ":user/" in arn else "PutRolePolicy", code,
+                         f"could not deny {arn}{more}; nothing was changed")
+        audit_refusal(s.db, s.clock, actor, "access.revoke", target, str(error), error.outcome)
+        raise error
+    view = step(s.db, s.clock, actor, "access.revoke", target, lambda session: access.record_revocation(
+        session, s.clock, actor, _subject(session, plan), "manual", note, None, None, deny,
+        s.access.dry_run))
+    tell.revoked(s.notifier, s.settings.bot.alert_channel, view, actor.slack_user_id)
+    return view
+
+
+def _undo(s: Services, plan: DenyPlan, deny: DenyOutcome) -> None:
+    """Take off the denies this attempt wrote, so IAM and the database agree (no row)."""
+    failed = access.remove_deny(s.access, plan.subject_name, deny.changed)
+    if failed:  # reconcile removes a deny no revocation explains
+        log.warning("could not undo a partial revoke of %s: %s", plan.subject_name, failed)
+
+
+def revoke_automatic(s: Services, actor: Actor, subject_id: int, reason: str, note: str,
+                     limit_id: int | None, window: tuple[datetime, datetime] | None,
+                     still_wanted: Callable[[Session], bool]) -> RevocationView | None:
+    """A revocation the bot decided (limit, alarm, budget). `still_wanted` is asked in the
+    planning and in the recording transaction (another replica may have acted meanwhile);
+    None when it no longer holds."""
+    def plan_it(session: Session) -> DenyPlan | None:
+        subject = session.get(Subject, subject_id)
+        return access.plan_deny(session, subject) if subject and still_wanted(session) else None
+
+    plan = step(s.db, s.clock, actor, "access.revoke", f"subject:{subject_id}", plan_it)
+    if plan is None:
+        return None
+    deny = access.apply_deny(s.access, plan)
+
+    def record(session: Session) -> RevocationView | None:
+        if not still_wanted(session):
+            return None
+        return access.record_revocation(session, s.clock, actor, _subject(session, plan), reason, note,
+                                        limit_id, window, deny, s.access.dry_run)
+
+    return step(s.db, s.clock, actor, "access.revoke", f"subject:{subject_id}", record)
+
+
+def lift(s: Services, actor: Actor, revocation_id: int, note: str,
+         before: Callable[[Session, Revocation], None] | None = None) -> RevocationView | None:
+    """Mark one revocation restored (after `before`, in the same transaction), then delete
+    the deny if it was the subject's last. None when it was no longer active."""
+    def mark(session: Session) -> Lift | None:
+        rev = session.get(Revocation, revocation_id)
+        if rev is None or rev.state != "active":
+            return None
+        if before is not None:
+            before(session, rev)
+        return access.mark_lifted(session, s.clock, actor, rev, note, s.access.dry_run)
+
+    done = step(s.db, s.clock, actor, "access.restore", f"revocation:{revocation_id}", mark)
+    if done is None:
+        return None
+    clear(s, actor, [done])
+    return done.view
+
+
+def restore_manual(s: Services, actor: Actor, ref: SubjectRef, note: str) -> list[RevocationView]:
+    plan = step(s.db, s.clock, actor, "access.restore", str(ref),
+                lambda session: access.plan_manual_restore(session, actor, ref))
+    return restore_planned(s, actor, plan, note)
+
+
+def restore_planned(s: Services, actor: Actor, plan: access.RestorePlan, note: str) -> list[RevocationView]:
+    """A person's restore is all or nothing: the denies come off first; when IAM refuses one,
+    those already deleted are put back and the refusal names the AWS error."""
+    target = f"subject:{plan.subject_name}"
+    failed = access.remove_deny(s.access, plan.subject_name, list(plan.clear))
+    if failed:
+        removed = tuple(p for p in plan.clear if p not in failed and p in plan.deny.principals)
+        access.apply_deny(s.access, DenyPlan(plan.deny.subject_id, plan.subject_name, removed,
+                                             plan.deny.resources))
+        arn, code = next(iter(failed.items()))
+        error = AwsError("DeleteUserPolicy" if ":user/" in arn else "DeleteRolePolicy", code,
+                         f"could not remove the deny from {arn}; nothing was changed")
+        audit_refusal(s.db, s.clock, actor, "access.restore", target, str(error), error.outcome)
+        raise error
+    lifts = step(s.db, s.clock, actor, "access.restore", target, lambda session: access.record_manual_restore(
+        session, s.clock, actor, plan, note, s.access.dry_run))
+    views = [x.view for x in lifts]
+    tell.restored(s.notifier, s.settings.bot.alert_channel, views, f"<@{actor.slack_user_id}>", note)
+    return views
+
+
+def finish_restore(s: Services, actor: Actor, lifts: list[Lift], note: str) -> list[RevocationView]:
+    """After the lifts committed: delete the denies, tell the channel and the people."""
+    clear(s, actor, lifts)
+    views = [x.view for x in lifts]
+    tell.restored(s.notifier, s.settings.bot.alert_channel, views, f"<@{actor.slack_user_id}>", note)
+    return views
+
+
+def clear(s: Services, actor: Actor, lifts: list[Lift]) -> None:
+    """Delete the denies of recorded lifts; a failure is audited (reconcile retries it)."""
+    for x in lifts:
+        failed = access.remove_deny(s.access, x.subject_name, x.principals)
+        if failed:
+            with s.db.session_scope() as session:
+                audit.record(session, s.clock, actor.label, "access.restore", f"revocation:{x.view.id}",
+                             {"failed": failed, "note": "deny left in place; reconcile removes it"},
+                             outcome="error")
+
+
+def reassert(s: Services) -> list[str]:
+    """Keep every active revocation's deny complete (see access.plan_reassert)."""
+    if s.access.dry_run:  # nothing was written, so there is nothing to keep complete
+        return []
+    actor = Actor.system("enforce")
+    plans = step(s.db, s.clock, actor, "access.reassert", "revocations", access.plan_reassert)
+    touched = []
+    for plan in plans:
+        out = access.apply_deny(s.access, plan)
+        with s.db.session_scope() as session:
+            if access.record_reassert(session, s.clock, plan, out):
+                touched.append(plan.subject_name)
+    return touched
+
+
+def _subject(session: Session, plan: DenyPlan) -> Subject:
+    subject = session.get(Subject, plan.subject_id)
+    assert subject is not None, "subjects are never deleted"
+    return subject

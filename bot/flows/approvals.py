@@ -1,0 +1,126 @@
+"""Restore requests and their four-eyes decision: file, decide, expire, then tell.
+
+Every function here is what a button, a modal, a slash command or a job reaches; each
+returns what to tell the person (or raises BotError, already audited, with the reason).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+
+from sqlalchemy.orm import Session
+
+from bot.flows import access as access_flow
+from bot.flows.runner import step
+from bot.render import approvals as ui
+from bot.runtime import Services
+from bot.services import access, directory, home, restore_requests
+from bot.services.access import RestorePlan, RevocationView
+from bot.services.directory import Actor, SubjectRef
+from bot.services.restore_requests import RequestView
+from bot.slack.notifier import safe
+
+FILED = "📨 Your restore request is with the admins."
+ALREADY = "⏳ You already have a restore request waiting for the admins."
+
+
+def check_can_ask(s: Services, actor: Actor, revocation_id: int) -> str:
+    """Before the modal opens: may this person ask? Returns the subject's name."""
+    return step(s.db, s.clock, actor, "request.open", f"revocation:{revocation_id}",
+                lambda session: restore_requests.check_can_ask(session, actor, revocation_id))
+
+
+def check_decider(s: Services, actor: Actor, request_id: int) -> RequestView:
+    return step(s.db, s.clock, actor, "request.deny", f"request:{request_id}",
+                lambda session: restore_requests.check_decider(session, actor, request_id))
+
+
+def file_request(s: Services, actor: Actor, revocation_id: int, reason: str) -> str:
+    return _filed(s, actor, step(s.db, s.clock, actor, "request.create", f"revocation:{revocation_id}",
+                                 lambda session: restore_requests.create(
+                                     session, s.clock, actor, revocation_id, reason, _ttl(s))))
+
+
+def file_request_for(s: Services, actor: Actor, ref: SubjectRef, reason: str) -> str:
+    """`/bedrock restore <subject> <reason>` by someone who may not restore directly."""
+    return _filed(s, actor, step(s.db, s.clock, actor, "request.create", str(ref),
+                                 lambda session: restore_requests.create_for_subject(
+                                     session, s.clock, actor, ref, reason, _ttl(s))))
+
+
+@dataclass(frozen=True)
+class RestoreAnswer:
+    restored: list[RevocationView]
+    request_note: str | None = None  # the actor may not restore: a request was filed instead
+
+
+def restore(s: Services, actor: Actor, ref: SubjectRef, note: str) -> RestoreAnswer:
+    """`/bedrock restore`: admins restore at once; anyone else files a restore request (the
+    same one the button makes). The role is read in the same transaction that acts."""
+    def plan(session: Session) -> RestorePlan | tuple[RequestView, bool]:
+        if not directory.has_role(session, actor, "admin"):
+            return restore_requests.create_for_subject(session, s.clock, actor, ref, note, _ttl(s))
+        return access.plan_manual_restore(session, actor, ref)
+
+    planned = step(s.db, s.clock, actor, "access.restore", str(ref), plan)
+    if isinstance(planned, tuple):
+        return RestoreAnswer([], _filed(s, actor, planned))
+    return RestoreAnswer(access_flow.restore_planned(s, actor, planned, note))
+
+
+def _ttl(s: Services) -> timedelta:
+    return timedelta(hours=s.settings.bot.request_ttl_hours)
+
+
+def _filed(s: Services, actor: Actor, created: tuple[RequestView, bool]) -> str:
+    """Post a new request for approval (after its commit); what to tell the requester."""
+    req, is_new = created
+    channel = s.settings.bot.alert_channel
+    if is_new and channel:
+        text, blocks = ui.request_message(req, s.tz)
+        ts = safe(s.notifier.post, channel, text, blocks)
+        if ts:
+            with s.db.session_scope() as session:
+                restore_requests.record_message(session, req.id, channel, ts)
+    note = FILED if is_new else ALREADY
+    safe(s.notifier.dm, actor.slack_user_id or "", note)
+    return note
+
+
+def decide(s: Services, actor: Actor, request_id: int, decision: str, note: str = "") -> str | None:
+    """Approve / approve for 24h / deny. Returns a note for the clicker when nothing changed."""
+    d = step(s.db, s.clock, actor, f"request.{decision}", f"request:{request_id}",
+             lambda session: restore_requests.decide(session, s.clock, actor, request_id, decision, note,
+                                                     s.access.dry_run))
+    if not d.changed:
+        r = d.request
+        by = f" by <@{r.decided_by}>" if r.decided_by else ""
+        return f"Nothing to do: request {r.id} is already {r.status}{by}."
+    publish_decision(s, d.request)
+    access_flow.finish_restore(s, actor, d.lifts, f"restore request {d.request.id}")
+    return None
+
+
+def publish_decision(s: Services, r: RequestView) -> None:
+    if r.channel and r.ts:
+        text, blocks = ui.decided_message(r, s.tz)
+        safe(s.notifier.update, r.channel, r.ts, text, blocks)
+    safe(s.notifier.dm, r.requester, ui.requester_note(r))
+
+
+def expire(s: Services) -> list[RequestView]:
+    """Close pending requests past their time; their messages say so."""
+    actor = Actor.system("expire_requests")
+    due = step(s.db, s.clock, actor, "expire_requests", "restore_requests",
+               lambda session: restore_requests.expire(session, s.clock))
+    for r in due:
+        publish_decision(s, r)
+    return due
+
+
+def home_view(s: Services, actor: Actor) -> home.HomeData:
+    def load(session: Session) -> home.HomeData:
+        return home.load(session, s.clock, s.tz, s.week_start, actor)
+
+    return step(s.db, s.clock, actor, "home.view", actor.label, load)

@@ -1,0 +1,119 @@
+"""Every `/bedrock` subcommand in one table: its usage line, help, parser and answer.
+
+`/bedrock help`, the parser and the dispatch all read this table, so a subcommand is
+added in one place.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from bot.errors import BadInput, BotError
+from bot.flows.runner import audit_refusal, explain
+from bot.render import messages
+from bot.render.blocks import Reply
+from bot.slash import answers
+from bot.slash import grammar as g
+from bot.slash.answers import Request
+
+Parser = Callable[[str, list[str]], g.Command]
+Answer = Callable[[Request, g.Command], Reply]
+
+
+@dataclass(frozen=True)
+class Subcommand:
+    name: str
+    usage: str
+    help: str
+    parse: Parser
+    answer: Answer
+
+
+def _help(req: Request, cmd: g.Command) -> Reply:
+    topic = cmd.topic if isinstance(cmd, g.Help) else None
+    if topic is None:
+        return messages.help_reply([(c.usage, c.help) for c in SUBCOMMANDS.values()])
+    return messages.help_reply([(SUBCOMMANDS[topic].usage, SUBCOMMANDS[topic].help)], topic=True)
+
+
+SUBCOMMANDS: dict[str, Subcommand] = {c.name: c for c in (
+    Subcommand("help", "/bedrock help [subcommand]",
+               "Show this help, or the details of one subcommand.", g.help_topic, _help),
+    Subcommand("usage", "/bedrock usage [@user|team] [today|yesterday|week|month|7d|30d]",
+               "Tokens in/out, estimated cost, each limit as a bar, forecast and status. "
+               "Anyone for themselves and their teams; admins for everyone.", g.usage_args, answers.usage),
+    Subcommand("limit", "/bedrock limit <subject> <amount>/<window> [input|output|requests] "
+                        "[warn=80,90] [action=revoke|notify] [alarm=on|off]",
+               "Set or change a limit (admin). Amounts: 5M, 500k, 1.5B, $200. Windows: day, "
+               "week, month (calendar) or 24h, 7d, 30d (rolling).", g.limit_args, answers.limit),
+    Subcommand("limits", "/bedrock limits [subject]",
+               "List limits, for one subject or everyone.", g.optional_subject, answers.list_limits),
+    Subcommand("unlimit", "/bedrock unlimit <subject> [window] [metric]",
+               "Remove a subject's limit(s) (admin).", g.unlimit_args, answers.unlimit),
+    Subcommand("provision", "/bedrock provision <subject> <model> [key=value …]",
+               "Create a tagged Application Inference Profile for a user or team (admin). "
+               "Model: a foundation-model id or ARN, or a system inference-profile id.",
+               g.provision_args, answers.provision),
+    Subcommand("profiles", "/bedrock profiles [subject]",
+               "List inference profiles and the ARN to call them with.", g.optional_subject,
+               answers.list_profiles),
+    Subcommand("link", "/bedrock link @user <iam-user-or-role-arn>",
+               "Bind an IAM user or role to a user, so revocation and log metering reach it (admin).",
+               g.link_args, answers.link),
+    Subcommand("team", "/bedrock team <team-name> add|remove @user …",
+               "Add or remove team members (admin); the team is created when first named.",
+               g.team_args, answers.team),
+    Subcommand("meter", "/bedrock meter <metadata-key>=<value> <subject>",
+               "Attribute a requestMetadata value in invocation logs to a subject (admin).",
+               g.meter_args, answers.meter),
+    Subcommand("revoke", "/bedrock revoke <subject> [reason]",
+               "Deny a subject access to Bedrock now (admin).", g.with_reason, answers.revoke),
+    Subcommand("restore", "/bedrock restore <subject> [reason]",
+               "Give access back (admin), or ask for it back (anyone else).", g.with_reason,
+               answers.restore),
+    Subcommand("audit", "/bedrock audit [subject] [n]", "Recent audit events (admin).", g.audit_args,
+               answers.audit),
+    Subcommand("admins", "/bedrock admins [add|remove @user [owner|admin|approver]]",
+               "List admins, or add/remove one (owner).", g.admins_args, answers.admins),
+    Subcommand("digest", "/bedrock digest", "Post the daily digest now (admin).", g.no_args,
+               answers.post_digest),
+)}
+
+
+def usage_line(name: str) -> str:
+    return SUBCOMMANDS[name].usage if name in SUBCOMMANDS else SUBCOMMANDS["help"].usage
+
+
+def parse(text: str) -> g.Command:
+    """The text after `/bedrock` → a command. BadInput carries the subcommand's usage line."""
+    name = "help"
+    try:
+        words = g.tokenize(text)
+        if not words:
+            return g.Help("help")
+        name = words[0].lower()
+        sub = SUBCOMMANDS.get(name)
+        if sub is None:
+            name = "help"
+            raise BadInput(f"unknown subcommand {words[0][:40]!r}; try `/bedrock help`")
+        cmd = sub.parse(name, words[1:])
+        if isinstance(cmd, g.Help) and cmd.topic is not None and cmd.topic not in SUBCOMMANDS:
+            raise BadInput(f"no help for {cmd.topic[:40]!r}")
+        return cmd
+    except BadInput as exc:
+        raise exc if exc.usage else BadInput(exc.reason, usage_line(name)) from exc
+
+
+def answer(req: Request, text: str) -> Reply:
+    """Everything after the ack: one reply, a refusal's reason included (never a trace)."""
+    try:
+        cmd = parse(text)
+    except BadInput as exc:
+        s = req.services
+        audit_refusal(s.db, s.clock, req.actor, "command.parse", "slack", str(exc))
+        return messages.error_reply(explain(exc))
+    try:
+        return SUBCOMMANDS[cmd.name].answer(req, cmd)
+    except BotError as exc:
+        return messages.error_reply(explain(exc))
