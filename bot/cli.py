@@ -47,13 +47,16 @@ def cmd_audit_verify(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_manifest(args: argparse.Namespace, settings: Settings) -> int:
-    from bot.manifest import build_manifest, to_json
+    from bot.manifest import build_manifest, next_steps, to_json
 
     try:
-        print(to_json(build_manifest(args.url)), end="")
+        text = to_json(build_manifest(args.url))
     except ValueError as exc:
         print(f"manifest: {exc}", file=sys.stderr)
         return 2
+    print(text, end="")  # stdout is the JSON alone: `> manifest.json` and `| jq` keep working
+    if not args.quiet:
+        print(next_steps(args.url), end="", file=sys.stderr)
     return 0
 
 
@@ -97,8 +100,12 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]
     audit_sub = audit_p.add_subparsers(dest="audit_command", required=True)
     audit_sub.add_parser("verify", help="walk the hash chain; non-zero on the first broken row"
                          ).set_defaults(func=cmd_audit_verify)
-    manifest = sub.add_parser("manifest", help="print the Slack app manifest (JSON)")
-    manifest.add_argument("--url", help="public https base URL; without it: a Socket Mode manifest")
+    manifest = sub.add_parser("manifest", help="print the Slack app manifest (JSON; next steps on stderr)")
+    mode = manifest.add_mutually_exclusive_group()
+    mode.add_argument("--url", help="public https base URL of `serve` (HTTP mode)")
+    mode.add_argument("--socket", action="store_true",
+                      help="Socket Mode, for `bedrock-bot socket` (the default without --url)")
+    manifest.add_argument("-q", "--quiet", action="store_true", help="the JSON only, no next steps")
     manifest.set_defaults(func=cmd_manifest, needs_database=False)
     policy = sub.add_parser("iam-policy", help="print the least-privilege IAM policy the bot needs")
     policy.add_argument("--account-id", help="12-digit account id (default: any)")

@@ -176,7 +176,8 @@ def test_the_fargate_stack_creates_and_runs_the_bot_with_exactly_its_policy(
     (listener,) = elb.describe_listeners(LoadBalancerArn=lb["LoadBalancerArn"])["Listeners"]
     assert (listener["Protocol"], listener["Port"]) == ("HTTPS", 443)
     assert listener["Certificates"][0]["CertificateArn"] == cert
-    rules = [r for r in elb.describe_rules(ListenerArn=listener["ListenerArn"])["Rules"] if not r["IsDefault"]]
+    rules = elb.describe_rules(ListenerArn=listener["ListenerArn"])["Rules"]
+    rules = [r for r in rules if not r["IsDefault"]]
     paths = [c["PathPatternConfig"]["Values"] for r in rules for c in r["Conditions"]]
     assert paths == [["/slack/events"]]
     assert rules[0]["Actions"][0]["TargetGroupArn"] == tg["TargetGroupArn"]
