@@ -102,7 +102,8 @@ def check_bot_token(client: WebClient, api_url: str) -> BotIdentity:
 def check_app_token(settings: Settings) -> None:
     """Socket Mode: the app-level token opens connections (the URL is short-lived and unused)."""
     client = WebClient(token=settings.slack.app_token, base_url=settings.slack.api_url)
-    _call(client.apps_connections_open, APP_TOKEN, settings.slack.api_url)
+    _call(lambda: client.apps_connections_open(app_token=settings.slack.app_token), APP_TOKEN,
+          settings.slack.api_url)
 
 
 def check(settings: Settings, client: WebClient, *, socket: bool = False, prog: str = "serve") -> BotIdentity:
@@ -162,15 +163,17 @@ def join_channels(services: Services, client: WebClient,
 
 
 def _record(services: Services, c: ChannelCheck, settings_: list[str]) -> bool:
-    """Audit the problem; True when nobody was told about it in the last day."""
-    details = {"settings": settings_, "problem": c.problem}
+    """Audit the problem; True (and `"told": true` in the row) when nobody was told about this
+    problem with this channel in the last day."""
+    details: dict[str, Any] = {"settings": settings_, "problem": c.problem}
     target = f"channel:{c.channel}"
     try:
         with services.db.session_scope() as session:
-            fresh = not audit.seen_since(session, ACTION, target, details, "error",
-                                         services.clock() - REMIND_EVERY)
-            audit.record(session, services.clock, ACTOR, ACTION, target, details, outcome="error")
-        return fresh
+            told = audit.seen_since(session, ACTION, target, details | {"told": True}, "error",
+                                    services.clock() - REMIND_EVERY)
+            audit.record(session, services.clock, ACTOR, ACTION, target, details | {"told": not told},
+                         outcome="error")
+        return not told
     except Exception:
         log.exception("could not audit the problem with channel %s", c.channel)
         return False

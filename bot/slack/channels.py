@@ -17,6 +17,9 @@ from typing import Any
 from slack_sdk.errors import SlackApiError, SlackClientError
 
 PRIVATE_OR_HIDDEN = ("method_not_supported_for_channel_type", "channel_not_found")
+# Slack's side, not the configuration: try again at the next start, tell nobody.
+TRANSIENT = frozenset({"ratelimited", "service_unavailable", "internal_error", "fatal_error",
+                       "request_timeout"})
 JOIN_SCOPE = "channels:join"
 INFO_SCOPE = "groups:read"
 
@@ -42,7 +45,7 @@ def ensure_member(client: Any, channel: str) -> ChannelCheck:
         code = _code(exc)
         if code in PRIVATE_OR_HIDDEN:
             return _check_private(client, channel)
-        return ChannelCheck(channel, ok=False, problem=join_problem(code))
+        return ChannelCheck(channel, ok=False, problem=join_problem(code), transient=code in TRANSIENT)
     except (SlackClientError, OSError) as exc:
         return ChannelCheck(channel, ok=False, transient=True,
                             problem=f"could not reach Slack to join it ({type(exc).__name__})")
@@ -65,7 +68,8 @@ def _check_private(client: Any, channel: str) -> ChannelCheck:
             return ChannelCheck(channel, ok=False, problem=(
                 f"is private and the app lacks {INFO_SCOPE} to check it: update the app from "
                 "`bedrock-bot manifest` and reinstall it, or make sure the bot is invited"))
-        return ChannelCheck(channel, ok=False, problem=f"could not be checked: Slack said {code}")
+        return ChannelCheck(channel, ok=False, problem=f"could not be checked: Slack said {code}",
+                            transient=code in TRANSIENT)
     except (SlackClientError, OSError) as exc:
         return ChannelCheck(channel, ok=False, transient=True,
                             problem=f"could not reach Slack to check it ({type(exc).__name__})")
