@@ -1,6 +1,8 @@
 # syntax=docker/dockerfile:1
 # bedrock-usage-bot: `docker build -t bedrock-bot .` then
-#   docker run -p 3000:3000 -e SLACK_BOT_TOKEN=… -e SLACK_SIGNING_SECRET=… -e DATABASE_URL=… bedrock-bot
+#   docker run -p 3000:3000 -e SLACK_BOT_TOKEN=… -e SLACK_SIGNING_SECRET=… -e DATABASE_URL=… \
+#     -e AWS_REGION=… -e AWS_ACCESS_KEY_ID -e AWS_SECRET_ACCESS_KEY -e AWS_SESSION_TOKEN bedrock-bot
+# (on ECS/EC2 the task role or instance profile supplies the AWS credentials; deploy/README.md).
 # The image runs `bedrock-bot serve` (it migrates the database first); any other subcommand
 # works too: `docker run bedrock-bot migrate`, `… run-job usage_sync`, `… manifest`.
 ARG PYTHON_IMAGE=python:3.11-slim

@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     job.add_argument("job", choices=sorted(JOBS))
     job.set_defaults(func=cmd_run_job)
     sub.add_parser("demo", help="the offline walk-through: real server, moto as AWS, "
-                   "a printing Slack stand-in").set_defaults(func=cmd_demo)
+                   "a printing Slack stand-in").set_defaults(func=cmd_demo, needs_database=False)
     return run(parser, argv)
 
 
