@@ -1,6 +1,8 @@
 # syntax=docker/dockerfile:1
 # bedrock-usage-bot: `docker build -t bedrock-bot .` then
-#   docker run -p 3000:3000 -e SLACK_BOT_TOKEN=… -e SLACK_SIGNING_SECRET=… -e DATABASE_URL=… bedrock-bot
+#   docker run -p 3000:3000 -e SLACK_BOT_TOKEN=… -e SLACK_SIGNING_SECRET=… -e DATABASE_URL=… \
+#     -e AWS_REGION=… -e AWS_ACCESS_KEY_ID -e AWS_SECRET_ACCESS_KEY -e AWS_SESSION_TOKEN bedrock-bot
+# (on ECS/EC2 the task role or instance profile supplies the AWS credentials; deploy/README.md).
 # The image runs `bedrock-bot serve` (it migrates the database first); any other subcommand
 # works too: `docker run bedrock-bot migrate`, `… run-job usage_sync`, `… manifest`.
 ARG PYTHON_IMAGE=python:3.11-slim
@@ -35,7 +37,8 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     MPLBACKEND=Agg \
     MPLCONFIGDIR=/tmp/matplotlib \
-    BOT_PORT=3000
+    BOT_PORT=3000 \
+    BOT_PORT_FILE=/tmp/bedrock-bot.port
 RUN groupadd --system --gid 10001 bot \
     && useradd --system --uid 10001 --gid bot --home-dir /home/bot --create-home \
        --shell /usr/sbin/nologin bot \
@@ -48,8 +51,14 @@ WORKDIR /data
 VOLUME ["/data"]
 USER 10001:10001
 EXPOSE 3000
-# slim has no curl: ask /healthz with the standard library (any HTTP error or refusal exits 1).
+# slim has no curl: ask /healthz with the standard library (any HTTP error or refusal exits 1),
+# on the port serve really listens on (it writes it to BOT_PORT_FILE, so `serve --port` is
+# followed too), else BOT_PORT. deploy/bedrock-bot.yaml uses the same command.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=30s --retries=3 \
-    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:' + os.environ.get('BOT_PORT', '3000') + '/healthz', timeout=4)"]
+    CMD ["python", "-c", "import os, urllib.request; f = os.environ.get('BOT_PORT_FILE', ''); port = open(f).read().strip() if f and os.path.exists(f) else os.environ.get('BOT_PORT', '3000'); urllib.request.urlopen('http://127.0.0.1:' + port + '/healthz', timeout=4)"]
+# The bot runs as PID 1 and handles SIGTERM/SIGINT itself (handlers/shutdown.py): it stops
+# taking requests, lets jobs finish, frees the scheduler lease and exits within 10 s. It starts
+# no child processes, so it needs no init to reap them (tini would only forward the signal).
+STOPSIGNAL SIGTERM
 ENTRYPOINT ["bedrock-bot"]
 CMD ["serve"]

@@ -47,23 +47,31 @@ def cmd_audit_verify(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_manifest(args: argparse.Namespace, settings: Settings) -> int:
-    from bot.manifest import build_manifest, to_json
+    from bot.manifest import build_manifest, next_steps, to_json
 
     try:
-        print(to_json(build_manifest(args.url)), end="")
+        text = to_json(build_manifest(args.url))
     except ValueError as exc:
         print(f"manifest: {exc}", file=sys.stderr)
         return 2
+    print(text, end="")  # stdout is the JSON alone: `> manifest.json` and `| jq` keep working
+    if not args.quiet:
+        print(next_steps(args.url), end="", file=sys.stderr)
     return 0
 
 
 def cmd_iam_policy(args: argparse.Namespace, settings: Settings) -> int:
+    from bot.config import REGION_HINT
     from bot.iam_policy import bot_policy, to_json
 
     aws = settings.aws
+    if not aws.region:  # every ARN names the region: never guess one
+        print(f"iam-policy: {REGION_HINT}", file=sys.stderr)
+        return 2
     try:
         policy = bot_policy(aws.region, args.account_id, aws.sns_topic_arns or None, aws.sqs_queue_url,
-                            log_group=aws.invocation_log_group)
+                            log_group=aws.invocation_log_group, principal_path=args.principal_path,
+                            database_secret=aws.database_secret)
     except ValueError as exc:
         print(f"iam-policy: {exc}", file=sys.stderr)
         return 2
@@ -92,12 +100,18 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]
     audit_sub = audit_p.add_subparsers(dest="audit_command", required=True)
     audit_sub.add_parser("verify", help="walk the hash chain; non-zero on the first broken row"
                          ).set_defaults(func=cmd_audit_verify)
-    manifest = sub.add_parser("manifest", help="print the Slack app manifest (JSON)")
-    manifest.add_argument("--url", help="public https base URL; without it: a Socket Mode manifest")
-    manifest.set_defaults(func=cmd_manifest)
+    manifest = sub.add_parser("manifest", help="print the Slack app manifest (JSON; next steps on stderr)")
+    mode = manifest.add_mutually_exclusive_group()
+    mode.add_argument("--url", help="public https base URL of `serve` (HTTP mode)")
+    mode.add_argument("--socket", action="store_true",
+                      help="Socket Mode, for `bedrock-bot socket` (the default without --url)")
+    manifest.add_argument("-q", "--quiet", action="store_true", help="the JSON only, no next steps")
+    manifest.set_defaults(func=cmd_manifest, needs_database=False)
     policy = sub.add_parser("iam-policy", help="print the least-privilege IAM policy the bot needs")
     policy.add_argument("--account-id", help="12-digit account id (default: any)")
-    policy.set_defaults(func=cmd_iam_policy)
+    policy.add_argument("--principal-path", default="/",
+                        help="IAM path of the users/roles the bot may deny (GovernedPrincipalPath)")
+    policy.set_defaults(func=cmd_iam_policy, needs_database=False)
     return parser, sub
 
 
@@ -114,6 +128,14 @@ def run(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> int:
         name = first.get("loc", ("?",))[0]
         print(f"configuration error: {name}: {first.get('msg')}", file=sys.stderr)
         return 2
+    if getattr(args, "needs_database", True):
+        from bot.db_secret import DatabaseSecretError, resolve
+
+        try:  # BOT_DATABASE_SECRET: the password goes into DATABASE_URL before anything connects
+            settings = resolve(settings)
+        except DatabaseSecretError as exc:
+            print(f"configuration error: BOT_DATABASE_SECRET: {exc}", file=sys.stderr)
+            return 2
     return int(args.func(args, settings))
 
 

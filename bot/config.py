@@ -12,7 +12,7 @@ from datetime import time
 from typing import Annotated, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import Field, field_validator
+from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 _BASE = SettingsConfigDict(env_file=".env", extra="ignore", populate_by_name=True)
@@ -21,6 +21,11 @@ WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", 
 _SLACK_ID = re.compile(r"^[UW][A-Z0-9]{2,}\Z")
 _METADATA_KEY = re.compile(r"^[A-Za-z0-9_]{1,64}\Z")
 _TOPIC_ARN = re.compile(r"^arn:aws[a-z-]*:sns:[a-z0-9-]+:\d{12}:[A-Za-z0-9_-]{1,256}\Z")
+_REGION = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d{1,2}\Z")
+_SECRET_ARN = re.compile(
+    r"^arn:aws[a-z-]*:secretsmanager:[a-z0-9-]+:\d{12}:secret:[A-Za-z0-9/_+=.@!-]{1,512}\Z")
+REGION_HINT = ("no AWS region: set one with `export AWS_REGION=eu-west-1` (or AWS_DEFAULT_REGION, "
+               "or `region` in your AWS profile)")
 
 
 def _split_csv(value: object) -> list[str]:
@@ -66,7 +71,9 @@ class DatabaseSettings(BaseSettings):
 
 class AwsSettings(BaseSettings):
     model_config = _BASE
-    region: str = Field("us-east-1", validation_alias="AWS_REGION")
+    # "" = none found; see _resolve_region. serve, socket, run-job and iam-policy refuse to start
+    # without one (REGION_HINT) instead of guessing.
+    region: str = Field("", validation_alias=AliasChoices("AWS_REGION", "AWS_DEFAULT_REGION"))
     endpoint_url: str | None = Field(None, validation_alias="AWS_ENDPOINT_URL")
     profiles_backend: Literal["aws", "local"] = Field("aws", validation_alias="BOT_PROFILES_BACKEND")
     invocation_log_group: str | None = Field(None, validation_alias="BOT_INVOCATION_LOG_GROUP")
@@ -79,6 +86,7 @@ class AwsSettings(BaseSettings):
     alarm_topic_arn_raw: str | None = Field(None, validation_alias="BOT_ALARM_TOPIC_ARN")
     sns_cert_dir: str | None = Field(None, validation_alias="BOT_SNS_CERT_DIR")
     sqs_queue_url: str | None = Field(None, validation_alias="BOT_SQS_QUEUE_URL")
+    database_secret: str | None = Field(None, validation_alias="BOT_DATABASE_SECRET")
     dry_run: bool = Field(False, validation_alias="BOT_DRY_RUN")
 
     _split = field_validator("metadata_keys", "sns_topic_arns", mode="before")(
@@ -92,6 +100,29 @@ class AwsSettings(BaseSettings):
             if not _METADATA_KEY.match(key):
                 raise ValueError(f"{key!r} is not a requestMetadata key (letters, digits, _; ≤64)")
         return v
+
+    @field_validator("region")
+    @classmethod
+    def _valid_region(cls, v: str) -> str:
+        v = v.strip()
+        if v and not _REGION.match(v):
+            raise ValueError(f"{v!r} is not an AWS region (like eu-west-1)")
+        return v
+
+    @model_validator(mode="after")
+    def _resolve_region(self) -> AwsSettings:
+        """As boto3 finds it: AWS_REGION (the bot's own, .env too), AWS_DEFAULT_REGION, then the
+        `region` of the AWS profile (AWS_PROFILE or default) through botocore's session."""
+        if not self.region:
+            self.region = profile_region()
+        return self
+
+    @field_validator("database_secret")
+    @classmethod
+    def _valid_secret(cls, v: str | None) -> str | None:
+        if v is not None and not _SECRET_ARN.match(v.strip()):
+            raise ValueError(f"not a Secrets Manager secret ARN: {v!r}")
+        return v.strip() if v else None
 
     @field_validator("alarm_topic_arn_raw")
     @classmethod
@@ -113,6 +144,20 @@ class AwsSettings(BaseSettings):
         return self.alarm_topic_arn_raw or (self.sns_topic_arns[0] if self.sns_topic_arns else None)
 
 
+def profile_region() -> str:
+    """The region botocore's session resolves (AWS_DEFAULT_REGION, then the profile's `region`),
+    or "" when there is none or the profile cannot be read."""
+    import botocore.session
+    from botocore.exceptions import BotoCoreError
+
+    try:
+        region = botocore.session.Session().get_config_variable("region")
+    except BotoCoreError:  # AWS_PROFILE names a profile that does not exist
+        return ""
+    region = str(region or "").strip()
+    return region if _REGION.match(region) else ""
+
+
 class BotSettings(BaseSettings):
     model_config = _BASE
     admins: Annotated[list[str], NoDecode] = Field(default_factory=list, validation_alias="BOT_ADMINS")
@@ -123,6 +168,8 @@ class BotSettings(BaseSettings):
     week_start: str = Field("monday", validation_alias="BOT_WEEK_START")
     sync_seconds: int = Field(60, ge=10, le=3600, validation_alias="BOT_SYNC_SECONDS")
     port: int = Field(3000, ge=1, le=65535, validation_alias="BOT_PORT")
+    # serve writes the port it listens on here, so the image's HEALTHCHECK follows `--port`
+    port_file: str | None = Field(None, validation_alias="BOT_PORT_FILE")
     request_ttl_hours: int = Field(72, ge=1, le=24 * 30, validation_alias="BOT_REQUEST_TTL_HOURS")
     pricing_file: str | None = Field(None, validation_alias="BOT_PRICING_FILE")
 
@@ -184,7 +231,13 @@ def load_settings(env_file: str | None = ".env", **overrides: object) -> Setting
     groups = {}
     for key, cls in (("slack", SlackSettings), ("db", DatabaseSettings), ("aws", AwsSettings),
                      ("bot", BotSettings)):
-        names = {f.validation_alias for f in cls.model_fields.values()}
+        names: set[str] = set()
+        for f in cls.model_fields.values():
+            alias = f.validation_alias
+            if isinstance(alias, AliasChoices):
+                names.update(str(a) for a in alias.choices)
+            else:
+                names.add(str(alias))
         mine = {k: v for k, v in overrides.items() if k in names}
         groups[key] = cls(_env_file=env_file, **mine)  # type: ignore[call-arg, arg-type]
     return Settings(**groups)  # type: ignore[arg-type]

@@ -36,6 +36,11 @@ What each statement is for, and why it is no narrower:
   attributes on the queue.
 - **CloudWatch Logs Insights** (invocation-log metering): ``StartQuery``/``GetQueryResults`` on
   the invocation log group; ``StopQuery`` has no resource type.
+- **Secrets Manager** ``GetSecretValue`` on ``BOT_DATABASE_SECRET`` only, when it is set: the
+  database password is read at connect time (RDS rotates a managed master secret every 7 days,
+  and a task's injected environment never changes), see ``bot/db_secret.py``. The stack's
+  secret is encrypted with the AWS managed key ``aws/secretsmanager``, which needs no
+  ``kms:Decrypt`` grant.
 - ``sts:GetCallerIdentity`` needs no permission at all (AWS always allows it); it is listed so
   the document names every call the bot makes.
 """
@@ -51,6 +56,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 VERSION = "2012-10-17"
+DB_SECRET_SID = "SecretsReadDatabasePassword"
 NAME_PREFIX = "bedrock-bot-"  # alarms and budgets the bot makes
 MANAGED_BY_TAG = ("managed-by", "bedrock-bot")  # every AIP the bot makes carries it
 BOT_PATH = "/bedrock-bot/"  # the bot's own users/roles: never governed, never writable
@@ -63,6 +69,8 @@ _ARN = re.compile(r"arn:(?P<partition>aws(?:-[a-z]+)*):(?P<service>[a-z0-9-]+):(
 _QUEUE_HOST = re.compile(r"sqs\.(?P<region>[a-z0-9-]+)\.amazonaws\.com(?P<cn>\.cn)?", re.ASCII)
 _LOG_GROUP = re.compile(r"[.\-_/#A-Za-z0-9]{1,512}", re.ASCII)
 _PATH = re.compile(r"/([\x21-\x7e]{0,510}/)?", re.ASCII)
+_SECRET = re.compile(
+    r"arn:(aws(?:-[a-z]+)*):secretsmanager:[a-z0-9-]+:\d{12}:secret:[A-Za-z0-9/_+=.@!-]{1,512}", re.ASCII)
 
 
 def partition_of(region: str | None) -> str:
@@ -94,11 +102,12 @@ def _check_arn(arn: str, service: str, what: str) -> str:
 def bot_policy(region: str | None = None, account_id: str | None = None,
                topic_arn: str | Sequence[str] | None = None, queue_arn: str | None = None, *,
                log_group: str | None = None, principal_path: str = "/",
-               partition: str | None = None) -> dict[str, Any]:
+               partition: str | None = None, database_secret: str | None = None) -> dict[str, Any]:
     """The bot's identity policy. Unknown region/account/topic/queue/log group become ``*``.
 
     ``topic_arn`` may list several topics (``BOT_SNS_TOPIC_ARNS``: all are confirmed, alarms may
-    notify any of them); ``queue_arn`` also takes the queue URL (``BOT_SQS_QUEUE_URL``).
+    notify any of them); ``queue_arn`` also takes the queue URL (``BOT_SQS_QUEUE_URL``);
+    ``database_secret`` (``BOT_DATABASE_SECRET``) adds reading that one secret.
     Bad values raise ValueError with a one-line reason.
     """
     if region is not None and not _REGION.fullmatch(region):
@@ -119,13 +128,16 @@ def bot_policy(region: str | None = None, account_id: str | None = None,
         raise ValueError(f"{log_group!r} is not a CloudWatch Logs group name")
     if not _PATH.fullmatch(principal_path):
         raise ValueError(f"{principal_path!r} is not an IAM path (/ or /a/b/)")
+    if database_secret is not None and not _SECRET.fullmatch(database_secret):
+        raise ValueError(f"{database_secret!r} is not a Secrets Manager secret ARN")
     return _document(
         partition=partition or partition_of(region), region=region or "*", account=account_id or "*",
-        topics=topics, queue=queue, log_group=log_group, principal_path=principal_path)
+        topics=topics, queue=queue, log_group=log_group, principal_path=principal_path,
+        database_secret=database_secret)
 
 
 def _document(*, partition: str, region: str, account: str, topics: Sequence[str], queue: str | None,
-              log_group: str | None, principal_path: str) -> dict[str, Any]:
+              log_group: str | None, principal_path: str, database_secret: str | None) -> dict[str, Any]:
     """The policy from already-checked parts (CloudFormation passes ``${…}`` placeholders)."""
     bedrock = f"arn:{partition}:bedrock:{region}"
     aip = f"{bedrock}:{account}:application-inference-profile/*"
@@ -133,11 +145,9 @@ def _document(*, partition: str, region: str, account: str, topics: Sequence[str
     iam = f"arn:{partition}:iam::{account}"
     alarms = f"arn:{partition}:cloudwatch:{region}:{account}:alarm:{NAME_PREFIX}*"
     any_topic = f"arn:{partition}:sns:{region}:{account}:*"
-    if log_group:
-        log_groups: list[str] = [f"arn:{partition}:logs:{region}:{account}:log-group:{log_group}",
-                                 f"arn:{partition}:logs:{region}:{account}:log-group:{log_group}:*"]
-    else:
-        log_groups = [f"arn:{partition}:logs:{region}:{account}:log-group:*"]
+    # The group and its streams; no group known = every group ("*", the template's default too).
+    group = f"arn:{partition}:logs:{region}:{account}:log-group:{log_group or '*'}"
+    log_groups = [group, f"{group}:*"]
     tag_key, tag_value = MANAGED_BY_TAG
     managed_request = {"StringEquals": {f"aws:RequestTag/{tag_key}": tag_value}}
 
@@ -177,6 +187,8 @@ def _document(*, partition: str, region: str, account: str, topics: Sequence[str
         _allow("LogsStopQueries", ["logs:StopQuery"], "*"),
         _allow("StsWhoAmI", ["sts:GetCallerIdentity"], "*"),
     ]
+    if database_secret:
+        statements.append(_allow(DB_SECRET_SID, ["secretsmanager:GetSecretValue"], database_secret))
     return {"Version": VERSION, "Statement": statements}
 
 
@@ -188,11 +200,15 @@ def _allow(sid: str, actions: list[str], resource: str | list[str],
     return statement
 
 
-# CloudFormation: the names deploy/bedrock-bot.yaml gives the topic, the queue and the parameters.
+# CloudFormation: the names deploy/bedrock-bot.yaml gives the topic, the queue, the database,
+# the parameters and the condition under which the stack runs the bot (and so has a database).
 CFN_TOPIC = "AlarmTopic"
 CFN_QUEUE = "EventsQueue"
 CFN_LOG_GROUP_PARAM = "InvocationLogGroupName"
 CFN_PATH_PARAM = "GovernedPrincipalPath"
+CFN_DATABASE = "Database"
+CFN_DB_SECRET_ATTR = "MasterUserSecret.SecretArn"
+CFN_ON_FARGATE = "OnFargate"
 
 
 _WHOLE_VAR = re.compile(r"\$\{(?P<name>[A-Za-z0-9:]+)(?:\.(?P<attr>[A-Za-z0-9.]+))?\}")
@@ -203,8 +219,13 @@ def cfn_policy() -> dict[str, Any]:
     ``Fn::GetAtt`` when it is nothing else)."""
     doc = _document(partition="${AWS::Partition}", region="${AWS::Region}", account="${AWS::AccountId}",
                     topics=[f"${{{CFN_TOPIC}}}"], queue=f"${{{CFN_QUEUE}.Arn}}",
-                    log_group=f"${{{CFN_LOG_GROUP_PARAM}}}", principal_path=f"${{{CFN_PATH_PARAM}}}")
-    return _substitute(doc)
+                    log_group=f"${{{CFN_LOG_GROUP_PARAM}}}", principal_path=f"${{{CFN_PATH_PARAM}}}",
+                    database_secret=f"${{{CFN_DATABASE}.{CFN_DB_SECRET_ATTR}}}")
+    out: dict[str, Any] = _substitute(doc)
+    # The stack has a database (and the bot reads its secret) only when it runs the bot on Fargate.
+    out["Statement"] = [{"Fn::If": [CFN_ON_FARGATE, s, {"Ref": "AWS::NoValue"}]}
+                        if s["Sid"] == DB_SECRET_SID else s for s in out["Statement"]]
+    return out
 
 
 def _substitute(node: Any) -> Any:
@@ -235,6 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--queue", help="queue ARN or URL")
     parser.add_argument("--log-group")
     parser.add_argument("--principal-path", default="/")
+    parser.add_argument("--database-secret", help="Secrets Manager ARN of the database password")
     parser.add_argument("--cfn", action="store_true", help="the CloudFormation form the template embeds")
     args = parser.parse_args(argv)
     if args.cfn:
@@ -242,7 +264,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         policy = bot_policy(args.region, args.account_id, args.topic_arn, args.queue,
-                            log_group=args.log_group, principal_path=args.principal_path)
+                            log_group=args.log_group, principal_path=args.principal_path,
+                            database_secret=args.database_secret)
     except ValueError as exc:
         print(f"iam-policy: {exc}", file=sys.stderr)
         return 2

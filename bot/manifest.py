@@ -17,12 +17,18 @@ Bot scopes, exactly what the bot calls and nothing more:
 - ``chat:write``: replies, alerts, approval messages and their ``chat.update``; DMs too, once
   the conversation is open.
 - ``chat:write.public``: post alerts and digests to a public channel without being invited.
-- ``files:write``: the digest chart (``files_upload_v2``).
+- ``files:write``: the digest chart (``files_upload_v2``); sharing a file into a channel needs
+  the bot to be a member, which ``chat:write.public`` does not give.
+- ``channels:join``: ``conversations.join`` at start, into ``BOT_ALERT_CHANNEL`` and
+  ``BOT_DIGEST_CHANNEL`` when they are public (``bot/slack/channels.py``).
+- ``groups:read``: ``conversations.info`` on a private channel, to tell whether someone invited
+  the bot (private channels cannot be joined); without it the bot cannot tell, and nags.
 - ``users:read``: ``users.info`` to name a mentioned user (the handle becomes the subject).
 - ``im:write``: ``conversations.open`` to DM the people whose access was revoked.
 
 Not requested: ``im:history`` / the ``message.im`` event (the bot reads no DMs; its Messages
-tab is read-only, so nobody types into a void), ``app_mentions:read``, ``channels:read``.
+tab is read-only, so nobody types into a void), ``app_mentions:read``, ``channels:read``
+(``conversations.join`` answers for public channels itself).
 ``app_home_opened`` and ``views.publish`` need no scope. ``should_escape: true`` makes
 mentions in command text arrive as ``<@U123|alice>``, which the command parser relies on.
 """
@@ -35,7 +41,8 @@ from urllib.parse import urlsplit
 
 EVENTS_PATH = "/slack/events"  # what `bedrock-bot serve` routes to Bolt
 COMMAND = "/bedrock"
-BOT_SCOPES = ("commands", "chat:write", "chat:write.public", "files:write", "users:read", "im:write")
+BOT_SCOPES = ("commands", "chat:write", "chat:write.public", "files:write", "users:read", "im:write",
+              "channels:join", "groups:read")
 BOT_EVENTS = ("app_home_opened",)
 DEFAULT_NAME = "Bedrock Usage Bot"
 NAME_MAX = 35  # Slack's limit for display_information.name
@@ -132,6 +139,22 @@ def build_manifest(url: str | None = None, name: str = DEFAULT_NAME) -> dict[str
             "token_rotation_enabled": False,
         },
     }
+
+
+def next_steps(url: str | None) -> str:
+    """What to do with the manifest (printed on stderr, so stdout stays the JSON alone)."""
+    create = ("Next: https://api.slack.com/apps → Create New App → From an app manifest → paste the "
+              "JSON → Install to Workspace; the Bot User OAuth Token (xoxb-…) is SLACK_BOT_TOKEN.")
+    if url is None:
+        return (f"{create}\nSocket Mode: Basic Information → App-Level Tokens → Generate, scope "
+                "connections:write → SLACK_APP_TOKEN. Then `bedrock-bot socket`; there is no request "
+                "URL to verify.\n")
+    request_url = normalize_url(url) + EVENTS_PATH
+    return (f"{create} Basic Information → Signing Secret is SLACK_SIGNING_SECRET.\n"
+            f"Slack sends the slash command, events and clicks to {request_url}. Slack checks that "
+            "URL when the app is created, before the bot can answer: once `bedrock-bot serve` is "
+            "reachable there, open Event Subscriptions and press Retry next to the Request URL "
+            "(until then the Home tab stays blank).\n")
 
 
 def to_json(manifest: dict[str, Any]) -> str:

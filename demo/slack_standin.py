@@ -226,6 +226,11 @@ class SlackStandIn:
             message |= {"type": "message", "user": "UBOT", "bot_id": "BBOT", "ts": ts}
             extra = {"message_ts": ts} if method == "chat.postEphemeral" else {}
             return ok | {"channel": a.get("channel"), "ts": ts, "message": message} | extra
+        if method in ("conversations.join", "conversations.info"):  # a public channel; the bot is in it
+            channel = {"id": a.get("channel"), "is_channel": True, "is_private": False, "is_member": True}
+            return ok | {"channel": channel}
+        if method == "apps.connections.open":
+            return ok | {"url": "wss://fake.slack.invalid/link"}
         if method == "conversations.open":
             users = str(a.get("users", "")).replace(",", "")
             return ok | {"channel": {"id": a.get("channel") or f"D{users}"}}

@@ -8,6 +8,7 @@ import sys
 
 from bot.cli import build_parser, run
 from bot.config import Settings
+from bot.db_secret import DatabaseSecret, attach
 from bot.migrate import upgrade
 from bot.runtime import Services, build_services
 from bot.services import directory
@@ -16,42 +17,58 @@ log = logging.getLogger(__name__)
 
 
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
-    import waitress
+    from waitress.server import create_server
 
+    from handlers import preflight, shutdown
+    from handlers.app import slack_client
     from handlers.server import Background, build_wsgi
 
     if not settings.slack.signing_secret or not settings.slack.bot_token:
         print("serve needs SLACK_BOT_TOKEN and SLACK_SIGNING_SECRET", file=sys.stderr)
         return 2
+    client = slack_client(settings)
+    me = preflight.check(settings, client)  # region, auth.test: one line and exit when wrong
+    stop = shutdown.GracefulStop().install()  # SIGTERM/SIGINT from here on: stop within 10 s
     services = _prepare(settings)
+    preflight.join_channels(services, client, me.user_id)
     background = Background(services, scheduler=not args.no_scheduler)
-    background.start()
     port = args.port or settings.bot.port
+    server = create_server(build_wsgi(services), host=args.host, port=port, threads=args.threads,
+                           ident="bedrock-bot")
     log.info("serving on %s:%d (Slack at /slack/events, SNS at /sns)", args.host, port)
     try:
-        waitress.serve(build_wsgi(services), host=args.host, port=port, threads=args.threads,
-                       ident="bedrock-bot", _quiet=True)
+        background.start()
+        stop.announce_port(settings.bot.port_file, port)
+        server.run()  # returns on SIGTERM/SIGINT
     finally:
-        background.shutdown()
+        stop.finish(server.close, background)
     return 0
 
 
 def cmd_socket(args: argparse.Namespace, settings: Settings) -> int:
     from slack_bolt.adapter.socket_mode import SocketModeHandler
 
-    from handlers.app import create_app
+    from handlers import preflight, shutdown
+    from handlers.app import create_app, slack_client
     from handlers.server import Background
 
     if not settings.slack.app_token or not settings.slack.bot_token:
         print("socket needs SLACK_APP_TOKEN and SLACK_BOT_TOKEN", file=sys.stderr)
         return 2
+    client = slack_client(settings)
+    me = preflight.check(settings, client, socket=True, prog="socket")
+    stop = shutdown.GracefulStop().install()
     services = _prepare(settings)
+    preflight.join_channels(services, client, me.user_id)
     background = Background(services, scheduler=not args.no_scheduler)
-    background.start()
+    handler = SocketModeHandler(create_app(settings, services, client), settings.slack.app_token)
     try:
-        SocketModeHandler(create_app(settings, services), settings.slack.app_token).start()
+        background.start()
+        handler.start()  # waits until SIGTERM/SIGINT
+    except shutdown.Stopping:
+        pass
     finally:
-        background.shutdown()
+        stop.finish(handler.close, background)
     return 0
 
 
@@ -63,6 +80,8 @@ def _prepare(settings: Settings) -> Services:
 
     upgrade(settings.db.url)
     services = build_services(settings)
+    if settings.aws.database_secret:  # a rotated password is read again on the next connection
+        attach(services.db.engine, DatabaseSecret.from_settings(settings))
     if settings.slack.bot_token:  # before any job runs: announcements must reach Slack
         services.notifier = OutboxNotifier(SlackNotifier(slack_client(settings)), services.db,
                                            services.clock)
@@ -108,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     job.add_argument("job", choices=sorted(JOBS))
     job.set_defaults(func=cmd_run_job)
     sub.add_parser("demo", help="the offline walk-through: real server, moto as AWS, "
-                   "a printing Slack stand-in").set_defaults(func=cmd_demo)
+                   "a printing Slack stand-in").set_defaults(func=cmd_demo, needs_database=False)
     return run(parser, argv)
 
 

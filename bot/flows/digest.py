@@ -12,7 +12,8 @@ If building or posting fails, the claim is deleted so the next run retries (a di
 never went out must not count as posted). If the process dies between claim and record,
 the row keeps `ts IS NULL`; such a claim older than STALE_CLAIM is taken over by the next
 run (a compare-and-set UPDATE, so only one run wins). A chart that fails to upload does not
-undo the post: the message is out, posting it again would be the worse outcome.
+undo the post: the message is out, posting it again would be the worse outcome; the channel is
+told why instead (a file needs the bot in the channel, `not_in_channel`).
 
 `force=True` (`/bedrock digest`, admins) posts now even when today's digest is out. When
 nothing was posted yet it claims the row like a scheduled run, so the cron later skips;
@@ -37,12 +38,12 @@ from bot.db import Database
 from bot.errors import BotError
 from bot.flows.runner import Outcome, execute
 from bot.models import Digest
-from bot.render.digest import digest_blocks, digest_chart
+from bot.render.digest import chart_failed_text, digest_blocks, digest_chart
 from bot.runtime import Services
 from bot.services import audit, directory
 from bot.services.digest import DigestData, build_digest, digest_day
 from bot.services.directory import Actor
-from bot.slack.notifier import Notifier
+from bot.slack.notifier import Notifier, safe
 
 log = logging.getLogger(__name__)
 NAME = "daily_digest"
@@ -142,9 +143,11 @@ def run(services: Services, force: bool = False, uploader: Uploader | None = Non
                                 "reason": reason, "claim_released": claim is not None}, "error")
         return Outcome(error=DigestError(reason))
 
-    chart_state = _upload(uploader or default_uploader(s), channel, chart, ts)
+    chart_state, chart_problem = _upload(uploader or default_uploader(s), channel, chart, ts)
+    if chart_problem:  # said where the chart was expected, not only logged
+        safe(s.notifier.post, channel, chart_failed_text(day.isoformat(), chart_problem))
     details = {"channel": channel, "day": day.isoformat(), "ts": ts, "forced": force,
-               "chart": chart_state, "tokens": data.totals.tokens,
+               "chart": chart_state, "chart_problem": chart_problem, "tokens": data.totals.tokens,
                "cost_micro_usd": data.totals.cost_micro_usd, "recorded": claim is not None}
     try:
         with s.db.session_scope() as session:
@@ -206,19 +209,20 @@ def _render_chart(data: DigestData) -> tuple[bytes, str, str] | None:
 
 
 def _upload(uploader: Uploader | None, channel: str, chart: tuple[bytes, str, str] | None,
-            ts: str | None) -> str:
+            ts: str | None) -> tuple[str, str]:
+    """(state, problem): the problem is "" unless a chart should have arrived and did not."""
     if chart is None:
-        return "failed"
+        return "failed", "it could not be drawn (see the bot's log)"
     if uploader is None:
         log.info("daily_digest: no file uploader (no Slack client); chart not posted")
-        return "skipped"
+        return "skipped", ""
     png, filename, title = chart
     try:
         uploader(channel, png, filename, title, ts)
-        return "uploaded"
+        return "uploaded", ""
     except Exception as exc:
         log.warning("daily_digest: chart upload failed: %s: %s", type(exc).__name__, str(exc)[:200])
-        return "failed"
+        return "failed", _why(exc)
 
 
 def _why(exc: Exception) -> str:

@@ -139,3 +139,12 @@ def digest_chart(d: DigestData) -> tuple[bytes, str, str]:
     title = chart_title(d)
     png = stacked_chart_png(d.chart.days, d.chart.series, title, rest=OTHERS)
     return png, f"bedrock-usage-{d.day.isoformat()}.png", title
+
+
+def chart_failed_text(day: str, problem: str) -> str:
+    """Said in the digest channel when the chart did not arrive (files need the bot in the
+    channel; ``chat:write.public`` only covers messages)."""
+    text = f":warning: The usage chart for {day} could not be posted: {problem}."
+    if "not_in_channel" in problem or "channel_not_found" in problem:
+        text += " Files need the bot in this channel: type `/invite` followed by the bot's name here."
+    return text

@@ -99,6 +99,14 @@ def _append(session: Session, queue: list[Pending]) -> None:
     session.flush()
 
 
+def seen_since(session: Session, action: str, target: str, details: dict[str, Any] | None,
+               outcome: str, since: datetime) -> bool:
+    """Whether the same event (action, target, details, outcome) was recorded at or after `since`."""
+    return session.execute(select(AuditEvent.id).where(
+        AuditEvent.action == action, AuditEvent.target == target[:512], AuditEvent.outcome == outcome,
+        AuditEvent.details == _details_json(details), AuditEvent.at >= since).limit(1)).first() is not None
+
+
 @dataclass(frozen=True)
 class VerifyResult:
     ok: bool

@@ -359,11 +359,18 @@ def test_a_failed_post_releases_the_claim_and_the_next_run_posts(bot: Harness, c
     assert not daily_digest.run(bot.services).value.posted  # type: ignore[union-attr]
 
 
-def test_a_failed_chart_upload_keeps_the_post(bot: Harness) -> None:
+def test_a_failed_chart_upload_keeps_the_post_and_says_why_in_the_channel(bot: Harness) -> None:
     bot.slack.fail_always("files.completeUploadExternal", "not_in_channel")
     out = daily_digest.run(bot.services)
     assert out.ok and out.value is not None and (out.value.posted, out.value.chart) == (True, "failed")
     assert digest_rows(bot.services.db) == [(CHANNEL, "2026-11-24", out.value.ts)]
+    digest_post, notice = posts(bot)
+    assert digest_post.args["text"].startswith("Bedrock digest for 2026-11-24")
+    assert notice.args["text"] == (
+        ":warning: The usage chart for 2026-11-24 could not be posted: Slack said not_in_channel. "
+        "Files need the bot in this channel: type `/invite` followed by the bot's name here.")
+    [ev] = digest_audits(bot.services.db)
+    assert '"chart_problem":"Slack said not_in_channel"' in ev.details
     assert not daily_digest.run(bot.services).value.posted  # type: ignore[union-attr]
 
 

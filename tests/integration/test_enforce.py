@@ -556,6 +556,22 @@ def test_dry_run_records_the_breach_but_writes_no_policy(db: Database, clock: Fi
     w.assert_audit_ok()
 
 
+def test_dry_run_does_not_reassert_every_run(db: Database, clock: FixedClock, iam: Any) -> None:
+    """Nothing was written in dry run, so there is nothing to put back: no "Deny policy put
+    back" and no access.reassert row on the following runs (docs once said the opposite)."""
+    w = make_world(db, clock, iam, dry_run=True)
+    meter = w.user("alice", "UALICE01", "aipid0000001")
+    assert meter is not None
+    w.limit("alice", "1M", Window.DAY)
+    w.usage(meter, H0, 2 * M)
+    assert len(w.run().breaches) == 1
+    for _ in range(3):
+        clock.advance(minutes=1)
+        r = w.run()
+        assert r.reasserted == [] and r.breaches == []
+    assert w.audit_events("access.reassert") == [] and w.policies("alice") == []
+
+
 # ---------------------------------------------------------------- team revocation
 
 

@@ -83,20 +83,34 @@ def test_cfn_lint_is_clean_informational_checks_included() -> None:
     assert proc.returncode == 0, f"cfn-lint exit {proc.returncode}:\n{proc.stdout}{proc.stderr}"
 
 
+def _bot_role(template: dict[str, Any]) -> dict[str, Any]:
+    role: dict[str, Any] = template["Resources"]["BotRole"]
+    assert role["Type"] == "AWS::IAM::Role"
+    return role
+
+
 def test_the_role_policy_is_bot_policy(template: dict[str, Any]) -> None:
-    (role,) = _of_type(template, "AWS::IAM::Role").values()
-    (policy,) = role["Properties"]["Policies"]
+    (policy,) = _bot_role(template)["Properties"]["Policies"]
     assert policy["PolicyDocument"] == cfn_policy(), (
         "deploy/bedrock-bot.yaml drifted from bot.iam_policy; regenerate the PolicyDocument from "
         "`python -m bot.iam_policy --cfn`:\n" + to_json(cfn_policy()))
 
 
-def _resolve(node: Any, env: dict[str, str]) -> Any:
-    """Evaluate Ref / Fn::GetAtt / Fn::Sub against fixed values, as CloudFormation would."""
+NO_VALUE = object()
+
+
+def _resolve(node: Any, env: dict[str, Any]) -> Any:
+    """Evaluate Ref / Fn::GetAtt / Fn::Sub / Fn::If against fixed values (conditions are keys of
+    ``env`` too), as CloudFormation would; AWS::NoValue drops the list item."""
     if isinstance(node, list):
-        return [_resolve(v, env) for v in node]
+        return [v for v in (_resolve(item, env) for item in node) if v is not NO_VALUE]
     if not isinstance(node, dict):
         return node
+    if node == {"Ref": "AWS::NoValue"}:
+        return NO_VALUE
+    if set(node) == {"Fn::If"}:
+        condition, then, otherwise = node["Fn::If"]
+        return _resolve(then if env[condition] else otherwise, env)
     if set(node) == {"Ref"}:
         return env[node["Ref"]]
     if set(node) == {"Fn::GetAtt"}:
@@ -112,12 +126,16 @@ def test_deployed_policy_equals_bot_policy_for_the_stack(template: dict[str, Any
     region, account = "eu-west-1", "210987654321"
     topic = f"arn:aws:sns:{region}:{account}:stack-AlarmTopic-1A2B3C"
     queue = f"arn:aws:sqs:{region}:{account}:stack-EventsQueue-4D5E6F"
+    secret = f"arn:aws:secretsmanager:{region}:{account}:secret:rds!db-0a1b2c3d-AbC123"
     env = {"AWS::Partition": "aws", "AWS::Region": region, "AWS::AccountId": account,
            CFN_TOPIC: topic, f"{CFN_QUEUE}.Arn": queue, CFN_LOG_GROUP_PARAM: "/aws/bedrock/invocations",
-           CFN_PATH_PARAM: "/"}
-    (role,) = _of_type(template, "AWS::IAM::Role").values()
-    deployed = _resolve(role["Properties"]["Policies"][0]["PolicyDocument"], env)
-    assert deployed == bot_policy(region, account, topic, queue, log_group="/aws/bedrock/invocations")
+           CFN_PATH_PARAM: "/", "Database.MasterUserSecret.SecretArn": secret}
+    document = _bot_role(template)["Properties"]["Policies"][0]["PolicyDocument"]
+    on_fargate = _resolve(document, env | {"OnFargate": True})
+    assert on_fargate == bot_policy(region, account, topic, queue, log_group="/aws/bedrock/invocations",
+                                    database_secret=secret)
+    elsewhere = _resolve(document, env | {"OnFargate": False})  # no database in the stack
+    assert elsewhere == bot_policy(region, account, topic, queue, log_group="/aws/bedrock/invocations")
 
 
 def test_placeholders_name_the_templates_resources_and_parameters(template: dict[str, Any]) -> None:
@@ -131,13 +149,26 @@ def test_placeholders_name_the_templates_resources_and_parameters(template: dict
     assert not re.fullmatch(params[CFN_PATH_PARAM]["AllowedPattern"], "users")
 
 
-def test_the_role_lives_under_the_protected_path(template: dict[str, Any]) -> None:
-    (role,) = _of_type(template, "AWS::IAM::Role").values()
-    assert role["Properties"]["Path"] == BOT_PATH
-    trust = role["Properties"]["AssumeRolePolicyDocument"]["Statement"]
-    assert [s["Action"] for s in trust] == ["sts:AssumeRole"]
-    assert trust[0]["Principal"] == {"Service": {"Ref": "BotServicePrincipal"}}
+def test_the_roles_live_under_the_protected_path(template: dict[str, Any]) -> None:
+    """Both roles (the bot's, ECS's execution role) are under /bedrock-bot/, where the bot's own
+    policy forbids it to write."""
+    for role in _of_type(template, "AWS::IAM::Role").values():
+        assert role["Properties"]["Path"] == BOT_PATH
+    trust = _bot_role(template)["Properties"]["AssumeRolePolicyDocument"]["Statement"]
+    service, trial = trust
+    assert service["Action"] == "sts:AssumeRole"
+    assert service["Principal"] == {"Service": {"Ref": "BotServicePrincipal"}}
     assert "ecs-tasks.amazonaws.com" in template["Parameters"]["BotServicePrincipal"]["AllowedValues"]
+    # A laptop trial may assume the same role, only when a principal is named.
+    condition, statement, otherwise = trial["Fn::If"]
+    assert condition == "HasTrialPrincipal" and otherwise == {"Ref": "AWS::NoValue"}
+    assert statement["Principal"] == {"AWS": {"Ref": "TrialPrincipalArn"}}
+    assert statement["Action"] == "sts:AssumeRole"
+    pattern = template["Parameters"]["TrialPrincipalArn"]["AllowedPattern"]
+    assert re.fullmatch(pattern, "") and re.fullmatch(pattern, "arn:aws:iam::123456789012:user/dana")
+    sso = "arn:aws:iam::123456789012:role/aws-reserved/sso.amazonaws.com/AWSReservedSSO_x"
+    assert re.fullmatch(pattern, sso)
+    assert not re.fullmatch(pattern, "arn:aws:iam::123456789012:root")
 
 
 def test_topic_queue_subscription_and_policies(template: dict[str, Any]) -> None:
@@ -173,6 +204,84 @@ def test_outputs_name_the_bots_settings(template: dict[str, Any]) -> None:
     assert outputs["EventsQueueUrl"]["Value"] == {"Ref": CFN_QUEUE}  # Ref of a queue is its URL
     assert "BOT_SQS_QUEUE_URL" in outputs["EventsQueueUrl"]["Description"]
     assert "BotRoleArn" in outputs
+
+
+def test_fargate_health_checks_follow_the_container_port(template: dict[str, Any]) -> None:
+    """Target group, service, port mapping and BOT_PORT all name ContainerPort; the load balancer
+    asks /healthz on the traffic port."""
+    res = template["Resources"]
+    port = {"Ref": "ContainerPort"}
+    tg = res["TargetGroup"]["Properties"]
+    assert tg["Port"] == port and tg["HealthCheckPort"] == "traffic-port" and tg["TargetType"] == "ip"
+    assert tg["HealthCheckPath"] == "/healthz" and tg["Matcher"] == {"HttpCode": "200"}
+    (lb,) = res["Service"]["Properties"]["LoadBalancers"]
+    assert lb == {"ContainerName": "bot", "ContainerPort": port, "TargetGroupArn": {"Ref": "TargetGroup"}}
+    container = res["TaskDefinition"]["Properties"]["ContainerDefinitions"][0]
+    assert container["PortMappings"] == [{"ContainerPort": port, "Protocol": "tcp"}]
+    ingress = res["ServiceSecurityGroup"]["Properties"]["SecurityGroupIngress"]
+    assert [(r["FromPort"], r["ToPort"]) for r in ingress] == [(port, port)]
+
+
+def test_only_slacks_path_is_public_over_https(template: dict[str, Any]) -> None:
+    res = template["Resources"]
+    listener = res["HttpsListener"]["Properties"]
+    assert listener["Protocol"] == "HTTPS" and listener["Port"] == 443
+    assert listener["Certificates"] == [{"CertificateArn": {"Ref": "CertificateArn"}}]
+    assert listener["SslPolicy"].startswith("ELBSecurityPolicy-TLS13")
+    assert [a["Type"] for a in listener["DefaultActions"]] == ["fixed-response"]
+    rules = _of_type(template, "AWS::ElasticLoadBalancingV2::ListenerRule").values()
+    paths = [c["PathPatternConfig"]["Values"] for r in rules for c in r["Properties"]["Conditions"]]
+    assert paths == [["/slack/events"]]  # not /metrics, not /sns (SNS arrives through the queue)
+    assert not _of_type(template, "AWS::ElasticLoadBalancingV2::Listener").keys() - {"HttpsListener"}
+
+
+def test_slack_secrets_are_injected_and_readable_only_by_ecs(template: dict[str, Any]) -> None:
+    res = template["Resources"]
+    container = res["TaskDefinition"]["Properties"]["ContainerDefinitions"][0]
+    assert container["Secrets"] == [
+        {"Name": name, "ValueFrom": {"Fn::Sub": f"${{SlackSecretArn}}:{name}::"}}
+        for name in ("SLACK_BOT_TOKEN", "SLACK_SIGNING_SECRET")]
+    names = {e["Name"] for e in container["Environment"] if "Name" in e}
+    assert not names & {"SLACK_BOT_TOKEN", "SLACK_SIGNING_SECRET", "SLACK_APP_TOKEN"}
+    (policy,) = res["TaskExecutionRole"]["Properties"]["Policies"]
+    (stmt,) = policy["PolicyDocument"]["Statement"]
+    assert stmt["Action"] == "secretsmanager:GetSecretValue" and stmt["Resource"] == {"Ref": "SlackSecretArn"}
+    task = res["TaskDefinition"]["Properties"]
+    assert task["TaskRoleArn"] == {"Fn::GetAtt": ["BotRole", "Arn"]}
+    assert task["ExecutionRoleArn"] == {"Fn::GetAtt": ["TaskExecutionRole", "Arn"]}
+    log = container["LogConfiguration"]
+    assert log["LogDriver"] == "awslogs" and log["Options"]["awslogs-group"] == {"Ref": "LogGroup"}
+
+
+def test_the_database_password_is_rds_managed_and_never_in_the_url(template: dict[str, Any]) -> None:
+    res = template["Resources"]
+    db = res["Database"]["Properties"]
+    assert db["ManageMasterUserPassword"] is True and "MasterUserPassword" not in db
+    assert db["Engine"] == "postgres" and db["PubliclyAccessible"] is False and db["StorageEncrypted"] is True
+    assert res["Database"]["DeletionPolicy"] == "Snapshot"
+    env = {e["Name"]: e["Value"] for e in
+           res["TaskDefinition"]["Properties"]["ContainerDefinitions"][0]["Environment"] if "Name" in e}
+    url = env["DATABASE_URL"]["Fn::Sub"]
+    assert url.startswith("postgresql+psycopg://bedrockbot@${Database.Endpoint.Address}:")
+    assert "sslmode=require" in url
+    assert env["BOT_DATABASE_SECRET"] == {"Fn::GetAtt": ["Database", "MasterUserSecret.SecretArn"]}
+    ingress = res["DatabaseSecurityGroup"]["Properties"]["SecurityGroupIngress"]
+    assert [r["SourceSecurityGroupId"] for r in ingress] == [{"Ref": "ServiceSecurityGroup"}]
+
+
+def test_fargate_resources_exist_only_with_run_on_fargate(template: dict[str, Any]) -> None:
+    base = {"AlarmTopic", "AlarmTopicPolicy", "EventsDeadLetterQueue", "EventsQueue", "EventsQueuePolicy",
+            "EventsSubscription", "BotRole", "BotInstanceProfile"}
+    for name, resource in template["Resources"].items():
+        if name not in base:
+            assert resource.get("Condition") in ("OnFargate", "HasDnsRecord"), name
+    on_fargate = template["Conditions"]["OnFargate"]["Fn::And"]
+    assert {"Fn::Equals": [{"Ref": "RunOn"}, "fargate"]} in on_fargate
+    rule = template["Rules"]["FargateNeedsItsParameters"]
+    asserted = json.dumps(rule["Assertions"])
+    for needed in ("ImageUri", "DomainName", "CertificateArn", "VpcId", "PublicSubnetIds",
+                   "PrivateSubnetIds", "SlackSecretArn", "BotServicePrincipal"):
+        assert needed in asserted, needed
 
 
 # ================================================================== Dockerfile
@@ -352,6 +461,38 @@ def test_healthcheck_command_really_probes_healthz(
         s.bind(("127.0.0.1", 0))
         free = s.getsockname()[1]
     assert _run_check(cmd, free) != 0
+
+
+def test_healthcheck_follows_the_port_serve_wrote(
+        docker: Docker, health_server: tuple[HTTPServer, int], tmp_path: Path) -> None:
+    """`serve --port N` writes N to BOT_PORT_FILE; the HEALTHCHECK asks that port, not BOT_PORT."""
+    cmd = _healthcheck(docker)
+    _, port = health_server
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        wrong = s.getsockname()[1]
+    port_file = tmp_path / "bedrock-bot.port"
+    port_file.write_text(f"{port}\n")
+    argv = [sys.executable, *cmd[1:]]
+    env = {**os.environ, "BOT_PORT": str(wrong), "BOT_PORT_FILE": str(port_file)}
+    assert subprocess.run(argv, env=env, capture_output=True, timeout=30, check=False).returncode == 0
+    port_file.unlink()  # serve gone (or never wrote it): BOT_PORT again
+    assert subprocess.run(argv, env=env, capture_output=True, timeout=30, check=False).returncode != 0
+    _, stages = docker
+    assert "BOT_PORT_FILE=/tmp/bedrock-bot.port" in " ".join(_all(stages[-1], "ENV"))
+
+
+def test_the_image_stops_on_sigterm(docker: Docker) -> None:
+    """The bot is PID 1 and handles SIGTERM itself (tests/e2e/test_shutdown.py); the image says
+    which signal `docker stop` sends."""
+    _, stages = docker
+    assert _all(stages[-1], "STOPSIGNAL") == ["SIGTERM"]
+
+
+def test_the_task_definition_health_check_is_the_images(docker: Docker, template: dict[str, Any]) -> None:
+    container = template["Resources"]["TaskDefinition"]["Properties"]["ContainerDefinitions"][0]
+    assert container["HealthCheck"]["Command"] == ["CMD", *_healthcheck(docker)]
+    assert {"Name": "BOT_PORT", "Value": {"Ref": "ContainerPort"}} in container["Environment"]
 
 
 def test_image_gets_every_package_it_installs(docker: Docker) -> None:

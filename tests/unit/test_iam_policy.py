@@ -37,6 +37,7 @@ REGION, ACCOUNT = "us-east-1", "123456789012"
 TOPIC = f"arn:aws:sns:{REGION}:{ACCOUNT}:bedrock-bot-alarms"
 QUEUE = f"arn:aws:sqs:{REGION}:{ACCOUNT}:bedrock-bot-events"
 LOG_GROUP = "/aws/bedrock/modelinvocations"
+DB_SECRET = f"arn:aws:secretsmanager:{REGION}:{ACCOUNT}:secret:rds!db-1a2b3c4d-5e6f-AbCdEf"
 
 AIP = f"arn:aws:bedrock:{REGION}:{ACCOUNT}:application-inference-profile/a1b2c3d4e5f6"
 MODEL = f"arn:aws:bedrock:{REGION}::foundation-model/anthropic.claude-3-haiku-20240307-v1:0"
@@ -54,7 +55,7 @@ OURS = {"aws:ResourceTag/managed-by": "bedrock-bot"}
 
 
 def concrete() -> dict[str, Any]:
-    return bot_policy(REGION, ACCOUNT, TOPIC, QUEUE, log_group=LOG_GROUP)
+    return bot_policy(REGION, ACCOUNT, TOPIC, QUEUE, log_group=LOG_GROUP, database_secret=DB_SECRET)
 
 
 # ------------------------------------------------------------------ parliament
@@ -217,7 +218,11 @@ CALLS: dict[tuple[str, str], list[Need]] = {
     ("logs", "start_query"): [Need("logs:StartQuery", LOG_GROUP_ARN)],
     ("logs", "get_query_results"): [Need("logs:GetQueryResults", LOG_GROUP_ARN)],
     ("logs", "stop_query"): [Need("logs:StopQuery", "*")],
+    # bot/db_secret.py (only with BOT_DATABASE_SECRET)
+    ("secretsmanager", "get_secret_value"): [Need("secretsmanager:GetSecretValue", DB_SECRET)],
 }
+# Calls the bot makes only when configured to; the generic policy (nothing configured) has no grant.
+CONFIGURED_ONLY = {("secretsmanager", "get_secret_value")}
 SERVICES = sorted({service for service, _ in CALLS})
 
 
@@ -246,7 +251,26 @@ def test_every_call_is_allowed_by_the_concrete_policy(service: str, method: str)
 def test_every_call_is_allowed_by_the_generic_policy(service: str, method: str) -> None:
     policy = bot_policy()
     for need in CALLS[(service, method)]:
-        assert allowed(policy, need.action, need.resource, need.context), f"{need}"
+        expected = (service, method) not in CONFIGURED_ONLY
+        assert allowed(policy, need.action, need.resource, need.context) is expected, f"{need}"
+
+
+def test_the_database_secret_is_the_only_secret_readable() -> None:
+    policy = concrete()
+    other = f"arn:aws:secretsmanager:{REGION}:{ACCOUNT}:secret:prod/payments-XyZ123"
+    assert allowed(policy, "secretsmanager:GetSecretValue", DB_SECRET)
+    assert not allowed(policy, "secretsmanager:GetSecretValue", other)
+    assert not allowed(policy, "secretsmanager:PutSecretValue", DB_SECRET)
+    assert not any("secretsmanager" in json.dumps(s) for s in bot_policy()["Statement"])
+
+
+def test_log_groups_are_the_group_and_its_streams_or_every_group() -> None:
+    def resources(policy: dict[str, Any]) -> Any:
+        return next(s["Resource"] for s in policy["Statement"] if s["Sid"] == "LogsQueryInvocationLogs")
+    assert resources(concrete()) == [LOG_GROUP_ARN, f"{LOG_GROUP_ARN}:*"]
+    # nothing known = what the template's default "*" gives, so both print the same document
+    assert resources(bot_policy(REGION, ACCOUNT)) == [
+        f"arn:aws:logs:{REGION}:{ACCOUNT}:log-group:*", f"arn:aws:logs:{REGION}:{ACCOUNT}:log-group:*:*"]
 
 
 def test_every_aws_call_in_the_source_has_a_row() -> None:
@@ -366,6 +390,8 @@ def test_queue_url_becomes_an_arn() -> None:
     {"principal_path": "users"},
     {"principal_path": "/users"},
     {"partition": "azure"},
+    {"database_secret": "arn:aws:ssm:us-east-1:123456789012:parameter/db"},
+    {"database_secret": "rds!db-1234"},
 ])
 def test_bad_arguments_are_refused_with_one_line(kwargs: dict[str, Any]) -> None:
     with pytest.raises(ValueError) as err:
@@ -380,7 +406,7 @@ def test_to_json_round_trips() -> None:
 
 def test_module_main_prints_the_policy_and_the_cfn_form(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--region", REGION, "--account-id", ACCOUNT, "--topic-arn", TOPIC, "--queue", QUEUE,
-                 "--log-group", LOG_GROUP]) == 0
+                 "--log-group", LOG_GROUP, "--database-secret", DB_SECRET]) == 0
     assert json.loads(capsys.readouterr().out) == concrete()
     assert main(["--cfn"]) == 0
     assert json.loads(capsys.readouterr().out) == cfn_policy()
@@ -389,10 +415,19 @@ def test_module_main_prints_the_policy_and_the_cfn_form(capsys: pytest.CaptureFi
 
 
 def test_cfn_form_is_the_same_document_with_substitutions() -> None:
-    """Statement for statement, the CloudFormation form is bot_policy's with placeholders."""
-    cfn, plain = cfn_policy(), bot_policy()
-    assert [s["Sid"] for s in cfn["Statement"]] == [s["Sid"] for s in plain["Statement"]]
-    for c, p in zip(cfn["Statement"], plain["Statement"], strict=True):
+    """Statement for statement, the CloudFormation form is bot_policy's with placeholders; the
+    database-secret read is there only when the stack runs the bot (and so has a database)."""
+    cfn, plain = cfn_policy(), bot_policy(database_secret=DB_SECRET)
+    unwrapped = []
+    for c in cfn["Statement"]:
+        if "Fn::If" in c:
+            condition, then, otherwise = c["Fn::If"]
+            assert condition == "OnFargate" and otherwise == {"Ref": "AWS::NoValue"}
+            assert then["Sid"] == "SecretsReadDatabasePassword"
+            c = then
+        unwrapped.append(c)
+    assert [s["Sid"] for s in unwrapped] == [s["Sid"] for s in plain["Statement"]]
+    for c, p in zip(unwrapped, plain["Statement"], strict=True):
         assert c["Effect"] == p["Effect"] and c["Action"] == p["Action"]
 
 

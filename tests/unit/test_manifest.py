@@ -17,13 +17,15 @@ from bot.manifest import (
     EVENTS_PATH,
     NAME_MAX,
     build_manifest,
+    next_steps,
     normalize_url,
     to_json,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
 URL = "https://bot.example.com"
-EXPECTED_SCOPES = {"commands", "chat:write", "chat:write.public", "files:write", "users:read", "im:write"}
+EXPECTED_SCOPES = {"commands", "chat:write", "chat:write.public", "files:write", "users:read", "im:write",
+                   "channels:join", "groups:read"}
 
 
 def _walk(node: Any, path: str = "") -> list[tuple[str, Any]]:
@@ -185,6 +187,51 @@ def test_manifest_events_and_command_are_the_ones_the_handlers_register() -> Non
     assert registered_events == set(BOT_EVENTS)
     registered_commands = set(re.findall(r"""@app\.command\(\s*["']([^"']+)["']""", source))
     assert registered_commands == {COMMAND}
+
+
+def test_channel_scopes_are_the_ones_the_start_up_check_calls_for() -> None:
+    """conversations.join needs channels:join (public channels); conversations.info on a private
+    channel needs groups:read. bot/slack/channels.py makes exactly those calls."""
+    source = (ROOT / "bot" / "slack" / "channels.py").read_text()
+    assert ".conversations_join(" in source and ".conversations_info(" in source
+    assert {"channels:join", "groups:read"} <= set(BOT_SCOPES)
+
+
+# ------------------------------------------------------------------ the command and its next steps
+
+
+def _cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    from bot.cli import main
+
+    code = main(["manifest", *argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_cli_prints_the_json_alone_on_stdout_and_the_next_steps_on_stderr(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = _cli(capsys, "--url", URL + "/")
+    assert code == 0 and json.loads(out) == build_manifest(URL)
+    assert f"{URL}/slack/events" in err and "press Retry" in err and "Event Subscriptions" in err
+    assert "SLACK_SIGNING_SECRET" in err
+    assert err == next_steps(URL)
+
+
+def test_cli_socket_mode_explicitly_or_by_default(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = _cli(capsys, "--socket")
+    assert code == 0 and json.loads(out) == build_manifest(None)
+    assert "SLACK_APP_TOKEN" in err and "connections:write" in err and "Retry" not in err
+    assert _cli(capsys)[1] == out  # no flag: Socket Mode, as before
+
+
+def test_cli_quiet_and_conflicting_flags(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = _cli(capsys, "--url", URL, "-q")
+    assert code == 0 and json.loads(out) and err == ""
+    with pytest.raises(SystemExit) as done:
+        _cli(capsys, "--url", URL, "--socket")
+    assert done.value.code == 2 and "not allowed with" in capsys.readouterr().err
+    code, out, err = _cli(capsys, "--url", "http://bot.example.com")
+    assert code == 2 and out == "" and err.startswith("manifest: ") and err.count("\n") == 1
 
 
 def test_events_path_is_the_one_the_server_routes() -> None:

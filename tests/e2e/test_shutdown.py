@@ -1,0 +1,212 @@
+"""A real `bedrock-bot serve` process, stopped by SIGTERM (docker stop, an ECS deploy) or SIGINT:
+it exits 0 within 10 s and the scheduler lease is free the moment it has gone, so another
+replica can take over at its next heartbeat instead of after the lease's 90 s.
+
+Also at start (handlers/preflight.py): `serve` asks Slack who it is (auth.test) and joins its
+channels, and a refused token stops it before it touches the database, with one line.
+
+On SQLite and on PostgreSQL; the process talks to a moto server (AWS) and a FakeSlack.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TypeVar
+
+import pytest
+from moto.server import ThreadedMotoServer
+from sqlalchemy import select
+
+from bot.db import Database
+from bot.migrate import upgrade
+from bot.models import AuditEvent, Lease
+from tests.conftest import _pg_reachable, drop_pg_schema, new_pg_schema_url
+from tests.fakes.slack_api import FakeSlack
+
+pytestmark = pytest.mark.e2e
+ROOT = Path(__file__).resolve().parents[2]
+ALERTS, DIGESTS, OWNER = "CALERTS01", "CDIGEST01", "UOWNER001"
+T = TypeVar("T")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _eventually(what: str, probe: Callable[[], T | None], seconds: float) -> T:
+    deadline = time.monotonic() + seconds
+    while True:
+        value = probe()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {seconds}s: {what}")
+        time.sleep(0.05)
+
+
+@pytest.fixture(scope="module")
+def aws_url() -> Iterator[str]:
+    port = _free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def slack() -> Iterator[FakeSlack]:
+    with FakeSlack() as fake:
+        yield fake
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path}/bot.db"
+        return
+    if not _pg_reachable():
+        if os.environ.get("REQUIRE_POSTGRES") == "1":
+            pytest.fail("PostgreSQL is required but not reachable")
+        pytest.skip("PostgreSQL not reachable")
+    url, schema = new_pg_schema_url()
+    try:
+        yield url
+    finally:
+        drop_pg_schema(schema)
+
+
+def _env(db_url: str, slack: FakeSlack, aws_url: str, home: Path) -> dict[str, str]:
+    return {
+        "PATH": os.environ.get("PATH", ""), "HOME": str(home), "PYTHONPATH": str(ROOT),
+        "PYTHONUNBUFFERED": "1", "DATABASE_URL": db_url, "SLACK_BOT_TOKEN": "xoxb-shutdown",
+        "SLACK_SIGNING_SECRET": "shh", "SLACK_API_URL": slack.url, "BOT_ADMINS": OWNER,
+        "BOT_ALERT_CHANNEL": ALERTS, "BOT_DIGEST_CHANNEL": DIGESTS, "BOT_PROFILES_BACKEND": "local",
+        "AWS_ENDPOINT_URL": aws_url, "AWS_REGION": "us-east-1", "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing", "AWS_CONFIG_FILE": "/dev/null",
+        "AWS_SHARED_CREDENTIALS_FILE": "/dev/null", "BOT_PORT_FILE": str(home / "serve.port"),
+    }
+
+
+def _serve(env: dict[str, str], workdir: Path, port: int) -> tuple[subprocess.Popen[bytes], Path]:
+    log = workdir / "serve.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "handlers.main", "serve", "--host", "127.0.0.1",
+                                 "--port", str(port), "--threads", "4"],
+                                cwd=workdir, env=env, stdout=out, stderr=subprocess.STDOUT)
+    return proc, log
+
+
+def _healthz(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as resp:
+            return resp.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def _up(proc: subprocess.Popen[bytes], log: Path, port: int) -> bool:
+    if proc.poll() is not None:
+        pytest.fail(f"serve exited {proc.returncode}:\n{log.read_text()}")
+    return _healthz(port)
+
+
+def _lease(db: Database) -> str | None:
+    with db.session_scope() as s:
+        return s.execute(select(Lease.holder).where(Lease.name == "scheduler")).scalar_one_or_none()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_signal_stops_serve_and_frees_the_lease_at_once(
+        sig: signal.Signals, db_url: str, slack: FakeSlack, aws_url: str, tmp_path: Path) -> None:
+    upgrade(db_url)
+    db = Database(db_url)
+    port = _free_port()
+    proc, log = _serve(_env(db_url, slack, aws_url, tmp_path), tmp_path, port)
+    try:
+        _eventually("serve answers /healthz", lambda: _up(proc, log, port), 40)
+        holder = _eventually("serve holds the scheduler lease", lambda: _lease(db), 20)
+        assert f":{proc.pid}:" in holder
+        # the image's HEALTHCHECK reads the port serve really listens on (here --port)
+        assert (tmp_path / "serve.port").read_text().strip() == str(port)
+
+        proc.send_signal(sig)
+        code = proc.wait(timeout=10)
+        output = log.read_text()
+        assert code == 0, output
+        assert _lease(db) is None, "the lease must be free as soon as the process is gone"
+        assert f"{sig.name}: stopping" in output and "stopped" in output
+        assert not (tmp_path / "serve.port").exists()
+        assert not _healthz(port)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=5)
+        db.dispose()
+
+    # At start it asked Slack who it is and joined both channels.
+    assert slack.calls("auth.test")
+    assert {c.args["channel"] for c in slack.calls("conversations.join")} == {ALERTS, DIGESTS}
+
+
+def test_a_refused_token_stops_serve_before_it_starts(
+        slack: FakeSlack, aws_url: str, tmp_path: Path) -> None:
+    slack.fail_always("auth.test", "invalid_auth")
+    db_file = tmp_path / "bot.db"
+    proc = subprocess.run([sys.executable, "-m", "handlers.main", "serve", "--port", str(_free_port())],
+                          cwd=tmp_path, env=_env(f"sqlite:///{db_file}", slack, aws_url, tmp_path),
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 2
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("serve:")]
+    assert lines == ["serve: Slack does not accept SLACK_BOT_TOKEN (invalid_auth): copy it again from "
+                     "the app's settings (OAuth & Permissions → Bot User OAuth Token)"]
+    assert not db_file.exists(), "nothing was migrated"
+
+
+def test_a_private_channel_the_bot_is_not_in_is_reported_to_the_owner(
+        slack: FakeSlack, aws_url: str, tmp_path: Path) -> None:
+    """The digest channel is private: join says method_not_supported_for_channel_type and
+    conversations.info says the bot is not a member. The owner gets one DM naming the fix,
+    an audit row records it, and a second start within the day does not DM again."""
+    slack.fail_always("conversations.join", "method_not_supported_for_channel_type")
+    slack.set_response("conversations.info", {"ok": True, "channel": {
+        "id": DIGESTS, "is_private": True, "is_member": False}})
+    url = f"sqlite:///{tmp_path}/bot.db"
+    env = _env(url, slack, aws_url, tmp_path) | {"BOT_ALERT_CHANNEL": ""}
+    for _ in range(2):
+        port = _free_port()
+        proc, log = _serve(env, tmp_path, port)
+        try:
+            _eventually("serve answers /healthz", lambda: _up(proc, log, port), 40)  # noqa: B023
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=10) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        assert "is private and the bot is not a member" in log.read_text()
+
+    opened = [c for c in slack.calls("conversations.open") if c.args.get("users") == OWNER]
+    dms = [c for c in slack.calls("chat.postMessage") if str(c.args.get("channel", "")).startswith("D")
+           and DIGESTS in str(c.args.get("text"))]
+    assert len(opened) == 1 and len(dms) == 1
+    assert "/invite <@UBOT>" in dms[0].args["text"] and "BOT_DIGEST_CHANNEL" in dms[0].args["text"]
+    db = Database(url)
+    try:
+        with db.session_scope() as s:
+            rows = s.execute(select(AuditEvent.actor, AuditEvent.outcome).where(
+                AuditEvent.action == "slack.channel", AuditEvent.target == f"channel:{DIGESTS}")).all()
+        assert rows == [("system:startup", "error")] * 2
+    finally:
+        db.dispose()
