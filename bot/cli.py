@@ -98,6 +98,9 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]
     policy = sub.add_parser("iam-policy", help="print the least-privilege IAM policy the bot needs")
     policy.add_argument("--account-id", help="12-digit account id (default: any)")
     policy.set_defaults(func=cmd_iam_policy)
+    from bot.cli_prices import add_parser as add_prices
+
+    add_prices(sub)
     return parser, sub
 
 

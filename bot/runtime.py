@@ -14,6 +14,7 @@ from bot.aws.alarms import Alarms
 from bot.aws.budgets import Budgets
 from bot.aws.logs import LogsInsights
 from bot.aws.metrics import CloudWatchMetrics
+from bot.aws.price_list import PriceList
 from bot.aws.profiles import AwsProfiles, LocalProfiles, ProfilesBackend
 from bot.aws.sns import DEFAULT_MAX_AGE, CertificateStore, SnsVerifier
 from bot.clock import Clock, utcnow
@@ -90,7 +91,24 @@ class Services:
 
     @cached_property
     def prices(self) -> PriceTable:
-        return PriceTable.load(self.overrides.get("pricing_file") or self.settings.bot.pricing_file)
+        """Shipped table < AWS Price List prices stored by `prices refresh` < BOT_PRICING_FILE."""
+        from bot.pricing_refresh import load_prices
+
+        return load_prices(self.db, self.settings.aws.region,
+                           self.overrides.get("pricing_file") or self.settings.bot.pricing_file)
+
+    def reload_prices(self) -> PriceTable:
+        """After a refresh: the next sync prices with what was just stored."""
+        self.__dict__.pop("prices", None)
+        return self.prices
+
+    @cached_property
+    def price_list(self) -> PriceList:
+        from bot.pricing_refresh import endpoint_region
+
+        client = self.overrides.get("pricing") or clients.client(
+            "pricing", self.settings.aws, region_name=endpoint_region(self.settings.aws.region))
+        return PriceList(client)
 
     @property
     def tz(self) -> Any:

@@ -1,0 +1,117 @@
+"""`bedrock-bot prices refresh` and the daily `prices_refresh` job: AWS Price List → database.
+
+Three steps, so no transaction is open while AWS answers: read which models matter (one
+session), page through `GetProducts` for both Bedrock service codes (no session), match and
+store (one session, audited). Loading prices for the rest of the bot is `load_prices`.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from bot.aws.price_list import ENDPOINT_REGIONS, PriceList
+from bot.clock import Clock
+from bot.db import Database
+from bot.price_offers import SERVICE_CODES, OfferError, OfferRate, match, parse_item
+from bot.pricing import PriceTable, packaged_aliases
+from bot.services import audit, prices
+
+log = logging.getLogger(__name__)
+ACTOR = "system:prices_refresh"
+
+
+@dataclass(frozen=True)
+class RefreshReport:
+    region: str
+    items: int
+    rates: int
+    malformed: int
+    added: list[str] = field(default_factory=list)
+    changed: list[str] = field(default_factory=list)
+    unchanged: int = 0
+    unmatched: list[str] = field(default_factory=list)
+    conflicts: list[str] = field(default_factory=list)
+    incomplete: list[str] = field(default_factory=list)
+    calls: int = 0
+
+
+def endpoint_region(region: str) -> str:
+    """The Price List Query API region nearest the bot's (the API lives in only three)."""
+    if region in ENDPOINT_REGIONS:
+        return region
+    if region.startswith(("eu-", "me-", "af-", "il-")):
+        return "eu-central-1"
+    if region.startswith("ap-"):
+        return "ap-south-1"
+    return "us-east-1"
+
+
+def fetch_rates(price_list: PriceList, region: str) -> tuple[list[OfferRate], int, int]:
+    """(rates, items read, malformed items) for both Bedrock offers in `region`."""
+    rates: list[OfferRate] = []
+    items = malformed = 0
+    for code in SERVICE_CODES:
+        for item in price_list.products(code, region):
+            items += 1
+            try:
+                rates.extend(parse_item(item))
+            except OfferError:
+                malformed += 1
+    return rates, items, malformed
+
+
+def refresh(db: Database, clock: Clock, price_list: PriceList, region: str,
+            table: PriceTable, actor: str = ACTOR) -> RefreshReport:
+    """Read, fetch (no transaction open), match and store. AwsError propagates untouched."""
+    with db.session_scope() as session:
+        wanted = prices.wanted_models(session, [k for k, _, _ in table.entries()])
+    rates, items, malformed = fetch_rates(price_list, region)
+    fallback = {k: p for k, p, _ in table.entries()}
+    result = match(rates, wanted, region, aliases=packaged_aliases(), fallback=fallback)
+    with db.session_scope() as session:
+        stored = prices.store(session, clock, region, result)
+        report = RefreshReport(region, items, len(rates), malformed, stored.added, stored.changed,
+                               stored.unchanged, result.unmatched, result.conflicts,
+                               result.incomplete, price_list.calls)
+        audit.record(session, clock, actor, "prices.refresh", f"price-list:{region}",
+                     {"items": items, "rates": len(rates), "added": len(stored.added),
+                      "changed": stored.changed[:50], "unchanged": stored.unchanged,
+                      "unmatched": len(result.unmatched), "conflicts": result.conflicts[:20],
+                      "malformed": malformed})
+    return report
+
+
+def load_prices(db: Database, region: str, override_file: str | None) -> PriceTable:
+    """Shipped table < stored Price List prices < override file. The database unreadable (not
+    migrated yet, down): the shipped table and the override, with a warning."""
+    try:
+        with db.session_scope() as session:
+            stored = prices.stored(session, region)
+            when = prices.fetched_at(session, region)
+    except Exception as exc:  # the fallback is the point: never stop pricing for this
+        log.warning("stored prices unreadable (%s): using the shipped table", type(exc).__name__)
+        stored, when = {}, None
+    label = f"AWS Price List {region} {when:%Y-%m-%d}" if when else "AWS Price List"
+    return PriceTable.load(override_file, stored=stored, stored_label=label)
+
+
+def report_lines(r: RefreshReport) -> list[str]:
+    """What `prices refresh` prints (and the job logs)."""
+    lines = [f"price list {r.region}: {r.items} products read in {r.calls} calls, "
+             f"{r.rates} on-demand token prices",
+             f"stored: {len(r.added)} new, {len(r.changed)} changed, {r.unchanged} unchanged"]
+    for label, names in (("changed", r.changed), ("new", r.added)):
+        if names:
+            lines.append(f"{label}: " + ", ".join(names[:30]) + (" …" if len(names) > 30 else ""))
+    if r.conflicts:
+        lines.append("not stored, SKUs disagree or the name is ambiguous: " + "; ".join(r.conflicts[:20]))
+    if r.incomplete:
+        lines.append("not stored, no input or output price: " + "; ".join(r.incomplete[:20]))
+    if r.unmatched:
+        lines.append(f"{len(r.unmatched)} Price List models match no model the bot knows "
+                     "(add one to pricing.json price_list_names if you use it): "
+                     + "; ".join(r.unmatched[:15]) + (" …" if len(r.unmatched) > 15 else ""))
+    if r.malformed:
+        lines.append(f"{r.malformed} items were not product JSON and were skipped")
+    return lines
