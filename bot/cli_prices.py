@@ -53,7 +53,7 @@ def cmd_prices_show(args: argparse.Namespace, settings: Settings) -> int:
 
 def price_lines(entries: list[tuple[str, Price, str]], header: str | bool = False) -> str:
     """USD per 1M tokens (the unit AWS's pricing page uses), with where each price came from."""
-    rows = [("model", "input", "output", "cache read", "cache write", "from")]
+    rows: list[tuple[str, ...]] = [("model", "input", "output", "cache read", "cache write", "from")]
     for key, p, origin in entries:
         rows.append((key, *(_per_m(getattr(p, f)) for f in ("input", "output", "cache_read",
                                                             "cache_write")), origin))

@@ -3,7 +3,8 @@
 Three layers, later ones winning per model: the packaged `pricing.json` (us-east-1 list prices,
 the offline fallback), prices stored by `bedrock-bot prices refresh` from the AWS Price List API
 (`stored`), and an override file of the same shape as pricing.json (`BOT_PRICING_FILE`).
-A model in none of them has no price: its calls are counted in tokens and flagged unpriced. Costs are integer micro-dollars computed with `Decimal`, rounded
+A model in none of them has no price: its calls are counted in tokens and flagged unpriced.
+Costs are integer micro-dollars computed with `Decimal`, rounded
 half-up once per call, so sums of stored costs never drift with float error.
 
 Model id forms accepted by `price_of` (first listed key wins):

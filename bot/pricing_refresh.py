@@ -27,9 +27,9 @@ class RefreshReport:
     items: int
     rates: int
     malformed: int
-    added: list[str] = field(default_factory=list)
-    changed: list[str] = field(default_factory=list)
-    unchanged: int = 0
+    stored: int = 0
+    new: list[str] = field(default_factory=list)  # had no stored price before
+    changed: list[str] = field(default_factory=list)  # differs from the price in use before
     unmatched: list[str] = field(default_factory=list)
     conflicts: list[str] = field(default_factory=list)
     incomplete: list[str] = field(default_factory=list)
@@ -69,14 +69,15 @@ def refresh(db: Database, clock: Clock, price_list: PriceList, region: str,
     rates, items, malformed = fetch_rates(price_list, region)
     fallback = {k: p for k, p, _ in table.entries()}
     result = match(rates, wanted, region, aliases=packaged_aliases(), fallback=fallback)
+    changed = sorted(m for m, p in result.prices.items() if table.price_of(m) != p)
     with db.session_scope() as session:
         stored = prices.store(session, clock, region, result)
-        report = RefreshReport(region, items, len(rates), malformed, stored.added, stored.changed,
-                               stored.unchanged, result.unmatched, result.conflicts,
+        report = RefreshReport(region, items, len(rates), malformed, len(result.prices),
+                               stored.added, changed, result.unmatched, result.conflicts,
                                result.incomplete, price_list.calls)
         audit.record(session, clock, actor, "prices.refresh", f"price-list:{region}",
-                     {"items": items, "rates": len(rates), "added": len(stored.added),
-                      "changed": stored.changed[:50], "unchanged": stored.unchanged,
+                     {"items": items, "rates": len(rates), "stored": len(result.prices),
+                      "new": len(stored.added), "changed": changed[:50],
                       "unmatched": len(result.unmatched), "conflicts": result.conflicts[:20],
                       "malformed": malformed})
     return report
@@ -100,8 +101,9 @@ def report_lines(r: RefreshReport) -> list[str]:
     """What `prices refresh` prints (and the job logs)."""
     lines = [f"price list {r.region}: {r.items} products read in {r.calls} calls, "
              f"{r.rates} on-demand token prices",
-             f"stored: {len(r.added)} new, {len(r.changed)} changed, {r.unchanged} unchanged"]
-    for label, names in (("changed", r.changed), ("new", r.added)):
+             f"stored {r.stored} model prices: {len(r.changed)} differ from the prices in use, "
+             f"{len(r.new)} models had no stored price"]
+    for label, names in (("changed", r.changed),):
         if names:
             lines.append(f"{label}: " + ", ".join(names[:30]) + (" …" if len(names) > 30 else ""))
     if r.conflicts:

@@ -23,9 +23,8 @@ from bot.pricing import Price, bare_id
 
 @dataclass(frozen=True)
 class StoreResult:
-    added: list[str]
-    changed: list[str]
-    unchanged: int
+    added: list[str]  # model ids with no stored price before
+    updated: int  # stored prices rewritten (fetched_at moves even when the price did not)
 
 
 def wanted_models(session: Session, known: list[str]) -> list[str]:
@@ -37,7 +36,8 @@ def wanted_models(session: Session, known: list[str]) -> list[str]:
 def store(session: Session, clock: Clock, region: str, result: MatchResult) -> StoreResult:
     now = clock()
     rows = {r.model_id: r for r in session.scalars(select(ModelPrice).where(ModelPrice.region == region))}
-    added, changed, unchanged = [], [], 0
+    added: list[str] = []
+    updated = 0
     for model_id, price in sorted(result.prices.items()):
         text = {f: _text(getattr(price, f)) for f in ("input", "output", "cache_read", "cache_write")}
         source = result.sources.get(model_id, "")[:256]
@@ -46,15 +46,12 @@ def store(session: Session, clock: Clock, region: str, result: MatchResult) -> S
             session.add(ModelPrice(region=region, model_id=model_id, source=source, fetched_at=now, **text))
             added.append(model_id)
             continue
-        if any(Decimal(getattr(row, f)) != Decimal(v) for f, v in text.items()):
-            changed.append(model_id)
-        else:
-            unchanged += 1
+        updated += 1
         for f, v in text.items():
             setattr(row, f, v)
         row.source, row.fetched_at = source, now
     session.flush()
-    return StoreResult(added, changed, unchanged)
+    return StoreResult(added, updated)
 
 
 def stored(session: Session, region: str) -> dict[str, Price]:
