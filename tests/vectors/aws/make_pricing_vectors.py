@@ -1,5 +1,9 @@
-"""Writes tests/vectors/aws/pricing-getproducts-*.json (run from the repo root; kept so the vectors can be re-made and reviewed)."""
-import json, hashlib
+"""Writes tests/vectors/aws/pricing-getproducts-*.json.
+
+Run from the repo root; kept so the vectors can be re-made and reviewed.
+"""
+import hashlib
+import json
 
 PUB = "2025-11-20T19:35:41Z"
 VERSION = "20251120193541"
@@ -26,7 +30,8 @@ def item(service, family, attrs, unit, usd, description):
     }
     return json.dumps(doc, separators=(",", ":"))
 
-def br(model, provider, inference_type, usagetype, usd, feature="On-demand Inference", unit="1K tokens", extra=None, region="us-east-1", location="US East (N. Virginia)"):
+def br(model, provider, inference_type, usagetype, usd, feature="On-demand Inference",
+       unit="1K tokens", extra=None, region="us-east-1", location="US East (N. Virginia)"):
     attrs = {"regionCode": region, "usagetype": usagetype, "locationType": "AWS Region",
              "location": location, "inferenceType": inference_type, "model": model,
              "provider": provider, "feature": feature, "operation": "Usage"}
@@ -44,7 +49,8 @@ def fm(name, usagetype, usd, unit="1M tokens", desc=None):
 page1 = [
     br("Nova Pro", "Amazon", "Input tokens", "USE1-NovaPro-input-tokens", "0.0008000000"),
     br("Nova Pro", "Amazon", "Output tokens", "USE1-NovaPro-output-tokens", "0.0032000000"),
-    br("Nova Pro", "Amazon", "Cache read input tokens", "USE1-NovaPro-cache-read-input-tokens", "0.0002000000"),
+    br("Nova Pro", "Amazon", "Cache read input tokens", "USE1-NovaPro-cache-read-input-tokens",
+       "0.0002000000"),
     br("Nova Pro", "Amazon", "Input tokens flex", "USE1-NovaPro-input-tokens-flex", "0.0004000000",
        extra={"service_tier": "Flex"}),
     br("Nova Pro", "Amazon", "Input tokens", "USE1-NovaPro-input-tokens-batch", "0.0004000000",
