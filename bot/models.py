@@ -330,12 +330,14 @@ class ModelPrice(Base):
 class BilledCost(Base):
     """What AWS billed for a subject's Bedrock use on one closed UTC day (Cost Explorer), beside
     the bot's own estimate for the same day. `basis` says how the cost was attributed:
-    `tag:user`, `tag:team` (AIP cost-allocation tags) or `principal-tag:<key>`."""
+    `tag:user`, `tag:team` (AIP cost-allocation tags) or `principal-tag:<key>`; a row without a
+    subject (`account`) is the account's whole Bedrock bill for the day."""
 
     __tablename__ = "billed_costs"
     __table_args__ = (UniqueConstraint("subject_id", "day", "basis"),)
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    subject_id: Mapped[int] = mapped_column(ForeignKey("subjects.id", ondelete="CASCADE"), index=True)
+    subject_id: Mapped[int | None] = mapped_column(ForeignKey("subjects.id", ondelete="CASCADE"),
+                                                   index=True)
     day: Mapped[str] = mapped_column(String(10))  # ISO date, UTC (Cost Explorer's days)
     basis: Mapped[str] = mapped_column(String(80))
     billed_micro_usd: Mapped[int] = mapped_column(BigInteger)

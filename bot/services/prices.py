@@ -66,3 +66,36 @@ def fetched_at(session: Session, region: str) -> datetime | None:
 
 def _text(value: Decimal) -> str:
     return f"{value.normalize():f}"
+
+
+MARKETPLACE = "AmazonBedrockFoundationModels: "
+EDITION = " (Amazon Bedrock Edition)"
+# Providers whose Bedrock models are sold through AWS Marketplace (their own bill service name).
+MARKETPLACE_PROVIDERS = frozenset({"anthropic", "cohere", "ai21", "writer", "stability", "luma"})
+
+
+def marketplace_services(session: Session, model_ids: list[str]) -> tuple[list[str], list[str]]:
+    """(the bill service names of these models that are Marketplace products, the Marketplace
+    models whose name is not known yet — no `prices refresh` has matched them)."""
+    from bot.price_offers import id_key
+
+    names: dict[str, str] = {}
+    for model_id, source in session.execute(select(ModelPrice.model_id, ModelPrice.source)):
+        key = id_key(model_id)
+        if key and source.startswith(MARKETPLACE):
+            names[key] = source.removeprefix(MARKETPLACE).removesuffix(" (global)") + EDITION
+    found, unknown = set(), set()
+    for model_id in model_ids:
+        key = id_key(model_id)
+        if key and key in names:
+            found.add(names[key])
+        elif _provider(model_id) in MARKETPLACE_PROVIDERS:
+            unknown.add(model_id)
+    return sorted(found), sorted(unknown)
+
+
+def _provider(model_id: str) -> str:
+    from bot.price_offers import _GEO
+
+    bare = _GEO.sub("", bare_id(model_id) or "")
+    return bare.partition(".")[0]

@@ -44,7 +44,7 @@ def upgrade() -> None:
     op.create_table(
         "billed_costs",
         sa.Column("id", sa.Integer(), nullable=False),
-        sa.Column("subject_id", sa.Integer(), nullable=False),
+        sa.Column("subject_id", sa.Integer(), nullable=True),
         sa.Column("day", sa.String(length=10), nullable=False),
         sa.Column("basis", sa.String(length=80), nullable=False),
         sa.Column("billed_micro_usd", sa.BigInteger(), nullable=False),

@@ -1,0 +1,29 @@
+"""Estimate vs bill, and unpriced usage, as text (pure): for `/bedrock usage`, the digest and alerts."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from bot.quantities import format_tokens, format_usd
+from bot.render.text import escape
+from bot.services.billing import BillComparison
+
+
+def bill_line(b: BillComparison) -> str:
+    """"AWS billed $12.40 (estimate $11.90, +4%)" with the days it covers."""
+    pct = b.divergence_pct
+    delta = "no estimate" if pct is None else f"{pct:+.0f}%"
+    span = (b.first_day.isoformat() if b.days == 1
+            else f"{b.first_day.isoformat()} → {b.last_day.isoformat()}")
+    return (f"AWS billed {format_usd(b.billed_micro_usd)} (estimate "
+            f"{format_usd(b.estimate_micro_usd)}, {delta}) for {span} UTC")
+
+
+def unpriced_line(tokens: int, requests: int, models: Sequence[str] = ()) -> str | None:
+    """The flag for calls to models without a price: never a silent $0."""
+    if tokens <= 0 and requests <= 0:
+        return None
+    which = f" ({escape(', '.join(models[:5]))}{' …' if len(models) > 5 else ''})" if models else ""
+    return (f"⚠️ {format_tokens(tokens)} tokens in {format_tokens(requests)} requests went to "
+            f"models without a price{which}: counted in tokens, not in the cost. "
+            "`bedrock-bot prices refresh` or BOT_PRICING_FILE prices them.")
