@@ -26,11 +26,10 @@ from bot.clock import Clock
 from bot.db import Database
 from bot.models import Subject
 from bot.services import audit, billing
-from bot.services.billing import DAY, BillComparison, Estimate
+from bot.services.billing import DAY, BillComparison, Estimate, diverges
 
 ACTOR = "system:bill_reconcile"
 LOOKBACK_DAYS = 3
-NOISE_MICRO_USD = 10_000  # differences under a cent are rounding, never an alert
 ALL_METERS = ("profile", "principal", "metadata")
 
 
@@ -50,13 +49,6 @@ class BillReport:
     estimated_days: list[date] = field(default_factory=list)
     inactive_tags: list[str] = field(default_factory=list)  # keys no Bedrock cost carries
     calls: int = 0
-
-
-def diverges(b: BillComparison, threshold_pct: float) -> bool:
-    if abs(b.billed_micro_usd - b.estimate_micro_usd) < NOISE_MICRO_USD:
-        return False
-    pct = b.divergence_pct
-    return pct is None or abs(pct) > threshold_pct
 
 
 def likely_causes(b: BillComparison, est: Estimate, tag_key: str | None, tag_active: bool) -> list[str]:

@@ -12,6 +12,7 @@ from bot.aws import clients
 from bot.aws.access import IamAccess
 from bot.aws.alarms import Alarms
 from bot.aws.budgets import Budgets
+from bot.aws.cost_explorer import CostExplorer
 from bot.aws.logs import LogsInsights
 from bot.aws.metrics import CloudWatchMetrics
 from bot.aws.price_list import PriceList
@@ -109,6 +110,13 @@ class Services:
         client = self.overrides.get("pricing") or clients.client(
             "pricing", self.settings.aws, region_name=endpoint_region(self.settings.aws.region))
         return PriceList(client)
+
+    @cached_property
+    def cost_explorer(self) -> CostExplorer:
+        # Cost Explorer answers from one endpoint per partition (us-east-1; cn-northwest-1 in China).
+        region = "cn-northwest-1" if self.settings.aws.region.startswith("cn-") else "us-east-1"
+        client = self.overrides.get("ce") or clients.client("ce", self.settings.aws, region_name=region)
+        return CostExplorer(client)
 
     @property
     def tz(self) -> Any:

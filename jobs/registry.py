@@ -7,6 +7,7 @@ from typing import Any
 
 from bot.runtime import Services
 from jobs import (
+    bill_reconcile,
     daily_digest,
     enforce,
     expire_requests,
@@ -24,4 +25,5 @@ JOBS: dict[str, Callable[[Services], Any]] = {
     flush_outbox.NAME: flush_outbox.run,
     daily_digest.NAME: daily_digest.run,
     prices_refresh.NAME: prices_refresh.run,
+    bill_reconcile.NAME: bill_reconcile.run,
 }

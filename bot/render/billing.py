@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from bot.quantities import format_tokens, format_usd
 from bot.render.text import escape
 from bot.services.billing import BillComparison
+
+if TYPE_CHECKING:
+    from bot.bill_reconcile import Divergence
 
 
 def bill_line(b: BillComparison) -> str:
@@ -27,3 +31,24 @@ def unpriced_line(tokens: int, requests: int, models: Sequence[str] = ()) -> str
     return (f"⚠️ {format_tokens(tokens)} tokens in {format_tokens(requests)} requests went to "
             f"models without a price{which}: counted in tokens, not in the cost. "
             "`bedrock-bot prices refresh` or BOT_PRICING_FILE prices them.")
+
+
+def divergence_alert(divergences: Sequence[Divergence], threshold_pct: float) -> str | None:
+    """The alert-channel text for closed days whose bill and estimate part by > threshold."""
+    if not divergences:
+        return None
+    lines = [f"💸 *AWS bill vs the bot's estimate*: {len(divergences)} off by more than "
+             f"{threshold_pct:g}%"]
+    for d in divergences[:20]:
+        who = f"*{escape(d.subject)}* ({d.kind}, {d.bill.basis})" if d.subject else "*the account*"
+        lines.append(f"• {who}: {bill_line(d.bill)}\n    likely: " + "; ".join(d.causes))
+    if len(divergences) > 20:
+        lines.append(f"… and {len(divergences) - 20} more")
+    return "\n".join(lines)[:3000]
+
+
+def inactive_tags_note(keys: Sequence[str]) -> str | None:
+    if not keys:
+        return None
+    return ("No Bedrock cost in Cost Explorer carries the tag(s) " + ", ".join(f"`{k}`" for k in keys)
+            + ": activate them as cost-allocation tags, or bills cannot be matched to subjects.")

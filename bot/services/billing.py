@@ -41,6 +41,17 @@ class BillComparison:
         return 100.0 * (self.billed_micro_usd - self.estimate_micro_usd) / self.estimate_micro_usd
 
 
+NOISE_MICRO_USD = 10_000  # differences under a cent are rounding, never an alert
+
+
+def diverges(b: BillComparison, threshold_pct: float) -> bool:
+    """Billed and estimated part by a cent or more and by more than `threshold_pct`."""
+    if abs(b.billed_micro_usd - b.estimate_micro_usd) < NOISE_MICRO_USD:
+        return False
+    pct = b.divergence_pct
+    return pct is None or abs(pct) > threshold_pct
+
+
 def utc_day_bounds(day: date) -> tuple[datetime, datetime]:
     start = datetime.combine(day, time(0), tzinfo=UTC)
     return start, start + DAY
@@ -165,3 +176,38 @@ def estimates_by_subject(session: Session, kinds: tuple[str, ...], day: date) ->
                 Meter.subject_id.is_not(None))
          .group_by(Meter.subject_id))
     return {int(sid): Estimate(*(int(v or 0) for v in rest)) for sid, *rest in session.execute(q)}
+
+
+@dataclass(frozen=True)
+class DayBill:
+    """The latest closed UTC day with a stored bill: the account's line and the subjects whose
+    bill and estimate part by more than the threshold."""
+
+    account: BillComparison
+    divergent: list[tuple[str, BillComparison]]
+
+
+def latest_day_bill(session: Session, now: datetime, threshold_pct: float,
+                    within_days: int = 7) -> DayBill | None:
+    from bot.models import Subject
+
+    oldest = (now.astimezone(UTC).date() - timedelta(days=within_days)).isoformat()
+    day_text = session.scalar(select(BilledCost.day).where(
+        BilledCost.subject_id.is_(None), BilledCost.basis == "account", BilledCost.day >= oldest)
+        .order_by(BilledCost.day.desc()).limit(1))
+    if day_text is None:
+        return None
+    day = date.fromisoformat(day_text)
+    start, end = utc_day_bounds(day)
+    account = compare_account(session, start, end, now)
+    if account is None:
+        return None
+    divergent = []
+    for row, name in session.execute(select(BilledCost, Subject.name).join(
+            Subject, Subject.id == BilledCost.subject_id).where(BilledCost.day == day_text)
+            .order_by(Subject.name, BilledCost.basis)).tuples():
+        b = BillComparison(day, day, 1, row.basis, row.billed_micro_usd, row.estimate_micro_usd,
+                           row.unpriced_tokens)
+        if diverges(b, threshold_pct):
+            divergent.append((name, b))
+    return DayBill(account, divergent)
