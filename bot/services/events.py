@@ -25,7 +25,7 @@ from bot.aws.sns import SnsEnvelope
 from bot.clock import Clock
 from bot.models import Limit, Revocation, SnsMessage, Subject
 from bot.quantities import Window
-from bot.services import access, audit
+from bot.services import access, audit, budget_window
 from bot.services.access import RevocationView
 from bot.services.directory import Actor, SubjectInfo, info
 from bot.services.enforce import suspended
@@ -42,7 +42,8 @@ def limit_id_from_name(name: str) -> int | None:
 
 @dataclass
 class EventOutcome:
-    # duplicate | confirmed | unsubscribed | revoked | warned | recovered | posted | unrecognised
+    # duplicate | confirmed | unsubscribed | revoked | warned | recovered | posted | stale |
+    # unrecognised
     outcome: str
     message_id: str
     topic: str
@@ -112,6 +113,10 @@ def _notification(session: Session, clock: Clock, env: SnsEnvelope, iam: IamAcce
     if limit.action == "notify" or _already_revoked(session, limit.id) or \
             suspended(session, limit.id, clock()):
         base.outcome = "warned"
+        return base
+    if isinstance(event, BudgetEvent) and not budget_window.is_current(
+            event, env.timestamp, status.window_start, status.window_end):
+        base.outcome = "stale"  # about a window that has ended: posted, never enforced
         return base
     reason = "alarm" if isinstance(event, AlarmEvent) else "budget"
     window = Window(limit.window)
