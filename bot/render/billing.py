@@ -28,7 +28,8 @@ def unpriced_line(tokens: int, requests: int, models: Sequence[str] = ()) -> str
     if tokens <= 0 and requests <= 0:
         return None
     which = f" ({escape(', '.join(models[:5]))}{' …' if len(models) > 5 else ''})" if models else ""
-    return (f"⚠️ {format_tokens(tokens)} tokens in {format_tokens(requests)} requests went to "
+    plural = "" if requests == 1 else "s"
+    return (f"⚠️ {format_tokens(tokens)} tokens in {format_tokens(requests)} request{plural} went to "
             f"models without a price{which}: counted in tokens, not in the cost. "
             "`bedrock-bot prices refresh` or BOT_PRICING_FILE prices them.")
 
