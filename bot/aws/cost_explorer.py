@@ -65,16 +65,16 @@ def parse_results(pages: Iterable[dict[str, Any]], tag_key: str) -> DailyCosts:
     sums: dict[tuple[date, str], Decimal] = defaultdict(Decimal)
     prefix = f"{tag_key}$"
     for page in pages:
-        for result in page.get("ResultsByTime", []):
+        for result in _list(page.get("ResultsByTime") if isinstance(page, dict) else None):
             try:
                 day = date.fromisoformat(str(result["TimePeriod"]["Start"])[:10])
             except (KeyError, TypeError, ValueError):
                 continue
-            if result.get("Estimated"):
+            if result.get("Estimated") is True:
                 out.estimated_days.add(day)
-            for group in result.get("Groups", []):
-                keys = group.get("Keys") or []
-                if len(keys) != 2 or not is_bedrock_service(str(keys[0])):
+            for group in _list(result.get("Groups")):
+                keys = group.get("Keys")
+                if not isinstance(keys, list) or len(keys) != 2 or not is_bedrock_service(str(keys[0])):
                     continue
                 value = str(keys[1])
                 value = value[len(prefix):] if value.startswith(prefix) else value
@@ -87,13 +87,18 @@ def parse_results(pages: Iterable[dict[str, Any]], tag_key: str) -> DailyCosts:
     return out
 
 
+def _list(value: Any) -> list[dict[str, Any]]:
+    """The dicts of a JSON list; anything else is empty (a malformed page reads as no data)."""
+    return [v for v in value if isinstance(v, dict)] if isinstance(value, list) else []
+
+
 def _amount(group: dict[str, Any]) -> Decimal | None:
     try:
         metric = group["Metrics"][METRIC]
         if metric.get("Unit", "USD") != "USD":
             return None
         value = Decimal(str(metric["Amount"]))
-    except (KeyError, TypeError, InvalidOperation):
+    except (KeyError, TypeError, AttributeError, InvalidOperation):
         return None
     return value if value.is_finite() else None
 
