@@ -36,6 +36,9 @@ What each statement is for, and why it is no narrower:
   attributes on the queue.
 - **CloudWatch Logs Insights** (invocation-log metering): ``StartQuery``/``GetQueryResults`` on
   the invocation log group; ``StopQuery`` has no resource type.
+- **Prices and the bill** (``bot/aws/price_list.py``, ``bot/aws/cost_explorer.py``):
+  ``pricing:GetProducts`` and ``ce:GetCostAndUsage`` have no resource types, so ``*``; both are
+  reads (Cost Explorer bills each request, $0.01: the bot makes two or three a day).
 - ``sts:GetCallerIdentity`` needs no permission at all (AWS always allows it); it is listed so
   the document names every call the bot makes.
 """
@@ -176,6 +179,7 @@ def _document(*, partition: str, region: str, account: str, topics: Sequence[str
         _allow("LogsQueryInvocationLogs", ["logs:StartQuery", "logs:GetQueryResults"], one(log_groups)),
         _allow("LogsStopQueries", ["logs:StopQuery"], "*"),
         _allow("StsWhoAmI", ["sts:GetCallerIdentity"], "*"),
+        _allow("BillingReadPricesAndCosts", ["pricing:GetProducts", "ce:GetCostAndUsage"], "*"),
     ]
     return {"Version": VERSION, "Statement": statements}
 

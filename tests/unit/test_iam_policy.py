@@ -217,6 +217,9 @@ CALLS: dict[tuple[str, str], list[Need]] = {
     ("logs", "start_query"): [Need("logs:StartQuery", LOG_GROUP_ARN)],
     ("logs", "get_query_results"): [Need("logs:GetQueryResults", LOG_GROUP_ARN)],
     ("logs", "stop_query"): [Need("logs:StopQuery", "*")],
+    # bot/aws/price_list.py, bot/aws/cost_explorer.py (no resource types: "*")
+    ("pricing", "get_products"): [Need("pricing:GetProducts", "*")],
+    ("ce", "get_cost_and_usage"): [Need("ce:GetCostAndUsage", "*")],
 }
 SERVICES = sorted({service for service, _ in CALLS})
 # Not the bot's runtime: the offline demo writes metrics into moto, the Slack stand-in prints.
