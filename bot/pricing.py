@@ -63,6 +63,8 @@ class PriceTable:
             self._origins[key] = (origins or {}).get(model_id, "table")
         self.as_of = as_of
         self.source = source
+        # True when stored (Price List) prices could not be read: the holder loads again later.
+        self.stored_unreadable = False
 
     @classmethod
     def load(cls, override_file: str | None = None, *,

@@ -86,15 +86,18 @@ def refresh(db: Database, clock: Clock, price_list: PriceList, region: str,
 def load_prices(db: Database, region: str, override_file: str | None) -> PriceTable:
     """Shipped table < stored Price List prices < override file. The database unreadable (not
     migrated yet, down): the shipped table and the override, with a warning."""
+    unreadable = False
     try:
         with db.session_scope() as session:
             stored = prices.stored(session, region)
             when = prices.fetched_at(session, region)
     except Exception as exc:  # the fallback is the point: never stop pricing for this
         log.warning("stored prices unreadable (%s): using the shipped table", type(exc).__name__)
-        stored, when = {}, None
+        stored, when, unreadable = {}, None, True
     label = f"AWS Price List {region} {when:%Y-%m-%d}" if when else "AWS Price List"
-    return PriceTable.load(override_file, stored=stored, stored_label=label)
+    table = PriceTable.load(override_file, stored=stored, stored_label=label)
+    table.stored_unreadable = unreadable
+    return table
 
 
 def report_lines(r: RefreshReport) -> list[str]:

@@ -90,17 +90,22 @@ class Services:
     def logs_insights(self) -> LogsInsights:
         return LogsInsights(self.aws_client("logs"))
 
-    @cached_property
+    @property
     def prices(self) -> PriceTable:
-        """Shipped table < AWS Price List prices stored by `prices refresh` < BOT_PRICING_FILE."""
+        """Shipped table < AWS Price List prices stored by `prices refresh` < BOT_PRICING_FILE.
+        Loaded once; again when the stored prices could not be read (the database was down)."""
         from bot.pricing_refresh import load_prices
 
-        return load_prices(self.db, self.settings.aws.region,
-                           self.overrides.get("pricing_file") or self.settings.bot.pricing_file)
+        table: PriceTable | None = self.__dict__.get("_price_table")
+        if table is None or table.stored_unreadable:
+            table = load_prices(self.db, self.settings.aws.region,
+                                self.overrides.get("pricing_file") or self.settings.bot.pricing_file)
+            self.__dict__["_price_table"] = table
+        return table
 
     def reload_prices(self) -> PriceTable:
         """After a refresh: the next sync prices with what was just stored."""
-        self.__dict__.pop("prices", None)
+        self.__dict__.pop("_price_table", None)
         return self.prices
 
     @cached_property

@@ -71,6 +71,7 @@ def test_refresh_pages_stores_and_prices_the_bot(db: Database, clock: FixedClock
     assert rows["amazon.nova-pro-v1:0"].source == "AmazonBedrock: Nova Pro"
     assert rows["global.anthropic.claude-sonnet-4-5-20250929-v1:0"].output == "0.015"
     table = load_prices(db, REGION, None)
+    assert not table.stored_unreadable
     assert table.price_of("us.amazon.nova-pro-v1:0").cache_read == Decimal("0.0002")  # type: ignore[union-attr]
     assert table.lookup("amazon.nova-pro-v1:0")[2].startswith("AWS Price List us-east-1")  # type: ignore[index]
     assert table.lookup("amazon.nova-micro-v1:0")[2] == "bot/pricing.json"  # type: ignore[index]
@@ -119,7 +120,7 @@ def test_aws_failure_stores_nothing_and_names_the_error(db: Database, clock: Fix
 
 def test_unreadable_database_falls_back_to_the_shipped_table(tmp_path: Path) -> None:
     table = load_prices(Database(f"sqlite:///{tmp_path}/never-migrated.db"), REGION, None)
-    assert len(table) == len(PriceTable.load())
+    assert len(table) == len(PriceTable.load()) and table.stored_unreadable
 
 
 @pytest.mark.parametrize(("region", "endpoint"), [
@@ -156,3 +157,37 @@ def test_cli_refresh_then_show(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     assert "no price" in capsys.readouterr().out
     assert main(["prices", "show"]) == 0
     assert "amazon.nova-micro-v1:0" in capsys.readouterr().out
+
+
+def test_the_daily_job_stores_and_the_running_bot_prices_with_it(db: Database, clock: FixedClock) -> None:
+    from bot.config import load_settings
+    from bot.runtime import build_services
+    from jobs import prices_refresh, registry
+
+    client, _ = stubbed()
+    url = db.engine.url.render_as_string(hide_password=False)
+    services = build_services(load_settings(None, DATABASE_URL=url), clock, pricing=client)
+    services.db = db
+    before = services.prices
+    assert before.lookup("amazon.nova-pro-v1:0")[2] == "bot/pricing.json"  # type: ignore[index]
+    assert registry.JOBS["prices_refresh"] is prices_refresh.run
+    report = prices_refresh.run(services)
+    assert report is not None and report.stored == 9
+    assert services.prices is not before  # reloaded after the refresh
+    assert services.prices.lookup("amazon.nova-pro-v1:0")[2].startswith("AWS Price List")  # type: ignore[index]
+
+
+def test_a_database_down_at_first_use_is_retried_not_cached(db: Database, clock: FixedClock,
+                                                            tmp_path: Path) -> None:
+    from bot.config import load_settings
+    from bot.runtime import build_services
+
+    client, _ = stubbed()
+    refresh(db, clock, PriceList(client), REGION, PriceTable.load())
+    url = db.engine.url.render_as_string(hide_password=False)
+    services = build_services(load_settings(None, DATABASE_URL=url), clock)
+    services.db = Database(f"sqlite:///{tmp_path}/down.db")  # not migrated: the read fails
+    assert services.prices.stored_unreadable
+    services.db = db  # back
+    assert services.prices.lookup("amazon.nova-pro-v1:0")[2].startswith("AWS Price List")  # type: ignore[index]
+    assert services.prices is services.prices  # and now cached
