@@ -110,7 +110,8 @@ def _subjects(session: Session, clock: Clock, dc: DailyCosts, days: list[date],
               kind: str | None, threshold_pct: float) -> tuple[int, list[Divergence]]:
     by_name = {name: (k, sid) for (k, name), sid in subjects.items() if kind is None or k == kind}
     active = bool(dc.tagged_values())
-    stored, found = 0, []
+    rows: list[billing.DayRow] = []
+    found = []
     for day in days:
         estimates = billing.estimates_by_subject(session, kinds, day)
         billed = {value: v for (d, value), v in dc.by_value.items() if d == day and value}
@@ -119,12 +120,11 @@ def _subjects(session: Session, clock: Clock, dc: DailyCosts, days: list[date],
             amount = billed.get(name, 0)
             if not amount and not est.micro_usd and not est.unpriced_tokens:
                 continue
-            billing.store_day(session, clock, sid, day, basis, amount, est.micro_usd, est.unpriced_tokens)
-            stored += 1
+            rows.append(billing.DayRow(sid, day, basis, amount, est.micro_usd, est.unpriced_tokens))
             b = BillComparison(day, day, 1, basis, amount, est.micro_usd, est.unpriced_tokens)
             if diverges(b, threshold_pct):
                 found.append(Divergence(name, k, b, likely_causes(b, est, dc.key, active)))
-    return stored, found
+    return billing.store_days(session, clock, rows), found
 
 
 def _account(session: Session, clock: Clock, dc: DailyCosts, days: list[date],
