@@ -16,6 +16,15 @@ NAME = "bill_reconcile"
 CADENCE_HOURS = 24  # Cost Explorer refreshes a few times a day; a day settles over ~24-48 h
 
 
+def estimated_note(report: BillReport) -> str | None:
+    """Cost Explorer still refines these days: a divergence on them may shrink tomorrow."""
+    days = sorted({d.bill.first_day for d in report.divergences} & set(report.estimated_days))
+    if not days:
+        return None
+    return ("AWS still marks " + ", ".join(d.isoformat() for d in days)
+            + " as Estimated: the bill may change; the bot reads it again tomorrow.")
+
+
 def run(services: Services) -> BillReport | None:
     s = services
     threshold = s.settings.bot.bill_divergence_pct
@@ -28,7 +37,8 @@ def run(services: Services) -> BillReport | None:
     log.info("bill reconcile: %d rows for %s, %d divergent, %d Cost Explorer calls", report.stored,
              ", ".join(d.isoformat() for d in report.days), len(report.divergences), report.calls)
     text = "\n\n".join(t for t in (divergence_alert(report.divergences, threshold),
-                                   inactive_tags_note(report.inactive_tags)) if t)
+                                   estimated_note(report), inactive_tags_note(report.inactive_tags))
+                         if t)
     channel = s.settings.bot.alert_channel
     if text and channel:
         safe(s.notifier.post, channel, text, None)

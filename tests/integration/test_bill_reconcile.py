@@ -185,3 +185,4 @@ def test_the_job_posts_divergences_to_the_alert_channel(db: Database, clock: Fix
     assert result is not None
     assert [c for c, _ in posted] == ["CALERTS"]
     assert "off by more than 40%" in posted[0][1] and "bob" in posted[0][1]
+    assert "AWS still marks 2026-11-24 as Estimated" in posted[0][1]
