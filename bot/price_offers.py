@@ -135,6 +135,8 @@ def _token_field(kind: str) -> str | None:
     if "token" not in k:
         return None
     if "cache" in k:
+        if re.search(r"1h|onehour|60m", k):
+            return None  # the 1-hour cache write: the bot's cache_write is the default 5-minute one
         return "cache_read" if "read" in k else "cache_write" if "write" in k else None
     if "input" in k:
         return "input"
@@ -245,9 +247,13 @@ def _price_for(out: MatchResult, table: Mapping[tuple[str, str, str], set[Decima
     found = {f: table.get((key, scope, f), set()) for f in FIELDS}
     if not any(found.values()):
         return
-    if any(len(v) > 1 for v in found.values()):
+    if any(len(found[f]) > 1 for f in ("input", "output")):
         out.conflicts.append(f"{label} ({scope})")
         return
+    for f in ("cache_read", "cache_write"):
+        if len(found[f]) > 1:  # the token prices stand; the cache price is kept from the table
+            out.conflicts.append(f"{label} ({scope}) {f}: kept the table's")
+            found[f] = set()
     one = {f: next(iter(v)) for f, v in found.items() if v}
     if "input" not in one or "output" not in one:
         out.incomplete.append(f"{label} ({scope})")

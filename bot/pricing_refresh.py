@@ -110,7 +110,8 @@ def report_lines(r: RefreshReport) -> list[str]:
         if names:
             lines.append(f"{label}: " + ", ".join(names[:30]) + (" …" if len(names) > 30 else ""))
     if r.conflicts:
-        lines.append("not stored, SKUs disagree or the name is ambiguous: " + "; ".join(r.conflicts[:20]))
+        lines.append("SKUs disagree or the name is ambiguous (not stored, unless said): "
+                     + "; ".join(r.conflicts[:20]))
     if r.incomplete:
         lines.append("not stored, no input or output price: " + "; ".join(r.incomplete[:20]))
     if r.unmatched:

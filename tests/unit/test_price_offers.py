@@ -175,3 +175,20 @@ def test_one_name_fitting_ids_priced_apart_is_ambiguous() -> None:
     fallback = {ids[0]: Price(*(Decimal("0.0001"),) * 4), ids[1]: Price(*(Decimal("0.00002"),) * 4)}
     result = match(rates, ids, "us-east-1", fallback=fallback)
     assert result.prices == {} and len(result.conflicts) == 1
+
+
+def test_a_one_hour_cache_write_is_not_the_cache_write_price() -> None:
+    doc = _doc("1M tokens", "6", usagetype="USE1-MP:USE1_CacheWrite1hInputTokenCount-Units",
+               inferenceType="")
+    assert parse_item(doc) == []
+
+
+def test_disagreeing_cache_prices_keep_the_token_prices_and_the_tables_cache_price() -> None:
+    rates = [OfferRate("Nova Pro", "us-east-1", f, REGIONAL, Decimal(v), "x", f + v)
+             for f, v in (("input", "0.0008"), ("output", "0.0032"), ("cache_write", "0.001"),
+                          ("cache_write", "0.002"))]
+    old = Price(Decimal("1"), Decimal("2"), Decimal("0.1"), Decimal("0.5"))
+    result = match(rates, ["amazon.nova-pro-v1:0"], "us-east-1", fallback={"amazon.nova-pro-v1:0": old})
+    assert result.prices["amazon.nova-pro-v1:0"] == Price(Decimal("0.0008"), Decimal("0.0032"),
+                                                          Decimal("0.1"), Decimal("0.5"))
+    assert result.conflicts == ["x: Nova Pro (regional) cache_write: kept the table's"]
