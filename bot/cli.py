@@ -112,6 +112,9 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]
     policy.add_argument("--principal-path", default="/",
                         help="IAM path of the users/roles the bot may deny (GovernedPrincipalPath)")
     policy.set_defaults(func=cmd_iam_policy, needs_database=False)
+    from bot.cli_prices import add_parser as add_prices
+
+    add_prices(sub)
     return parser, sub
 
 

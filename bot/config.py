@@ -172,6 +172,12 @@ class BotSettings(BaseSettings):
     port_file: str | None = Field(None, validation_alias="BOT_PORT_FILE")
     request_ttl_hours: int = Field(72, ge=1, le=24 * 30, validation_alias="BOT_REQUEST_TTL_HOURS")
     pricing_file: str | None = Field(None, validation_alias="BOT_PRICING_FILE")
+    # Estimate vs AWS bill: a closed day off by more than this (%) is posted with its likely cause.
+    bill_divergence_pct: float = Field(10.0, gt=0, le=1000, validation_alias="BOT_BILL_DIVERGENCE_PCT")
+    # An activated IAM-principal cost-allocation tag key whose values are subject names (the key
+    # exactly as Cost Explorer lists it); unset = no principal attribution read.
+    bill_principal_tag_key: str | None = Field(None, max_length=128,
+                                               validation_alias="BOT_BILL_PRINCIPAL_TAG_KEY")
 
     _split = field_validator("admins", mode="before")(classmethod(lambda cls, v: _split_csv(v)))
 

@@ -36,6 +36,9 @@ What each statement is for, and why it is no narrower:
   attributes on the queue.
 - **CloudWatch Logs Insights** (invocation-log metering): ``StartQuery``/``GetQueryResults`` on
   the invocation log group; ``StopQuery`` has no resource type.
+- **Prices and the bill** (``bot/aws/price_list.py``, ``bot/aws/cost_explorer.py``):
+  ``pricing:GetProducts`` and ``ce:GetCostAndUsage`` have no resource types, so ``*``; both are
+  reads (Cost Explorer bills each request, $0.01: the bot makes two or three a day).
 - **Secrets Manager** ``GetSecretValue`` on ``BOT_DATABASE_SECRET`` only, when it is set: the
   database password is read at connect time (RDS rotates a managed master secret every 7 days,
   and a task's injected environment never changes), see ``bot/db_secret.py``. The stack's
@@ -186,6 +189,7 @@ def _document(*, partition: str, region: str, account: str, topics: Sequence[str
         _allow("LogsQueryInvocationLogs", ["logs:StartQuery", "logs:GetQueryResults"], one(log_groups)),
         _allow("LogsStopQueries", ["logs:StopQuery"], "*"),
         _allow("StsWhoAmI", ["sts:GetCallerIdentity"], "*"),
+        _allow("BillingReadPricesAndCosts", ["pricing:GetProducts", "ce:GetCostAndUsage"], "*"),
     ]
     if database_secret:
         statements.append(_allow(DB_SECRET_SID, ["secretsmanager:GetSecretValue"], database_secret))

@@ -134,6 +134,10 @@ class Usage(Base):
     cache_write_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
     requests: Mapped[int] = mapped_column(BigInteger, default=0)
     cost_micro_usd: Mapped[int] = mapped_column(BigInteger, default=0)
+    # Tokens (input+output+cache) and requests of calls to models without a price: counted in
+    # tokens, never silently $0 (their cost is not in cost_micro_usd).
+    unpriced_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    unpriced_requests: Mapped[int] = mapped_column(BigInteger, default=0)
     updated_at: Mapped[datetime]
 
 
@@ -286,3 +290,41 @@ class OutboxMessage(Base):
     last_error: Mapped[str] = mapped_column(String(200), default="")
     created_at: Mapped[datetime]
     sent_at: Mapped[datetime | None]
+
+
+class ModelPrice(Base):
+    """A price read from the AWS Price List API (`bedrock-bot prices refresh`), per region.
+
+    Prices are exact decimal text in USD per 1,000 tokens (the unit of bot/pricing.json).
+    """
+
+    __tablename__ = "model_prices"
+    __table_args__ = (UniqueConstraint("region", "model_id"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    region: Mapped[str] = mapped_column(String(32))
+    model_id: Mapped[str] = mapped_column(String(256))
+    input: Mapped[str] = mapped_column(String(40))
+    output: Mapped[str] = mapped_column(String(40))
+    cache_read: Mapped[str] = mapped_column(String(40))
+    cache_write: Mapped[str] = mapped_column(String(40))
+    source: Mapped[str] = mapped_column(String(256))  # "AmazonBedrock: Nova Pro"
+    fetched_at: Mapped[datetime]
+
+
+class BilledCost(Base):
+    """What AWS billed for a subject's Bedrock use on one closed UTC day (Cost Explorer), beside
+    the bot's own estimate for the same day. `basis` says how the cost was attributed:
+    `tag:user`, `tag:team` (AIP cost-allocation tags) or `principal-tag:<key>`; a row without a
+    subject (`account`) is the account's whole Bedrock bill for the day."""
+
+    __tablename__ = "billed_costs"
+    __table_args__ = (UniqueConstraint("subject_id", "day", "basis"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    subject_id: Mapped[int | None] = mapped_column(ForeignKey("subjects.id", ondelete="CASCADE"),
+                                                   index=True)
+    day: Mapped[str] = mapped_column(String(10))  # ISO date, UTC (Cost Explorer's days)
+    basis: Mapped[str] = mapped_column(String(80))
+    billed_micro_usd: Mapped[int] = mapped_column(BigInteger)
+    estimate_micro_usd: Mapped[int] = mapped_column(BigInteger)
+    unpriced_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    fetched_at: Mapped[datetime]

@@ -1,7 +1,10 @@
 """On-demand Bedrock prices per model (USD per 1,000 tokens) and exact cost arithmetic.
 
-The packaged `pricing.json` holds us-east-1 list prices; an override file of the same shape
-replaces or adds entries. Costs are integer micro-dollars computed with `Decimal`, rounded
+Three layers, later ones winning per model: the packaged `pricing.json` (us-east-1 list prices,
+the offline fallback), prices stored by `bedrock-bot prices refresh` from the AWS Price List API
+(`stored`), and an override file of the same shape as pricing.json (`BOT_PRICING_FILE`).
+A model in none of them has no price: its calls are counted in tokens and flagged unpriced.
+Costs are integer micro-dollars computed with `Decimal`, rounded
 half-up once per call, so sums of stored costs never drift with float error.
 
 Model id forms accepted by `price_of` (first listed key wins):
@@ -49,28 +52,54 @@ class Price:
 
 class PriceTable:
     def __init__(self, prices: Mapping[str, Price], *, as_of: str | None = None,
-                 source: str | None = None) -> None:
+                 source: str | None = None, origins: Mapping[str, str] | None = None) -> None:
         self._prices: dict[str, Price] = {}
+        self._origins: dict[str, str] = {}
         for model_id, price in prices.items():
             key = _bare(model_id)
             if key is None:
                 raise ValueError(f"not a priceable model id: {model_id!r}")
             self._prices[key] = price
+            self._origins[key] = (origins or {}).get(model_id, "table")
         self.as_of = as_of
         self.source = source
+        # True when stored (Price List) prices could not be read: the holder loads again later.
+        self.stored_unreadable = False
 
     @classmethod
-    def load(cls, override_file: str | None = None) -> PriceTable:
-        """The packaged table, with entries from `override_file` replacing or adding."""
+    def load(cls, override_file: str | None = None, *,
+             stored: Mapping[str, Price] | None = None, stored_label: str = "price list"
+             ) -> PriceTable:
+        """The packaged table, then `stored` (Price List API prices from the database), then
+        entries from `override_file`, each replacing or adding per model."""
         packaged = resources.files("bot").joinpath("pricing.json")
         doc = _parse(packaged.read_text(encoding="utf-8"), "bot/pricing.json")
         prices = _prices(doc, "bot/pricing.json")
+        origins = dict.fromkeys(prices, "bot/pricing.json")
+        for model_id, price in (stored or {}).items():
+            key = _bare(model_id)
+            if key is not None:
+                prices[key], origins[key] = price, stored_label
         if override_file is not None:
-            prices.update(_prices(_parse(_read(override_file), override_file), override_file))
-        return cls(prices, as_of=_text(doc.get("as_of")), source=_text(doc.get("source")))
+            extra = _prices(_parse(_read(override_file), override_file), override_file)
+            prices.update(extra)
+            origins.update(dict.fromkeys(extra, override_file))
+        return cls(prices, as_of=_text(doc.get("as_of")), source=_text(doc.get("source")),
+                   origins=origins)
 
     def __len__(self) -> int:
         return len(self._prices)
+
+    def entries(self) -> list[tuple[str, Price, str]]:
+        """(model id, price, where the price came from), sorted by model id."""
+        return [(k, self._prices[k], self._origins.get(k, "table")) for k in sorted(self._prices)]
+
+    def lookup(self, model_id: str) -> tuple[str, Price, str] | None:
+        """(the key that priced `model_id`, its price, its origin), or None when unpriced."""
+        for candidate in _candidates(model_id):
+            if candidate in self._prices:
+                return candidate, self._prices[candidate], self._origins.get(candidate, "table")
+        return None
 
     def price_of(self, model_id: str) -> Price | None:
         for candidate in _candidates(model_id):
@@ -83,7 +112,8 @@ class PriceTable:
 
     def cost_micro_usd(self, model_id: str, input_tokens: int, output_tokens: int,
                        cache_read: int = 0, cache_write: int = 0) -> int:
-        """Estimated cost in micro-USD; 0 for a model without a price."""
+        """Estimated cost in micro-USD; 0 for a model without a price (callers check `known` and
+        count such calls as unpriced: see `services.ledger.Totals.unpriced_tokens`)."""
         counts = (input_tokens, output_tokens, cache_read, cache_write)
         if any(n < 0 for n in counts):
             raise ValueError("token counts must be >= 0")
@@ -207,3 +237,16 @@ def _amount(field: str, raw: Any) -> Decimal:
     if not value.is_finite() or value < 0:
         raise ValueError(f"{field!r} must be a finite price >= 0, got {raw}")
     return value
+
+
+def bare_id(model_id: str) -> str | None:
+    """The key a model id is priced by (lower-cased, ARNs reduced); None for an AIP ARN."""
+    return _bare(model_id)
+
+
+def packaged_aliases() -> dict[str, str]:
+    """pricing.json's `price_list_names`: Price List model name → model id."""
+    doc = _parse(resources.files("bot").joinpath("pricing.json").read_text(encoding="utf-8"),
+                 "bot/pricing.json")
+    names = doc.get("price_list_names") or {}
+    return {str(k): str(v) for k, v in names.items()} if isinstance(names, dict) else {}

@@ -12,8 +12,10 @@ from bot.aws import clients
 from bot.aws.access import IamAccess
 from bot.aws.alarms import Alarms
 from bot.aws.budgets import Budgets
+from bot.aws.cost_explorer import CostExplorer
 from bot.aws.logs import LogsInsights
 from bot.aws.metrics import CloudWatchMetrics
+from bot.aws.price_list import PriceList
 from bot.aws.profiles import AwsProfiles, LocalProfiles, ProfilesBackend
 from bot.aws.sns import DEFAULT_MAX_AGE, CertificateStore, SnsVerifier
 from bot.clock import Clock, utcnow
@@ -88,9 +90,38 @@ class Services:
     def logs_insights(self) -> LogsInsights:
         return LogsInsights(self.aws_client("logs"))
 
-    @cached_property
+    @property
     def prices(self) -> PriceTable:
-        return PriceTable.load(self.overrides.get("pricing_file") or self.settings.bot.pricing_file)
+        """Shipped table < AWS Price List prices stored by `prices refresh` < BOT_PRICING_FILE.
+        Loaded once; again when the stored prices could not be read (the database was down)."""
+        from bot.flows.prices import load_prices
+
+        table: PriceTable | None = self.__dict__.get("_price_table")
+        if table is None or table.stored_unreadable:
+            table = load_prices(self.db, self.settings.aws.region,
+                                self.overrides.get("pricing_file") or self.settings.bot.pricing_file)
+            self.__dict__["_price_table"] = table
+        return table
+
+    def reload_prices(self) -> PriceTable:
+        """After a refresh: the next sync prices with what was just stored."""
+        self.__dict__.pop("_price_table", None)
+        return self.prices
+
+    @cached_property
+    def price_list(self) -> PriceList:
+        from bot.flows.prices import endpoint_region
+
+        client = self.overrides.get("pricing") or clients.client(
+            "pricing", self.settings.aws, region_name=endpoint_region(self.settings.aws.region))
+        return PriceList(client)
+
+    @cached_property
+    def cost_explorer(self) -> CostExplorer:
+        # Cost Explorer answers from one endpoint per partition (us-east-1; cn-northwest-1 in China).
+        region = "cn-northwest-1" if self.settings.aws.region.startswith("cn-") else "us-east-1"
+        client = self.overrides.get("ce") or clients.client("ce", self.settings.aws, region_name=region)
+        return CostExplorer(client)
 
     @property
     def tz(self) -> Any:

@@ -6,7 +6,16 @@ from collections.abc import Callable
 from typing import Any
 
 from bot.runtime import Services
-from jobs import daily_digest, enforce, expire_requests, flush_outbox, reconcile, usage_sync
+from jobs import (
+    bill_reconcile,
+    daily_digest,
+    enforce,
+    expire_requests,
+    flush_outbox,
+    prices_refresh,
+    reconcile,
+    usage_sync,
+)
 
 JOBS: dict[str, Callable[[Services], Any]] = {
     usage_sync.NAME: usage_sync.run,
@@ -15,4 +24,6 @@ JOBS: dict[str, Callable[[Services], Any]] = {
     reconcile.NAME: reconcile.run,
     flush_outbox.NAME: flush_outbox.run,
     daily_digest.NAME: daily_digest.run,
+    prices_refresh.NAME: prices_refresh.run,
+    bill_reconcile.NAME: bill_reconcile.run,
 }

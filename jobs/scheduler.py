@@ -21,7 +21,9 @@ Schedule (APScheduler triggers, coalesced, one instance of each job at a time):
 - `daily_digest` at `BOT_DIGEST_TIME` in `BOT_TIMEZONE` (cron, hours of misfire grace), and
   at once when a replica becomes leader after today's digest time — the digest job posts
   at most once per day (`digests` table), so the catch-up is safe;
-- `reconcile` hourly, `expire_requests` every 5 minutes, `flush_outbox` every minute.
+- `reconcile` hourly, `expire_requests` every 5 minutes, `flush_outbox` every minute;
+- `prices_refresh` and `bill_reconcile` every 24 hours (Price List changes a few times a
+  month; Cost Explorer settles a day over 24-48 h and bills $0.01 a request).
 Interval jobs also run as soon as a replica becomes leader: it cannot know when the old
 leader last ran them. Jobs are looked up by name when they run (`jobs.registry.JOBS` by
 default), so a job that is not registered is skipped.
@@ -66,6 +68,8 @@ DAILY_DIGEST = "daily_digest"
 RECONCILE = "reconcile"
 EXPIRE_REQUESTS = "expire_requests"
 FLUSH_OUTBOX = "flush_outbox"
+PRICES_REFRESH = "prices_refresh"
+BILL_RECONCILE = "bill_reconcile"
 DIGEST_CATCH_UP = "daily_digest_catch_up"
 DEFAULT_LEASE_TTL = timedelta(seconds=90)
 DIGEST_MISFIRE_GRACE = timedelta(hours=6)
@@ -108,6 +112,8 @@ class JobRunner:
             EXPIRE_REQUESTS: timedelta(minutes=5),
             RECONCILE: timedelta(hours=1),
             FLUSH_OUTBOX: timedelta(minutes=1),
+            PRICES_REFRESH: timedelta(hours=24),
+            BILL_RECONCILE: timedelta(hours=24),
         }
         self._lock = threading.Lock()
         self._leader_until: datetime | None = None

@@ -12,8 +12,13 @@ What AWS Budgets can express:
   ``BOT_TIMEZONE`` they are offset from the bot's own calendar windows.
 - Tag filters use the legacy ``CostFilters`` form ``{"TagKeyValue": ["user:<key>$<value>"]}``;
   ``user:`` marks a user-defined cost-allocation tag (AWS-generated ones start ``aws:``), and the
-  values of one filter are OR-ed. The ``user`` / ``team`` tags must be *activated* as
-  cost-allocation tags in the Billing console, or the budget sees nothing.
+  values of one filter are OR-ed. A ``Service`` filter (AND-ed with the tags) keeps the budget
+  to Bedrock: ``Amazon Bedrock``, plus the Marketplace service name of each third-party model
+  the subject's AIPs use (``Claude Sonnet 4.5 (Amazon Bedrock Edition)``: such models bill
+  under their own service name, see docs/billing.md). Without it any cost carrying a generic
+  ``user``/``team`` tag (an EC2 instance) counted against a Bedrock limit. The ``user`` /
+  ``team`` tags must be *activated* as cost-allocation tags in the Billing console, or the
+  budget sees nothing.
 - A budget holds at most 5 notifications, each with one SNS subscriber. FORECASTED notifications
   are not available on DAILY budgets. 100% ACTUAL is always kept, then 100% FORECASTED (monthly),
   then the highest warning thresholds that still fit; the others are left to the bot (noted).
@@ -36,6 +41,7 @@ PREFIX = "bedrock-bot-limit-"
 MANAGED_BY_KEY, MANAGED_BY_VALUE = "managed-by", "bedrock-bot"
 LIMIT_ID_KEY = "limit-id"
 USER_TAG_PREFIX = "user:"  # user-defined cost-allocation tags, as Budgets' TagKeyValue wants them
+BEDROCK_SERVICE = "Amazon Bedrock"  # the SERVICE name Cost Explorer and Budgets use
 MAX_NOTIFICATIONS = 5
 TIME_UNITS: dict[str, str] = {"day": "DAILY", "month": "MONTHLY"}
 # Costs the bot counts are list prices: credits and refunds would hide usage from the budget.
@@ -80,6 +86,11 @@ def tag_filter(pairs: Iterable[tuple[str, str]]) -> list[str]:
     return sorted({f"{USER_TAG_PREFIX}{key}${value}" for key, value in pairs})
 
 
+def service_filter(services: Iterable[str] = ()) -> list[str]:
+    """``Amazon Bedrock`` and the given (Marketplace model) service names, sorted, de-duplicated."""
+    return sorted({BEDROCK_SERVICE, *(s for s in services if s)})
+
+
 def _notification(kind: str, threshold: int, topic_arn: str) -> dict[str, Any]:
     return {
         "Notification": {"NotificationType": kind, "ComparisonOperator": "GREATER_THAN",
@@ -103,10 +114,12 @@ def plan_notifications(warn: Sequence[int], time_unit: str,
 
 def build_budget(account_id: str, limit_id: int, subject_kind: str, subject_name: str,
                  amount_micro_usd: int, window: str, warn: Sequence[int], topic_arn: str, *,
-                 tags: Sequence[tuple[str, str]] | None = None) -> dict[str, Any]:
+                 tags: Sequence[tuple[str, str]] | None = None,
+                 services: Iterable[str] = ()) -> dict[str, Any]:
     """CreateBudget keyword arguments. `tags` are the (key, value) cost-allocation tags to count
-    (default: the subject's own ``<kind>=<name>``). Raises ValueError when the window has no
-    Budgets period (use `plan_budget`, which says why instead)."""
+    (default: the subject's own ``<kind>=<name>``), `services` extra Bedrock service names (see
+    `service_filter`). Raises ValueError when the window has no Budgets period (use
+    `plan_budget`, which says why instead)."""
     time_unit = budget_time_unit(window)
     if time_unit is None:
         raise ValueError(f"no AWS Budgets period for window {window!r}")
@@ -118,7 +131,8 @@ def build_budget(account_id: str, limit_id: int, subject_kind: str, subject_name
         "Budget": {
             "BudgetName": budget_name(limit_id),
             "BudgetLimit": {"Amount": usd(amount_micro_usd), "Unit": "USD"},
-            "CostFilters": {"TagKeyValue": tag_filter(tags or [(subject_kind, subject_name)])},
+            "CostFilters": {"TagKeyValue": tag_filter(tags or [(subject_kind, subject_name)]),
+                            "Service": service_filter(services)},
             "CostTypes": dict(COST_TYPES),
             "TimeUnit": time_unit,
             "BudgetType": "COST",
@@ -131,7 +145,8 @@ def build_budget(account_id: str, limit_id: int, subject_kind: str, subject_name
 
 def plan_budget(account_id: str, limit_id: int, subject_kind: str, subject_name: str,
                 amount_micro_usd: int, window: str, warn: Sequence[int], topic_arn: str, *,
-                tags: Sequence[tuple[str, str]] | None = None) -> tuple[dict[str, Any] | None, list[str]]:
+                tags: Sequence[tuple[str, str]] | None = None,
+                services: Iterable[str] = ()) -> tuple[dict[str, Any] | None, list[str]]:
     """The budget spec for a $ limit (or None) and notes on what it leaves to the bot."""
     time_unit = budget_time_unit(window)
     if time_unit is None:
@@ -139,7 +154,7 @@ def plan_budget(account_id: str, limit_id: int, subject_kind: str, subject_name:
         return None, [f"no AWS Budget: Budgets has no {kind} {window} period (only daily, monthly, "
                       "quarterly, yearly); the bot's own evaluation enforces this limit"]
     spec = build_budget(account_id, limit_id, subject_kind, subject_name, amount_micro_usd, window,
-                        warn, topic_arn, tags=tags)
+                        warn, topic_arn, tags=tags, services=services)
     _, dropped = plan_notifications(warn, time_unit, topic_arn)
     notes = []
     if dropped:

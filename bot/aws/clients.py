@@ -20,7 +20,8 @@ RETRIES = Config(retries={"mode": "standard", "total_max_attempts": 5}, connect_
 def client(service: str, aws: AwsSettings, **kwargs: Any) -> Any:
     """A boto3 client; `AWS_ENDPOINT_URL` (moto server offline) applies to every service."""
     return boto3.client(service,  # type: ignore[call-overload]
-                        region_name=aws.region or None, endpoint_url=aws.endpoint_url,
+                        region_name=kwargs.pop("region_name", None) or aws.region or None,
+                        endpoint_url=aws.endpoint_url,
                         config=kwargs.pop("config", RETRIES), **kwargs)
 
 

@@ -20,7 +20,7 @@ import json
 import math
 import re
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -63,6 +63,10 @@ class BudgetEvent:
     account_id: str | None
     currency: str | None  # ISO code, from the amounts' symbol
     raw: str = field(repr=False)
+    # The date in the heading ("AWS Budget Notification March 05, 2023"), and whether the alert
+    # speaks of "Yesterday" (what daily alerts say): which window it reports on.
+    notified_on: date | None = field(default=None, compare=False)
+    about_yesterday: bool = field(default=False, compare=False)
 
 
 # --- CloudWatch alarms ---------------------------------------------------------------------------
@@ -220,6 +224,20 @@ _CURRENT_AMOUNT = re.compile(
 _MONEY = re.compile(r"(?P<symbol>[$€£¥])?[ \t]*(?P<number>-?[0-9][0-9,]*(?:\.[0-9]+)?|-?\.[0-9]+)"
                     r"(?:[ \t]*(?P<code>[A-Z]{3})\b)?")
 _COMPARISON_PREFIX = re.compile(r"^(?:>=|<=|>|<|=)\s*")
+_HEADING_DATE = re.compile(
+    r"^[ \t]*AWS Budget Notification[ \t]+(?P<date>[A-Z][a-z]+ [0-9]{1,2}, [0-9]{4})[ \t]*\r?$",
+    re.MULTILINE)
+_YESTERDAY = re.compile(r"\bYesterday, the (?:ACTUAL|FORECASTED)\b", re.IGNORECASE)
+
+
+def _heading_date(text: str) -> date | None:
+    match = _HEADING_DATE.search(text)
+    if match is None:
+        return None
+    try:
+        return datetime.strptime(match.group("date"), "%B %d, %Y").date()
+    except ValueError:
+        return None
 
 
 def _field(pattern: re.Pattern[str], text: str) -> str | None:
@@ -253,7 +271,8 @@ def parse_budget(message: str) -> BudgetEvent:
     if not name or kind not in BUDGET_KINDS:
         raise UnrecognisedMessage("not an AWS Budgets notification")
     unit = (sentence.group("current") or sentence.group("per")).lower() if sentence else None
-    if unit is None and re.search(r"\bYesterday, the (?:ACTUAL|FORECASTED)\b", message, re.IGNORECASE):
+    yesterday = _YESTERDAY.search(message) is not None
+    if unit is None and yesterday:
         unit = "day"
     threshold = _field(_ALERT_THRESHOLD, message) or (sentence.group("threshold") if sentence else None)
     if threshold:
@@ -275,6 +294,8 @@ def parse_budget(message: str) -> BudgetEvent:
         account_id=account.group("account") if account else None,
         currency=amount_currency or budget_currency,
         raw=message,
+        notified_on=_heading_date(message),
+        about_yesterday=yesterday,
     )
 
 

@@ -130,7 +130,8 @@ def run(services: Services, force: bool = False, uploader: Uploader | None = Non
 
     try:
         with s.db.session_scope() as session:
-            data = build_digest(session, now, s.tz, s.week_start)
+            data = build_digest(session, now, s.tz, s.week_start,
+                                bill_divergence_pct=s.settings.bot.bill_divergence_pct)
         text, blocks = digest_blocks(data, s.tz)
         chart = _render_chart(data)
         ts = direct(s.notifier).post(channel, text, blocks)

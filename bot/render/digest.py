@@ -23,6 +23,7 @@ from slack_sdk.models.blocks import (
 )
 
 from bot.quantities import format_tokens, format_usd
+from bot.render.billing import bill_line, unpriced_line
 from bot.render.blocks import SECTION_LIMIT, Reply, finish, section
 from bot.render.text import METRIC_LABEL, bar, escape, metric_value, trend, when
 from bot.services.digest import OTHERS, AtRisk, DigestData, PendingLine, RevokedLine, SubjectDay
@@ -118,12 +119,31 @@ def digest_blocks(d: DigestData, tz: ZoneInfo) -> Reply:
                       "Nobody."),
         _list_section("Revoked now", [revoked_line(r, tz) for r in d.revocations], "Nobody."),
         _list_section("Restore requests waiting", [request_line(r) for r in d.requests], "None."),
+        *_money_blocks(d),
         ContextBlock(elements=[MarkdownTextObject(text=(
             f"Day = {when(d.start, tz)} → {when(d.end, tz)} · a team includes its members · "
             f"costs are estimates from list prices · chart of the last {len(d.chart.days)} days "
             f"in the thread")[:2000])]),
     ]
     return digest_text(d), finish(blocks)
+
+
+def _money_blocks(d: DigestData) -> list[Any]:
+    """Unpriced calls and the latest AWS bill: shown only when there is something to say."""
+    lines = []
+    if d.unpriced:
+        line = unpriced_line(d.unpriced.tokens, d.unpriced.requests, d.unpriced.models)
+        if line:
+            lines.append(line)
+    if d.bill is not None:
+        lines.append("🧾 " + bill_line(d.bill.account))
+        for name, b in d.bill.divergent[:10]:
+            lines.append(f"• {escape(name)} ({b.basis}): {bill_line(b)}")
+        if len(d.bill.divergent) > 10:
+            lines.append(f"• … and {len(d.bill.divergent) - 10} more off the estimate")
+    if not lines:
+        return []
+    return [SectionBlock(text=MarkdownTextObject(text="\n".join(lines)[:2900]))]
 
 
 def chart_title(d: DigestData) -> str:

@@ -71,4 +71,5 @@ def _head(o: EventOutcome) -> str:
     return {"revoked": f"⛔ *Access revoked* for {who}",
             "warned": f"⚠️ Limit alert for {who}",
             "recovered": f"✅ Recovered for {who} (access is not restored automatically)",
+            "stale": f"🕰️ Late AWS Budget alert for {who}: about a window that has ended, not enforced",
             }.get(o.outcome, "🔔 AWS notification")

@@ -14,6 +14,7 @@ from slack_sdk.models.blocks import (
 )
 
 from bot.quantities import format_tokens, format_usd
+from bot.render.billing import bill_line, unpriced_line
 from bot.render.text import METRIC_LABEL, bar, escape, metric_value, trend, when
 from bot.services.usage import LimitStatus, UsageReport
 
@@ -21,9 +22,12 @@ from bot.services.usage import LimitStatus, UsageReport
 def limit_line(s: LimitStatus, tz: ZoneInfo) -> str:
     pct = s.percent
     flag = " ⛔" if pct >= 100 else " ⚠️" if s.warn and pct >= min(s.warn) else ""
+    unpriced = (f" · ⚠️ {format_tokens(s.unpriced_tokens)} unpriced tokens not in the cost"
+                if s.unpriced_tokens else "")
     return (f"`{bar(pct)}` *{pct:.0f}%*{flag} {METRIC_LABEL[s.metric]}/{s.window} "
             f"({s.subject}): {metric_value(s.metric, s.used)} of {metric_value(s.metric, s.amount)}"
-            f" · resets {when(s.window_end, tz)}" + (" · notify only" if s.action == "notify" else ""))
+            f" · resets {when(s.window_end, tz)}" + (" · notify only" if s.action == "notify" else "")
+            + unpriced)
 
 
 def usage_blocks(r: UsageReport, tz: ZoneInfo) -> list[dict[str, Any]]:
@@ -44,6 +48,11 @@ def usage_blocks(r: UsageReport, tz: ZoneInfo) -> list[dict[str, Any]]:
         HeaderBlock(text=f"Bedrock usage: {r.subject.name} ({r.label})"[:150]),
         SectionBlock(fields=fields),
     ]
+    money = [line for line in (
+        unpriced_line(t.unpriced_tokens, t.unpriced_requests, r.unpriced_models),
+        bill_line(r.bill) if r.bill is not None else None) if line]
+    if money:
+        blocks.append(SectionBlock(text=MarkdownTextObject(text="\n".join(money)[:2900])))
     if r.limits:
         blocks += [DividerBlock(), SectionBlock(text=MarkdownTextObject(
             text="*Limits*\n" + "\n".join(limit_line(s, tz) for s in r.limits[:20])))]
@@ -61,5 +70,8 @@ def usage_blocks(r: UsageReport, tz: ZoneInfo) -> list[dict[str, Any]]:
 
 def usage_text(r: UsageReport) -> str:
     """The notification fallback text (and what a screen reader says)."""
+    unpriced = (f" (+{format_tokens(r.totals.unpriced_tokens)} unpriced tokens)"
+                if r.totals.unpriced_tokens else "")
     return (f"{r.subject.name} {r.label}: {format_tokens(r.totals.input_tokens)} in, "
-            f"{format_tokens(r.totals.output_tokens)} out, {format_usd(r.totals.cost_micro_usd)}")
+            f"{format_tokens(r.totals.output_tokens)} out, {format_usd(r.totals.cost_micro_usd)}"
+            + unpriced)

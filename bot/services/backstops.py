@@ -30,7 +30,7 @@ from bot.aws.budgets import Budgets, budget_name, parse_budget_name, plan_budget
 from bot.clock import Clock
 from bot.errors import AwsError
 from bot.models import Limit, Profile, Subject, TeamMember
-from bot.services import audit, directory
+from bot.services import audit, directory, prices
 
 ACTOR = "system:backstops"
 ALARM_OFF = "alarm=off: no CloudWatch alarm or AWS Budget for this limit"
@@ -94,6 +94,15 @@ def cost_tags(session: Session, subject: Subject, profiles: list[Profile]) -> li
     return sorted(pairs)
 
 
+def budget_services(session: Session, profiles: list[Profile]) -> tuple[list[str], list[str]]:
+    """Marketplace service names for the budget's Service filter, and a note for models whose
+    name is not known yet (their spend escapes the budget until `prices refresh` finds it)."""
+    found, unknown = prices.marketplace_services(session, [p.model_id for p in profiles])
+    notes = [f"AWS Budget does not see {', '.join(unknown)} yet: it bills under its Marketplace "
+             "service name, learnt by `bedrock-bot prices refresh`"] if unknown else []
+    return found, notes
+
+
 @dataclass(frozen=True)
 class BackstopPlan:
     """What AWS should hold for one limit, read in a transaction and applied after it."""
@@ -129,10 +138,12 @@ def plan_backstop(session: Session, limit: Limit, topic_arn: str | None, account
             if not budgets_enabled:
                 notes.append(NO_BUDGETS)
             else:
+                services, service_notes = budget_services(session, profiles)
                 want_budget, budget_notes = plan_budget(
                     account_id, limit.id, subject.kind, subject.name, limit.amount, limit.window,
-                    limit.warn or [], topic_arn, tags=cost_tags(session, subject, profiles))
-                notes.extend(budget_notes)
+                    limit.warn or [], topic_arn, tags=cost_tags(session, subject, profiles),
+                    services=services)
+                notes.extend(budget_notes + (service_notes if want_budget else []))
         else:
             want_alarms, note = plan_alarms(limit.id, [p.profile_id for p in profiles], limit.metric,
                                             limit.amount, limit.window, topic_arn, subject=subject.name)

@@ -65,7 +65,10 @@ from sqlalchemy.orm import Session
 
 from bot.models import Limit, Meter, RestoreRequest, Revocation, Subject, TeamMember, Usage
 from bot.quantities import Window, window_bounds
+from bot.services import billing, unpriced
+from bot.services.billing import DayBill
 from bot.services.ledger import HOUR, Totals
+from bot.services.unpriced import UnpricedSummary
 from bot.services.usage import LimitStatus, _forecast
 
 WATCH_PERCENT = 80  # "who is above 80% of a limit" (design §5), whatever a limit's own warn levels
@@ -147,6 +150,8 @@ class DigestData:
     requests: list[PendingLine]
     chart: ChartData
     subjects: list[SubjectDay] = field(default_factory=list)  # everyone with usage either day
+    unpriced: UnpricedSummary | None = None  # the day's calls to models without a price
+    bill: DayBill | None = None  # AWS's bill for the latest closed UTC day read from Cost Explorer
 
     @property
     def active_users(self) -> int:
@@ -407,7 +412,7 @@ def _limit_window(window: str, now: datetime, tz: tzinfo, week_start: int
 
 
 def build_digest(session: Session, now: datetime, tz: tzinfo, week_start: int, top_n: int = 10,
-                 chart_days: int = 14) -> DigestData:
+                 chart_days: int = 14, bill_divergence_pct: float = 10.0) -> DigestData:
     """Everything the daily digest shows, for the local day before `now` in `tz`."""
     chart_days = max(1, chart_days)
     starts = day_starts(now, tz, max(chart_days, 2))
@@ -448,6 +453,8 @@ def build_digest(session: Session, now: datetime, tz: tzinfo, week_start: int, t
         requests=_pending(session, now),
         chart=_chart(ledger, subjects, overall, starts, chart_days, tz),
         subjects=per_subject,
+        unpriced=unpriced.summary(session, y_start, y_end),
+        bill=billing.latest_day_bill(session, now, bill_divergence_pct),
     )
 
 

@@ -25,7 +25,7 @@ from bot.aws.sns import SnsEnvelope
 from bot.clock import Clock
 from bot.models import Limit, Revocation, SnsMessage, Subject
 from bot.quantities import Window
-from bot.services import access, audit
+from bot.services import access, audit, budget_window
 from bot.services.access import RevocationView
 from bot.services.directory import SubjectInfo, info
 from bot.services.enforce import suspended
@@ -42,7 +42,8 @@ def limit_id_from_name(name: str) -> int | None:
 
 @dataclass
 class EventOutcome:
-    # duplicate | confirmed | unsubscribed | revoked | warned | recovered | posted | unrecognised
+    # duplicate | confirmed | unsubscribed | revoked | warned | recovered | posted | stale |
+    # unrecognised
     outcome: str
     message_id: str
     topic: str
@@ -123,6 +124,10 @@ def _notification(session: Session, clock: Clock, env: SnsEnvelope, tz: ZoneInfo
         return base, None
     if not should_revoke(session, clock, limit):
         base.outcome = "warned"
+        return base, None
+    if isinstance(event, BudgetEvent) and not budget_window.is_current(
+            event, env.timestamp, status.window_start, status.window_end):
+        base.outcome = "stale"  # about a window that has ended: posted, never enforced
         return base, None
     reason = "alarm" if isinstance(event, AlarmEvent) else "budget"
     window = Window(limit.window)

@@ -15,7 +15,7 @@ from bot.models import Meter, Usage
 
 HOUR = timedelta(hours=1)
 _VALUE_COLS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens",
-               "requests", "cost_micro_usd")
+               "requests", "cost_micro_usd", "unpriced_tokens", "unpriced_requests")
 
 
 def floor_hour(at: datetime) -> datetime:
@@ -32,6 +32,9 @@ class LedgerRow:
     cache_write_tokens: int = 0
     requests: int = 0
     cost_micro_usd: int = 0
+    # calls to models without a price: in the token counts above, not in cost_micro_usd
+    unpriced_tokens: int = 0
+    unpriced_requests: int = 0
 
 
 @dataclass(frozen=True)
@@ -42,6 +45,9 @@ class Totals:
     cache_write_tokens: int = 0
     requests: int = 0
     cost_micro_usd: int = 0
+    # calls to models without a price: in the token counts above, not in cost_micro_usd
+    unpriced_tokens: int = 0
+    unpriced_requests: int = 0
 
     @property
     def tokens(self) -> int:

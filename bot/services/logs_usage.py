@@ -105,6 +105,8 @@ class _Sums:
     cache_write_tokens: int = 0
     requests: int = 0
     cost_micro_usd: int = 0
+    unpriced_tokens: int = 0
+    unpriced_requests: int = 0
 
 
 @dataclass(frozen=True)
@@ -248,8 +250,13 @@ def _ledger_rows(per_model: dict[tuple[int, datetime, str], _Sums],
         acc.requests += t.requests
         acc.cost_micro_usd += prices.cost_micro_usd(model, t.input_tokens, t.output_tokens,
                                                     t.cache_read_tokens, t.cache_write_tokens)
+        if not prices.known(model):  # counted in tokens, flagged: never a silent $0
+            acc.unpriced_tokens += (t.input_tokens + t.output_tokens + t.cache_read_tokens
+                                    + t.cache_write_tokens)
+            acc.unpriced_requests += t.requests
     return [LedgerRow(m, h, t.input_tokens, t.output_tokens, t.cache_read_tokens,
-                      t.cache_write_tokens, t.requests, t.cost_micro_usd)
+                      t.cache_write_tokens, t.requests, t.cost_micro_usd,
+                      t.unpriced_tokens, t.unpriced_requests)
             for (m, h), t in sorted(sums.items(), key=lambda kv: (kv[0][1], kv[0][0]))]
 
 

@@ -23,7 +23,8 @@ from bot.errors import Denied, NotFound
 from bot.models import Limit, Meter, Profile, Revocation, Subject, SyncCursor
 from bot.pricing import PriceTable
 from bot.quantities import Window, window_bounds, window_label
-from bot.services import directory, ledger
+from bot.services import billing, directory, ledger, unpriced
+from bot.services.billing import BillComparison
 from bot.services.directory import Actor, SubjectInfo, SubjectRef
 from bot.services.ledger import HOUR, LedgerRow, Totals, floor_hour
 
@@ -149,11 +150,15 @@ def _ledger_rows(session: Session, clock: Clock, readings: list[HourlyUsage],
             session, clock, "profile", r.model_id, subject_id).id
         cost = prices.cost_micro_usd(model_id, r.input_tokens, r.output_tokens,
                                      r.cache_read_tokens, r.cache_write_tokens)
+        unpriced = not prices.known(model_id)  # counted in tokens, flagged, never $0
+        all_tokens = r.input_tokens + r.output_tokens + r.cache_read_tokens + r.cache_write_tokens
         # A backfill and a normal read can both return an hour: the values are the same
         # CloudWatch sums, so the last one wins rather than adding up.
         merged[(meter_id, r.hour)] = LedgerRow(meter_id, r.hour, r.input_tokens, r.output_tokens,
                                                r.cache_read_tokens, r.cache_write_tokens,
-                                               r.invocations, cost)
+                                               r.invocations, cost,
+                                               all_tokens if unpriced else 0,
+                                               r.invocations if unpriced else 0)
     return list(merged.values())
 
 
@@ -184,6 +189,8 @@ class LimitStatus:
     window_end: datetime
     action: str
     warn: tuple[int, ...]
+    # for a cost_usd limit: tokens in the window that no price covers, so not in `used`
+    unpriced_tokens: int = 0
 
     @property
     def percent(self) -> float:
@@ -205,6 +212,8 @@ class UsageReport:
     revoked: list[str]
     teams: list[str]
     members: list[str]
+    unpriced_models: tuple[str, ...] = ()  # AIP models behind totals.unpriced_tokens
+    bill: BillComparison | None = None  # AWS's bill for the period's closed days, if read
 
 
 def period_bounds(period: str, now: datetime, tz: ZoneInfo, week_start: int
@@ -226,9 +235,10 @@ def limit_status(session: Session, limit: Limit, subject: Subject, now: datetime
                  week_start: int) -> LimitStatus:
     start, end = window_bounds(Window(limit.window), now, tz, week_start)
     ids = directory.covered_subject_ids(session, subject)
-    used = ledger.totals(session, ids, start, end if end > now else now + HOUR).metric(limit.metric)
-    return LimitStatus(limit.id, subject.name, limit.metric, limit.amount, limit.window, used,
-                       start, end, limit.action, tuple(limit.warn))
+    t = ledger.totals(session, ids, start, end if end > now else now + HOUR)
+    return LimitStatus(limit.id, subject.name, limit.metric, limit.amount, limit.window,
+                       t.metric(limit.metric), start, end, limit.action, tuple(limit.warn),
+                       t.unpriced_tokens if limit.metric == "cost_usd" else 0)
 
 
 def report(session: Session, clock: Clock, tz: ZoneInfo, week_start: int, actor: Actor,
@@ -242,12 +252,14 @@ def report(session: Session, clock: Clock, tz: ZoneInfo, week_start: int, actor:
     ids = directory.covered_subject_ids(session, subject)
     totals = ledger.totals(session, ids, start, end)
     previous = ledger.totals(session, ids, pstart, pend)
+    flagged = tuple(unpriced.models(session, ids, start, end)) if totals.unpriced_tokens else ()
     return UsageReport(
         directory.info(subject), period, window_label(PERIOD_WINDOWS[period], start, tz), start,
         end, now, totals, previous, _forecast(totals, start, end, now, PERIOD_WINDOWS[period]),
         _limits_for(session, subject, now, tz, week_start), _revoked(session, subject),
         [t.name for t in directory.teams_of(session, subject)] if subject.kind == "user" else [],
-        [m.name for m in directory.members_of(session, subject)] if subject.kind == "team" else [])
+        [m.name for m in directory.members_of(session, subject)] if subject.kind == "team" else [],
+        flagged, billing.compare(session, subject.id, start, end, now))
 
 
 def _subject_for(session: Session, actor: Actor, ref: SubjectRef | None) -> Subject:

@@ -21,7 +21,7 @@ from bot.aws.budgets import Budgets
 from bot.clock import FixedClock
 from bot.db import Database
 from bot.errors import AwsError
-from bot.models import AuditEvent, Limit, Profile
+from bot.models import AuditEvent, Limit, ModelPrice, Profile
 from bot.quantities import Metric, Window, parse_amount
 from bot.services import audit, backstops, directory, limits
 from bot.services.backstops import BackstopResult
@@ -203,8 +203,18 @@ def test_a_team_limit_watches_the_members_aips_too(world: World) -> None:
         assert [limit.id for limit in backstops.affected_limits(s, alice.id)] == [lid]
 
 
+def _marketplace_name_known(world: World) -> None:
+    """What `prices refresh` stores for Claude 3 Haiku (a Marketplace product)."""
+    with world.db.session_scope() as s:
+        s.add(ModelPrice(region=REGION, model_id="anthropic.claude-3-haiku-20240307-v1:0",
+                         input="0.00025", output="0.00125", cache_read="0.00025",
+                         cache_write="0.00025", source="AmazonBedrockFoundationModels: Claude 3 Haiku",
+                         fetched_at=world.clock()))
+
+
 def test_a_200_dollar_month_gets_a_budget_on_the_cost_allocation_tag(world: World) -> None:
     world.aip("alice", "alice0000001")
+    _marketplace_name_known(world)
     lid = world.limit("alice", "$200", Window.MONTH, metric=Metric.COST)
 
     result = world.sync(lid)
@@ -214,7 +224,9 @@ def test_a_200_dollar_month_gets_a_budget_on_the_cost_allocation_tag(world: Worl
     budget = world.aws_budgets()[name]
     assert budget["BudgetType"] == "COST" and budget["TimeUnit"] == "MONTHLY"
     assert budget["BudgetLimit"] == {"Amount": "200", "Unit": "USD"}
-    assert budget["CostFilters"] == {"TagKeyValue": ["user:user$alice"]}
+    # Bedrock only: Amazon Bedrock and the Marketplace service Claude bills under
+    assert budget["CostFilters"] == {"TagKeyValue": ["user:user$alice"],
+                                     "Service": ["Amazon Bedrock", "Claude 3 Haiku (Amazon Bedrock Edition)"]}
     assert world.notifications(name) == [("ACTUAL", 80.0), ("ACTUAL", 90.0), ("ACTUAL", 100.0),
                                          ("FORECASTED", 100.0)]
     assert world.cw_alarms() == {}
@@ -234,8 +246,19 @@ def test_a_team_budget_counts_every_member_and_adopted_tags(world: World) -> Non
     budget = world.aws_budgets()[f"bedrock-bot-limit-{lid}"]
     assert budget["TimeUnit"] == "DAILY"
     assert budget["CostFilters"] == {"TagKeyValue": ["user:team$eng", "user:team$team-eng",
-                                                     "user:user$alice", "user:user$bob"]}
+                                                     "user:user$alice", "user:user$bob"],
+                                     "Service": ["Amazon Bedrock"]}
     assert world.notifications(f"bedrock-bot-limit-{lid}") == [("ACTUAL", 100.0)]  # no daily forecast
+
+
+def test_a_marketplace_model_with_no_known_service_name_is_noted(world: World) -> None:
+    world.aip("alice", "alice0000001")
+    lid = world.limit("alice", "$200", Window.MONTH, metric=Metric.COST)
+    result = world.sync(lid)
+    assert result.notes == ["AWS Budget does not see anthropic.claude-3-haiku yet: it bills under its "
+                            "Marketplace service name, learnt by `bedrock-bot prices refresh`"]
+    budget = world.aws_budgets()[f"bedrock-bot-limit-{lid}"]
+    assert budget["CostFilters"]["Service"] == ["Amazon Bedrock"]
 
 
 @pytest.mark.parametrize(("metric", "spec", "window", "note"), [

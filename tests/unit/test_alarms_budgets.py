@@ -276,7 +276,7 @@ def test_build_budget_for_200_dollars_a_month_is_exact() -> None:
         "Budget": {
             "BudgetName": "bedrock-bot-limit-4",
             "BudgetLimit": {"Amount": "200", "Unit": "USD"},
-            "CostFilters": {"TagKeyValue": ["user:user$alice"]},
+            "CostFilters": {"TagKeyValue": ["user:user$alice"], "Service": ["Amazon Bedrock"]},
             "CostTypes": {"IncludeCredit": False, "IncludeRefund": False},
             "TimeUnit": "MONTHLY",
             "BudgetType": "COST",
@@ -293,7 +293,8 @@ def test_a_team_budget_counts_the_tags_given() -> None:
     spec = build_budget(ACCOUNT, 4, "team", "team-eng", 10**6, "day", [], TOPIC,
                         tags=[("team", "team-eng"), ("user", "alice"), ("team", "eng")])
     assert spec["Budget"]["CostFilters"] == {
-        "TagKeyValue": ["user:team$eng", "user:team$team-eng", "user:user$alice"]}
+        "TagKeyValue": ["user:team$eng", "user:team$team-eng", "user:user$alice"],
+        "Service": ["Amazon Bedrock"]}
     assert spec["Budget"]["TimeUnit"] == "DAILY"
     assert spec["NotificationsWithSubscribers"] == [notification("ACTUAL", 100.0)]  # no daily forecast
 
@@ -437,7 +438,11 @@ def test_budgets_in_moto(moto_budgets: Any) -> None:
     assert adapter.put(spec) == "created"
     assert adapter.list_ours() == ["bedrock-bot-limit-4"]
     got = moto_budgets.describe_budget(AccountId=ACCOUNT, BudgetName="bedrock-bot-limit-4")["Budget"]
-    assert got["CostFilters"] == {"TagKeyValue": ["user:user$alice"]}
+    assert got["CostFilters"] == {"TagKeyValue": ["user:user$alice"], "Service": ["Amazon Bedrock"]}
+    # What AWS would count (filters AND-ed, values OR-ed): alice's Bedrock calls, not her EC2 bill.
+    assert counts(got["CostFilters"], "Amazon Bedrock", {"user": "alice"})
+    assert not counts(got["CostFilters"], "Amazon Elastic Compute Cloud - Compute", {"user": "alice"})
+    assert not counts(got["CostFilters"], "Amazon Bedrock", {"user": "bob"})
     assert adapter.delete("bedrock-bot-limit-4") is True
     assert adapter.delete("bedrock-bot-limit-4") is False  # NotFound: nothing to do
     assert adapter.list_ours() == []
@@ -516,3 +521,22 @@ def test_alarm_matches_what_describe_alarms_returns() -> None:
     assert not alarm_matches(described | {"Metrics": described["Metrics"][1:]}, spec)
     other = build_alarm(12, AIPS[1:3], "tokens", 100, "24h", TOPIC, subject="alice")
     assert not alarm_matches(described, other)
+
+
+def counts(filters: dict[str, list[str]], service: str, tags: dict[str, str]) -> bool:
+    """Does a cost line (service, resource tags) reach a budget with these legacy CostFilters?
+    Budgets AND-s the filter keys and OR-s the values of one key (docs/billing.md)."""
+    line = {"Service": {service}, "TagKeyValue": {f"user:{k}${v}" for k, v in tags.items()}}
+    return all(line.get(key, set()) & set(values) for key, values in filters.items())
+
+
+def test_an_unrelated_tagged_cost_no_longer_reaches_the_bedrock_budget() -> None:
+    old = {"TagKeyValue": ["user:user$alice"]}  # what the bot made before: the tag alone
+    new = build_budget(ACCOUNT, 4, "user", "alice", 10**6, "day", [], TOPIC)["Budget"]["CostFilters"]
+    ec2 = ("Amazon Elastic Compute Cloud - Compute", {"user": "alice"})
+    assert counts(old, *ec2) and not counts(new, *ec2)
+    claude = ("Claude Sonnet 4.5 (Amazon Bedrock Edition)", {"user": "alice"})
+    with_claude = build_budget(ACCOUNT, 4, "user", "alice", 10**6, "day", [], TOPIC,
+                               services=[claude[0]])["Budget"]["CostFilters"]
+    assert not counts(new, *claude) and counts(with_claude, *claude)
+    assert counts(new, "Amazon Bedrock", {"user": "alice"})

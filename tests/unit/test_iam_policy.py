@@ -218,6 +218,9 @@ CALLS: dict[tuple[str, str], list[Need]] = {
     ("logs", "start_query"): [Need("logs:StartQuery", LOG_GROUP_ARN)],
     ("logs", "get_query_results"): [Need("logs:GetQueryResults", LOG_GROUP_ARN)],
     ("logs", "stop_query"): [Need("logs:StopQuery", "*")],
+    # bot/aws/price_list.py, bot/aws/cost_explorer.py (no resource types: "*")
+    ("pricing", "get_products"): [Need("pricing:GetProducts", "*")],
+    ("ce", "get_cost_and_usage"): [Need("ce:GetCostAndUsage", "*")],
     # bot/db_secret.py (only with BOT_DATABASE_SECRET)
     ("secretsmanager", "get_secret_value"): [Need("secretsmanager:GetSecretValue", DB_SECRET)],
 }

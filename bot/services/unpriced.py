@@ -1,0 +1,51 @@
+"""Calls to models without a price: counted in tokens, flagged, never a silent $0.
+
+The ledger keeps `unpriced_tokens` / `unpriced_requests` per (meter, hour) (set by the usage
+sync and the invocation-log sync when the price table has no entry for the model). This
+module says which models they were, for the usage report and the digest: the source model
+of each AIP meter with unpriced usage. Log meters (principals, metadata) do not keep their
+model per hour, so their share is counted but unnamed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from bot.models import Meter, Profile, Usage
+
+
+@dataclass(frozen=True)
+class UnpricedSummary:
+    tokens: int
+    requests: int
+    models: tuple[str, ...]  # AIP source models; () when only log meters were unpriced
+
+    def __bool__(self) -> bool:
+        return self.tokens > 0 or self.requests > 0
+
+
+def models(session: Session, subject_ids: Iterable[int] | None, start: datetime,
+           end: datetime) -> list[str]:
+    """Source models of the AIP meters (of these subjects; None = all) with unpriced usage."""
+    q = (select(Profile.model_id).distinct()
+         .join(Meter, (Meter.key == Profile.profile_id) & (Meter.kind == "profile"))
+         .join(Usage, Usage.meter_id == Meter.id)
+         .where(Usage.hour >= start, Usage.hour < end, Usage.unpriced_tokens + Usage.unpriced_requests > 0))
+    if subject_ids is not None:
+        q = q.where(Meter.subject_id.in_(list(subject_ids)))
+    return sorted(session.scalars(q))
+
+
+def summary(session: Session, start: datetime, end: datetime) -> UnpricedSummary:
+    """Every meter's unpriced usage over [start, end) (the digest's day)."""
+    tokens, requests = session.execute(
+        select(func.coalesce(func.sum(Usage.unpriced_tokens), 0),
+               func.coalesce(func.sum(Usage.unpriced_requests), 0))
+        .where(Usage.hour >= start, Usage.hour < end)).one()
+    found = models(session, None, start, end) if tokens or requests else []
+    return UnpricedSummary(int(tokens), int(requests), tuple(found))
