@@ -23,6 +23,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -156,8 +157,19 @@ class Limit(Base):
     updated_at: Mapped[datetime]
 
 
+_ACTIVE_MANUAL = text("state = 'active' AND reason = 'manual'")
+_ACTIVE_LIMIT = text("state = 'active' AND limit_id IS NOT NULL")
+
+
 class Revocation(Base):
     __tablename__ = "revocations"
+    # One active revocation per cause: per subject for manual ones, per limit otherwise.
+    __table_args__ = (
+        Index("uq_revocations_active_manual", "subject_id", unique=True, sqlite_where=_ACTIVE_MANUAL,
+              postgresql_where=_ACTIVE_MANUAL),
+        Index("uq_revocations_active_limit", "limit_id", unique=True, sqlite_where=_ACTIVE_LIMIT,
+              postgresql_where=_ACTIVE_LIMIT),
+    )
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     subject_id: Mapped[int] = mapped_column(ForeignKey("subjects.id", ondelete="CASCADE"), index=True)
     reason: Mapped[str] = mapped_column(String(8))  # limit | manual | alarm | budget
