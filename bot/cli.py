@@ -14,10 +14,9 @@ from collections.abc import Callable
 
 from pydantic import ValidationError
 
+from bot import cli_audit
 from bot.config import Settings, load_settings
-from bot.db import Database
 from bot.migrate import upgrade
-from bot.services import audit
 
 Command = Callable[[argparse.Namespace, Settings], int]
 
@@ -33,17 +32,6 @@ def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
     upgrade(settings.db.url)
     print(f"database at head: {_safe_url(settings.db.url)}")
     return 0
-
-
-def cmd_audit_verify(args: argparse.Namespace, settings: Settings) -> int:
-    db = Database(settings.db.url)
-    with db.session_scope() as session:
-        result = audit.verify(session)
-    if result.ok:
-        print(f"audit chain intact: {result.rows} rows")
-        return 0
-    print(f"audit chain BROKEN at row {result.broken_id}: {result.reason}", file=sys.stderr)
-    return 1
 
 
 def cmd_manifest(args: argparse.Namespace, settings: Settings) -> int:
@@ -88,10 +76,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("migrate", help="upgrade the database to the latest schema").set_defaults(
         func=cmd_migrate)
-    audit_p = sub.add_parser("audit", help="audit log tools")
-    audit_sub = audit_p.add_subparsers(dest="audit_command", required=True)
-    audit_sub.add_parser("verify", help="walk the hash chain; non-zero on the first broken row"
-                         ).set_defaults(func=cmd_audit_verify)
+    cli_audit.add_commands(sub)
     manifest = sub.add_parser("manifest", help="print the Slack app manifest (JSON)")
     manifest.add_argument("--url", help="public https base URL; without it: a Socket Mode manifest")
     manifest.set_defaults(func=cmd_manifest)

@@ -255,6 +255,8 @@ class AuditEvent(Base):
     outcome: Mapped[str] = mapped_column(String(8))  # ok | denied | error
     prev_hash: Mapped[str] = mapped_column(String(64))
     hash: Mapped[str] = mapped_column(String(64))
+    # sha256, or hmac-sha256:<key id> when BOT_AUDIT_KEY signed the row (services/audit.py)
+    alg: Mapped[str] = mapped_column(String(32), server_default="sha256")
 
 
 class Lease(Base):
