@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 from pydantic import ValidationError
 
-from bot import cli_audit
+from bot import cli_audit, logline
 from bot.config import Settings, load_settings
 from bot.migrate import upgrade
 
@@ -88,8 +88,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]
 
 def run(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # One line per record, control characters escaped, length capped (bot/logline.py).
+    logline.install(logging.DEBUG if args.verbose else logging.INFO)
     for noisy in ("botocore", "boto3", "urllib3", "s3transfer"):  # their DEBUG logs carry credentials
         logging.getLogger(noisy).setLevel(logging.INFO)
     try:

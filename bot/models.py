@@ -300,3 +300,14 @@ class OutboxMessage(Base):
     last_error: Mapped[str] = mapped_column(String(200), default="")
     created_at: Mapped[datetime]
     sent_at: Mapped[datetime | None]
+
+
+# ---- Slack replay cache (issue 15 item 3) ----------------------------------------------------
+
+class SlackSignature(Base):
+    """A verified Slack request signature, kept while it could still verify, so that the
+    same signed request sent again (a replay) is refused. Shared by replicas."""
+
+    __tablename__ = "slack_signatures"
+    digest: Mapped[str] = mapped_column(String(64), primary_key=True)  # SHA-256 hex of the header
+    expires_at: Mapped[datetime] = mapped_column(index=True)  # request timestamp + 5 minutes

@@ -28,10 +28,12 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     background.start()
     port = args.port or settings.bot.port
     log.info("serving on %s:%d (Slack at /slack/events, SNS at /sns)", args.host, port)
+    app = build_wsgi(services)
     try:
-        waitress.serve(build_wsgi(services), host=args.host, port=port, threads=args.threads,
+        waitress.serve(app, host=args.host, port=port, threads=args.threads,
                        ident="bedrock-bot", _quiet=True)
     finally:
+        app.close()
         background.shutdown()
     return 0
 
