@@ -30,10 +30,11 @@ from moto import mock_aws  # noqa: E402
 
 from bot.clock import FixedClock  # noqa: E402
 from bot.config import load_settings  # noqa: E402
+from bot.flows.profiles import provision  # noqa: E402
 from bot.migrate import upgrade  # noqa: E402
 from bot.quantities import Metric, Window, parse_amount  # noqa: E402
 from bot.runtime import build_services  # noqa: E402
-from bot.services import directory, limits, profiles  # noqa: E402
+from bot.services import directory, limits  # noqa: E402
 from bot.services.directory import Actor, SubjectRef  # noqa: E402
 from jobs import usage_sync  # noqa: E402
 
@@ -54,9 +55,9 @@ def setup(n: int, sync_seconds: int, clock: FixedClock) -> tuple[object, list[st
     for i in range(n):
         name = f"user{i:03d}"
         iam.create_user(UserName=name)
+        ref = SubjectRef(name=name)
+        p = provision(services, actor, ref, MODEL, {})
         with services.db.session_scope() as s:
-            ref = SubjectRef(name=name)
-            p = profiles.provision(s, clock, services.profiles, "us-east-1", actor, ref, MODEL, {})
             directory.link_principal(s, clock, actor, ref, f"arn:aws:iam::123456789012:user/{name}")
             limits.set_limit(s, clock, actor, ref, parse_amount("1M"), Window.MONTH, Metric.TOKENS,
                              (80,), "revoke", False)

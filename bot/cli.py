@@ -14,10 +14,9 @@ from collections.abc import Callable
 
 from pydantic import ValidationError
 
+from bot import cli_audit, logline
 from bot.config import Settings, load_settings
-from bot.db import Database
 from bot.migrate import upgrade
-from bot.services import audit
 
 Command = Callable[[argparse.Namespace, Settings], int]
 
@@ -33,17 +32,6 @@ def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
     upgrade(settings.db.url)
     print(f"database at head: {_safe_url(settings.db.url)}")
     return 0
-
-
-def cmd_audit_verify(args: argparse.Namespace, settings: Settings) -> int:
-    db = Database(settings.db.url)
-    with db.session_scope() as session:
-        result = audit.verify(session)
-    if result.ok:
-        print(f"audit chain intact: {result.rows} rows")
-        return 0
-    print(f"audit chain BROKEN at row {result.broken_id}: {result.reason}", file=sys.stderr)
-    return 1
 
 
 def cmd_manifest(args: argparse.Namespace, settings: Settings) -> int:
@@ -96,10 +84,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("migrate", help="upgrade the database to the latest schema").set_defaults(
         func=cmd_migrate)
-    audit_p = sub.add_parser("audit", help="audit log tools")
-    audit_sub = audit_p.add_subparsers(dest="audit_command", required=True)
-    audit_sub.add_parser("verify", help="walk the hash chain; non-zero on the first broken row"
-                         ).set_defaults(func=cmd_audit_verify)
+    cli_audit.add_commands(sub)
     manifest = sub.add_parser("manifest", help="print the Slack app manifest (JSON; next steps on stderr)")
     mode = manifest.add_mutually_exclusive_group()
     mode.add_argument("--url", help="public https base URL of `serve` (HTTP mode)")
@@ -120,8 +105,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]
 
 def run(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # One line per record, control characters escaped, length capped (bot/logline.py).
+    logline.install(logging.DEBUG if args.verbose else logging.INFO)
     for noisy in ("botocore", "boto3", "urllib3", "s3transfer"):  # their DEBUG logs carry credentials
         logging.getLogger(noisy).setLevel(logging.INFO)
     try:

@@ -6,13 +6,14 @@ CLI (or a test) and the resulting object is passed down.
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 from datetime import time
 from typing import Annotated, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import AliasChoices, Field, field_validator, model_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 _BASE = SettingsConfigDict(env_file=".env", extra="ignore", populate_by_name=True)
@@ -224,19 +225,73 @@ class BotSettings(BaseSettings):
         return WEEKDAYS.index(self.week_start)
 
 
+MIN_AUDIT_KEY = 32
+
+
+def _audit_key(name: str, key: SecretStr) -> SecretStr:
+    """The reason names the setting, never the value (errors and logs would show it)."""
+    raw = key.get_secret_value()
+    if len(raw) < MIN_AUDIT_KEY:
+        raise ValueError(f"{name} must be at least {MIN_AUDIT_KEY} characters")
+    if raw != raw.strip():
+        raise ValueError(f"{name} has leading or trailing whitespace")
+    return key
+
+
+class AuditSettings(BaseSettings):
+    """The audit chain's anchors: a key the database never sees, and checkpoints of the head
+    written where the database cannot change them (docs/reliability.md, threat model)."""
+
+    model_config = SettingsConfigDict(**_BASE, hide_input_in_errors=True)  # keys stay out of errors
+    key: SecretStr | None = Field(None, validation_alias="BOT_AUDIT_KEY")
+    previous_keys: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list, validation_alias="BOT_AUDIT_PREVIOUS_KEYS")
+    checkpoint_file: str | None = Field(None, validation_alias="BOT_AUDIT_CHECKPOINT_FILE")
+    checkpoint_channel: str | None = Field(None, validation_alias="BOT_AUDIT_CHECKPOINT_CHANNEL")
+
+    _split = field_validator("previous_keys", mode="before")(
+        classmethod(lambda cls, v: _split_csv(v)))
+
+    @field_validator("key", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, v: object) -> object:
+        return None if v == "" else v
+
+    @field_validator("key")
+    @classmethod
+    def _valid_key(cls, v: SecretStr | None) -> SecretStr | None:
+        return None if v is None else _audit_key("BOT_AUDIT_KEY", v)
+
+    @field_validator("previous_keys")
+    @classmethod
+    def _valid_previous(cls, v: list[SecretStr]) -> list[SecretStr]:
+        return [_audit_key("BOT_AUDIT_PREVIOUS_KEYS", k) for k in v]
+
+    @field_validator("checkpoint_file")
+    @classmethod
+    def _checkpoint_dir(cls, v: str | None) -> str | None:
+        if not v:
+            return None
+        parent = os.path.dirname(os.path.abspath(v))
+        if not os.path.isdir(parent):
+            raise ValueError(f"BOT_AUDIT_CHECKPOINT_FILE: directory {parent} does not exist")
+        return v
+
+
 @dataclass(frozen=True)
 class Settings:
     slack: SlackSettings
     db: DatabaseSettings
     aws: AwsSettings
     bot: BotSettings
+    audit: AuditSettings
 
 
 def load_settings(env_file: str | None = ".env", **overrides: object) -> Settings:
     """Build every settings group once. `overrides` are env-style names (tests, demo)."""
     groups = {}
     for key, cls in (("slack", SlackSettings), ("db", DatabaseSettings), ("aws", AwsSettings),
-                     ("bot", BotSettings)):
+                     ("bot", BotSettings), ("audit", AuditSettings)):
         names: set[str] = set()
         for f in cls.model_fields.values():
             alias = f.validation_alias

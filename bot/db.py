@@ -10,6 +10,7 @@ from typing import Any
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
+from bot.services.audit import KEYRING_INFO, NO_KEY, Keyring
 from bot.services.leases import current_fence
 
 
@@ -58,10 +59,13 @@ def _check_fence(session: Session) -> None:
 class Database:
     """Owns the engine and hands out sessions. Built once from settings."""
 
-    def __init__(self, url: str, **engine_kwargs: Any) -> None:
+    def __init__(self, url: str, audit_keyring: Keyring | None = None, **engine_kwargs: Any) -> None:
         self.url = url
         self.engine = make_engine(url, **engine_kwargs)
-        self.factory = sessionmaker(self.engine, expire_on_commit=False, autoflush=True)
+        # The audit commit hook has only the session: the key reaches it through session.info.
+        self.audit_keyring = audit_keyring or NO_KEY
+        info = {KEYRING_INFO: self.audit_keyring}
+        self.factory = sessionmaker(self.engine, expire_on_commit=False, autoflush=True, info=info)
         self._current: ContextVar[Session | None] = ContextVar(f"session_{id(self)}", default=None)
 
     @property

@@ -23,6 +23,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -160,8 +161,19 @@ class Limit(Base):
     updated_at: Mapped[datetime]
 
 
+_ACTIVE_MANUAL = text("state = 'active' AND reason = 'manual'")
+_ACTIVE_LIMIT = text("state = 'active' AND limit_id IS NOT NULL")
+
+
 class Revocation(Base):
     __tablename__ = "revocations"
+    # One active revocation per cause: per subject for manual ones, per limit otherwise.
+    __table_args__ = (
+        Index("uq_revocations_active_manual", "subject_id", unique=True, sqlite_where=_ACTIVE_MANUAL,
+              postgresql_where=_ACTIVE_MANUAL),
+        Index("uq_revocations_active_limit", "limit_id", unique=True, sqlite_where=_ACTIVE_LIMIT,
+              postgresql_where=_ACTIVE_LIMIT),
+    )
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     subject_id: Mapped[int] = mapped_column(ForeignKey("subjects.id", ondelete="CASCADE"), index=True)
     reason: Mapped[str] = mapped_column(String(8))  # limit | manual | alarm | budget
@@ -247,6 +259,8 @@ class AuditEvent(Base):
     outcome: Mapped[str] = mapped_column(String(8))  # ok | denied | error
     prev_hash: Mapped[str] = mapped_column(String(64))
     hash: Mapped[str] = mapped_column(String(64))
+    # sha256, or hmac-sha256:<key id> when BOT_AUDIT_KEY signed the row (services/audit.py)
+    alg: Mapped[str] = mapped_column(String(32), server_default="sha256")
 
 
 class Lease(Base):
@@ -328,3 +342,13 @@ class BilledCost(Base):
     estimate_micro_usd: Mapped[int] = mapped_column(BigInteger)
     unpriced_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
     fetched_at: Mapped[datetime]
+
+# ---- Slack replay cache (issue 15 item 3) ----------------------------------------------------
+
+class SlackSignature(Base):
+    """A verified Slack request signature, kept while it could still verify, so that the
+    same signed request sent again (a replay) is refused. Shared by replicas."""
+
+    __tablename__ = "slack_signatures"
+    digest: Mapped[str] = mapped_column(String(64), primary_key=True)  # SHA-256 hex of the header
+    expires_at: Mapped[datetime] = mapped_column(index=True)  # request timestamp + 5 minutes

@@ -22,6 +22,7 @@ from bot.clock import Clock, utcnow
 from bot.config import Settings
 from bot.db import Database
 from bot.pricing import PriceTable
+from bot.services.audit import Keyring
 from bot.slack.notifier import Notifier, NullNotifier
 
 log = logging.getLogger(__name__)
@@ -134,5 +135,12 @@ class Services:
 
 def build_services(settings: Settings, clock: Clock = utcnow, notifier: Notifier | None = None,
                    **overrides: Any) -> Services:
-    return Services(settings, Database(settings.db.url), clock, notifier or NullNotifier(),
-                    dict(overrides))
+    db = Database(settings.db.url, audit_keyring=audit_keyring(settings))
+    return Services(settings, db, clock, notifier or NullNotifier(), dict(overrides))
+
+
+def audit_keyring(settings: Settings) -> Keyring:
+    """BOT_AUDIT_KEY signs new audit rows; BOT_AUDIT_PREVIOUS_KEYS only verify older ones."""
+    a = settings.audit
+    return Keyring(a.key.get_secret_value() if a.key else None,
+                   [k.get_secret_value() for k in a.previous_keys])

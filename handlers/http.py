@@ -4,6 +4,11 @@
 SNS endpoint, `GET /healthz` answers 200 or 503 (database), `GET /metrics` is prometheus_client's
 text format from a registry of this app's own. Around Bolt the router keeps what Bolt does not:
 a body cap checked before anything is read, 404/405, and no 500 for a Slack body Bolt cannot read.
+
+Nothing unauthenticated reaches Bolt: a Slack request must carry a valid signature and not be
+a replay (`handlers/slack_gate.py`) first, so Bolt never parses, or logs, a forged body. What
+is refused before authentication (there, and SNS messages that do not verify) is logged in one
+line, counted, and audited once per reason and minute (`handlers/refusals.py`).
 """
 
 from __future__ import annotations
@@ -20,10 +25,13 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, make_wsgi_app
 from prometheus_client.process_collector import ProcessCollector
 from slack_bolt import App
 from slack_bolt.adapter.wsgi import SlackRequestHandler
-from slack_sdk.signature import SignatureVerifier
 from sqlalchemy import text
 
+from bot.aws.sns import SnsRejected
 from bot.runtime import Services
+from handlers.refusals import Refusals, sns_kind
+from handlers.slack_gate import SlackGate
+from handlers.sns import SnsEndpoint
 
 log = logging.getLogger(__name__)
 SLACK_PATH = "/slack/events"
@@ -60,11 +68,14 @@ class HttpMetrics:
 class WsgiApp:
     """The WSGI callable: route by path, check the method, cap the body, hand over."""
 
-    def __init__(self, services: Services, bolt: App, sns: SnsHandler | None = None) -> None:
+    def __init__(self, services: Services, bolt: App, sns: SnsHandler | None = None,
+                 now: Callable[[], float] = time.time) -> None:
         self.services = services
         self.slack = SlackRequestHandler(bolt, path=SLACK_PATH)
         self.sns = sns
         self.metrics = HttpMetrics()
+        self.refusals = Refusals(services, self.metrics.registry)
+        self.gate = SlackGate(services, now)
         # prometheus_client's own WSGI app: it negotiates the format (text or OpenMetrics) and gzip.
         self.exporter = make_wsgi_app(self.metrics.registry)
 
@@ -78,7 +89,12 @@ class WsgiApp:
             status, headers, body = _plain(500, "internal error")
         self.metrics.count(method, route, status)
         start(f"{status} {HTTPStatus(status).phrase}", headers)
+        self.refusals.flush()  # the audit rows of refusals whose minute is over, if any
         return [body]
+
+    def close(self) -> None:
+        """The server stops: audit what refusals are still only counted."""
+        self.refusals.flush(force=True)
 
     def route(self, route: str, method: str, environ: dict[str, Any]) -> Answer:
         allowed = ROUTES.get(route)
@@ -100,9 +116,24 @@ class WsgiApp:
             return _plain(413, "request body too large")
         body = environ["wsgi.input"].read(length) if length else b""
         if self.sns is not None and route == "/sns":
-            status, msg = self.sns(body)
-            return _plain(status, msg)
+            return self.to_sns(self.sns, body, environ)
+        refused = self.gate.check(body, environ.get("HTTP_X_SLACK_REQUEST_TIMESTAMP"),
+                                  environ.get("HTTP_X_SLACK_SIGNATURE"))
+        if refused is not None:
+            self.refusals.refuse("slack", refused.reason, refused.detail, len(body), _source(environ))
+            return _plain(401, f"invalid request: {refused.detail}")
         return self.to_bolt(body, environ)
+
+    def to_sns(self, sns: SnsHandler, body: bytes, environ: dict[str, Any]) -> Answer:
+        """The SNS endpoint, with its refusals counted here rather than audited one by one."""
+        if not isinstance(sns, SnsEndpoint):
+            return _plain(*sns(body))
+        try:
+            envelope = sns.verifier.verify(body)
+        except SnsRejected as exc:
+            self.refusals.refuse("sns", sns_kind(exc.reason), exc.reason, len(body), _source(environ))
+            return _plain(403, exc.reason)
+        return _plain(*sns.act(envelope))
 
     def to_bolt(self, body: bytes, environ: dict[str, Any]) -> Answer:
         """Bolt's adapter, on the body already read (so the cap held and it can be re-checked)."""
@@ -119,12 +150,9 @@ class WsgiApp:
         return status, headers, out
 
     def unreadable(self, body: bytes, environ: dict[str, Any], why: str) -> Answer:
-        """A Slack request we cannot read: 401 unless Slack signed it (DESIGN §7), else 400."""
-        verifier = SignatureVerifier(self.services.settings.slack.signing_secret or "unset")
-        if not verifier.is_valid(body, environ.get("HTTP_X_SLACK_REQUEST_TIMESTAMP", ""),
-                                 environ.get("HTTP_X_SLACK_SIGNATURE", "")):
-            return 401, [("content-type", "application/json")], b'{"error": "invalid request"}'
-        log.warning("signed Slack request refused: %s (%d bytes)", why, len(body))
+        """A signed Slack request we cannot read (the gate let only signed ones through): 400."""
+        log.warning("signed Slack request refused: %s (%d bytes from %s)", why, len(body),
+                    _source(environ))
         return _plain(400, "unreadable Slack request")
 
     def health(self) -> Answer:
@@ -163,6 +191,11 @@ def _no_write(data: bytes) -> object:
 
 def _plain(status: int, message: str) -> Answer:
     return status, [("content-type", TEXT)], message.encode()
+
+
+def _source(environ: dict[str, Any]) -> str:
+    """The peer address for the log (escaped where it is logged); never a forwarded header."""
+    return str(environ.get("REMOTE_ADDR") or "unknown")
 
 
 def _content_length(environ: dict[str, Any]) -> int | None:

@@ -33,8 +33,8 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     preflight.join_channels(services, client, me.user_id)
     background = Background(services, scheduler=not args.no_scheduler)
     port = args.port or settings.bot.port
-    server = create_server(build_wsgi(services), host=args.host, port=port, threads=args.threads,
-                           ident="bedrock-bot")
+    app = build_wsgi(services)
+    server = create_server(app, host=args.host, port=port, threads=args.threads, ident="bedrock-bot")
     log.info("serving on %s:%d (Slack at /slack/events, SNS at /sns)", args.host, port)
     try:
         background.start()
@@ -42,6 +42,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         server.run()  # returns on SIGTERM/SIGINT
     finally:
         stop.finish(server.close, background)
+        app.close()  # writes the last minute's refusal counts
     return 0
 
 

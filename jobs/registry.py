@@ -7,6 +7,7 @@ from typing import Any
 
 from bot.runtime import Services
 from jobs import (
+    audit_checkpoint,
     bill_reconcile,
     daily_digest,
     enforce,
@@ -26,4 +27,5 @@ JOBS: dict[str, Callable[[Services], Any]] = {
     daily_digest.NAME: daily_digest.run,
     prices_refresh.NAME: prices_refresh.run,
     bill_reconcile.NAME: bill_reconcile.run,
+    audit_checkpoint.NAME: audit_checkpoint.run,
 }

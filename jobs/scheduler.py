@@ -70,6 +70,7 @@ EXPIRE_REQUESTS = "expire_requests"
 FLUSH_OUTBOX = "flush_outbox"
 PRICES_REFRESH = "prices_refresh"
 BILL_RECONCILE = "bill_reconcile"
+AUDIT_CHECKPOINT = "audit_checkpoint"
 DIGEST_CATCH_UP = "daily_digest_catch_up"
 DEFAULT_LEASE_TTL = timedelta(seconds=90)
 DIGEST_MISFIRE_GRACE = timedelta(hours=6)
@@ -115,6 +116,9 @@ class JobRunner:
             PRICES_REFRESH: timedelta(hours=24),
             BILL_RECONCILE: timedelta(hours=24),
         }
+        audit = services.settings.audit
+        if audit.checkpoint_file or audit.checkpoint_channel or bot.alert_channel:
+            self.intervals[AUDIT_CHECKPOINT] = timedelta(hours=1)  # somewhere to anchor the chain
         self._lock = threading.Lock()
         self._leader_until: datetime | None = None
         self.last_heartbeat: datetime | None = None  # clock time of our last successful renewal

@@ -14,14 +14,16 @@ import logging
 from collections.abc import Callable
 from datetime import datetime
 
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from bot.errors import AwsError
-from bot.flows import tell
+from bot.errors import AwsError, BadInput
+from bot.flows import locks, tell
 from bot.flows.runner import audit_refusal, step
 from bot.models import Revocation, Subject
 from bot.runtime import Services
-from bot.services import access, audit
+from bot.services import access, audit, directory
 from bot.services.access import DenyOutcome, DenyPlan, Lift, RevocationView
 from bot.services.directory import Actor, SubjectRef
 
@@ -31,22 +33,37 @@ log = logging.getLogger(__name__)
 def revoke_manual(s: Services, actor: Actor, ref: SubjectRef, note: str) -> RevocationView:
     """`/bedrock revoke`: admin only, strict (every principal denied, or none)."""
     target = str(ref)
-    plan = step(s.db, s.clock, actor, "access.revoke", target,
-                lambda session: access.plan_deny(session, access.check_manual_revoke(session, actor, ref)))
-    deny = access.apply_deny(s.access, plan)
-    if deny.failed:
-        _undo(s, plan, deny)
-        arn, code = next(iter(deny.failed.items()))
-        more = f" and {len(deny.failed) - 1} more" if len(deny.failed) > 1 else ""
-        error = AwsError("PutUserPolicy" if ":user/" in arn else "PutRolePolicy", code,
-                         f"could not deny {arn}{more}; nothing was changed")
-        audit_refusal(s.db, s.clock, actor, "access.revoke", target, str(error), error.outcome)
-        raise error
-    view = step(s.db, s.clock, actor, "access.revoke", target, lambda session: access.record_revocation(
-        session, s.clock, actor, _subject(session, plan), "manual", note, None, None, deny,
-        s.access.dry_run))
+    subject_id = _resolve(s, actor, "revoke", ref)
+    with locks.subject(s.db, s.clock, subject_id):
+        plan = step(s.db, s.clock, actor, "access.revoke", target, lambda session: access.plan_deny(
+            session, access.check_manual_revoke(session, actor, ref)))
+        deny = access.apply_deny(s.access, plan)
+        if deny.failed:
+            _undo(s, plan, deny)
+            arn, code = next(iter(deny.failed.items()))
+            more = f" and {len(deny.failed) - 1} more" if len(deny.failed) > 1 else ""
+            error = AwsError("PutUserPolicy" if ":user/" in arn else "PutRolePolicy", code,
+                             f"could not deny {arn}{more}; nothing was changed")
+            audit_refusal(s.db, s.clock, actor, "access.revoke", target, str(error), error.outcome)
+            raise error
+        try:
+            view = step(s.db, s.clock, actor, "access.revoke", target,
+                        lambda session: access.record_revocation(
+                            session, s.clock, actor, _subject(session, plan), "manual", note, None, None,
+                            deny, s.access.dry_run))
+        except IntegrityError as exc:  # one active manual revocation per subject (a unique index)
+            raise BadInput(f"{plan.subject_name} is already revoked by an admin") from exc
     tell.revoked(s.notifier, s.settings.bot.alert_channel, view, actor.slack_user_id)
     return view
+
+
+def _resolve(s: Services, actor: Actor, verb: str, ref: SubjectRef) -> int:
+    """Authorize, then name the subject whose lock the change takes."""
+    def find(session: Session) -> int:
+        directory.authorize(session, actor, "admin", verb)
+        return directory.get(session, ref).id
+
+    return step(s.db, s.clock, actor, f"access.{verb}", str(ref), find)
 
 
 def _undo(s: Services, plan: DenyPlan, deny: DenyOutcome) -> None:
@@ -66,18 +83,22 @@ def revoke_automatic(s: Services, actor: Actor, subject_id: int, reason: str, no
         subject = session.get(Subject, subject_id)
         return access.plan_deny(session, subject) if subject and still_wanted(session) else None
 
-    plan = step(s.db, s.clock, actor, "access.revoke", f"subject:{subject_id}", plan_it)
-    if plan is None:
-        return None
-    deny = access.apply_deny(s.access, plan)
-
     def record(session: Session) -> RevocationView | None:
-        if not still_wanted(session):
+        if plan is None or not still_wanted(session):
             return None
         return access.record_revocation(session, s.clock, actor, _subject(session, plan), reason, note,
                                         limit_id, window, deny, s.access.dry_run)
 
-    return step(s.db, s.clock, actor, "access.revoke", f"subject:{subject_id}", record)
+    target = f"subject:{subject_id}"
+    with locks.subject(s.db, s.clock, subject_id):
+        plan = step(s.db, s.clock, actor, "access.revoke", target, plan_it)
+        if plan is None:
+            return None
+        deny = access.apply_deny(s.access, plan)
+        try:
+            return step(s.db, s.clock, actor, "access.revoke", target, record)
+        except IntegrityError:  # the limit's revocation was recorded meanwhile (a unique index)
+            return None
 
 
 def lift(s: Services, actor: Actor, revocation_id: int, note: str,
@@ -92,43 +113,41 @@ def lift(s: Services, actor: Actor, revocation_id: int, note: str,
             before(session, rev)
         return access.mark_lifted(session, s.clock, actor, rev, note, s.access.dry_run)
 
-    done = step(s.db, s.clock, actor, "access.restore", f"revocation:{revocation_id}", mark)
-    if done is None:
+    target = f"revocation:{revocation_id}"
+    subject_id = step(s.db, s.clock, actor, "access.restore", target,
+                      lambda session: session.scalar(select(Revocation.subject_id).where(
+                          Revocation.id == revocation_id)))
+    if subject_id is None:
         return None
-    clear(s, actor, [done])
+    with locks.subject(s.db, s.clock, subject_id):
+        done = step(s.db, s.clock, actor, "access.restore", target, mark)
+        if done is None:
+            return None
+        clear(s, actor, [done])
     return done.view
 
 
 def restore_manual(s: Services, actor: Actor, ref: SubjectRef, note: str) -> list[RevocationView]:
-    plan = step(s.db, s.clock, actor, "access.restore", str(ref),
-                lambda session: access.plan_manual_restore(session, actor, ref))
-    return restore_planned(s, actor, plan, note)
-
-
-def restore_planned(s: Services, actor: Actor, plan: access.RestorePlan, note: str) -> list[RevocationView]:
     """A person's restore is all or nothing: the denies come off first; when IAM refuses one,
     those already deleted are put back and the refusal names the AWS error."""
-    target = f"subject:{plan.subject_name}"
-    failed = access.remove_deny(s.access, plan.subject_name, list(plan.clear))
-    if failed:
-        removed = tuple(p for p in plan.clear if p not in failed and p in plan.deny.principals)
-        access.apply_deny(s.access, DenyPlan(plan.deny.subject_id, plan.subject_name, removed,
-                                             plan.deny.resources))
-        arn, code = next(iter(failed.items()))
-        error = AwsError("DeleteUserPolicy" if ":user/" in arn else "DeleteRolePolicy", code,
-                         f"could not remove the deny from {arn}; nothing was changed")
-        audit_refusal(s.db, s.clock, actor, "access.restore", target, str(error), error.outcome)
-        raise error
-    lifts = step(s.db, s.clock, actor, "access.restore", target, lambda session: access.record_manual_restore(
-        session, s.clock, actor, plan, note, s.access.dry_run))
-    views = [x.view for x in lifts]
-    tell.restored(s.notifier, s.settings.bot.alert_channel, views, f"<@{actor.slack_user_id}>", note)
-    return views
-
-
-def finish_restore(s: Services, actor: Actor, lifts: list[Lift], note: str) -> list[RevocationView]:
-    """After the lifts committed: delete the denies, tell the channel and the people."""
-    clear(s, actor, lifts)
+    target = str(ref)
+    subject_id = _resolve(s, actor, "restore", ref)
+    with locks.subject(s.db, s.clock, subject_id):
+        plan = step(s.db, s.clock, actor, "access.restore", target,
+                    lambda session: access.plan_manual_restore(session, actor, ref))
+        failed = access.remove_deny(s.access, plan.subject_name, list(plan.clear))
+        if failed:
+            removed = tuple(p for p in plan.clear if p not in failed and p in plan.deny.principals)
+            access.apply_deny(s.access, DenyPlan(plan.deny.subject_id, plan.subject_name, removed,
+                                                 plan.deny.resources))
+            arn, code = next(iter(failed.items()))
+            error = AwsError("DeleteUserPolicy" if ":user/" in arn else "DeleteRolePolicy", code,
+                             f"could not remove the deny from {arn}; nothing was changed")
+            audit_refusal(s.db, s.clock, actor, "access.restore", target, str(error), error.outcome)
+            raise error
+        lifts = step(s.db, s.clock, actor, "access.restore", target,
+                     lambda session: access.record_manual_restore(session, s.clock, actor, plan, note,
+                                                                  s.access.dry_run))
     views = [x.view for x in lifts]
     tell.restored(s.notifier, s.settings.bot.alert_channel, views, f"<@{actor.slack_user_id}>", note)
     return views
@@ -150,14 +169,25 @@ def reassert(s: Services) -> list[str]:
     if s.access.dry_run:  # nothing was written, so there is nothing to keep complete
         return []
     actor = Actor.system("enforce")
-    plans = step(s.db, s.clock, actor, "access.reassert", "revocations", access.plan_reassert)
+    subject_ids = step(s.db, s.clock, actor, "access.reassert", "revocations", access.revoked_subject_ids)
     touched = []
-    for plan in plans:
+    for subject_id in subject_ids:
+        name = _reassert_one(s, actor, subject_id)
+        if name is not None:
+            touched.append(name)
+    return touched
+
+
+def _reassert_one(s: Services, actor: Actor, subject_id: int) -> str | None:
+    """Put the subject's deny back where it is missing; its name when something changed."""
+    with locks.subject(s.db, s.clock, subject_id):
+        plan = step(s.db, s.clock, actor, "access.reassert", f"subject:{subject_id}",
+                    lambda session: access.plan_reassert_one(session, subject_id))
+        if plan is None:  # restored meanwhile
+            return None
         out = access.apply_deny(s.access, plan)
         with s.db.session_scope() as session:
-            if access.record_reassert(session, s.clock, plan, out):
-                touched.append(plan.subject_name)
-    return touched
+            return plan.subject_name if access.record_reassert(session, s.clock, plan, out) else None
 
 
 def _subject(session: Session, plan: DenyPlan) -> Subject:

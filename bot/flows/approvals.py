@@ -12,11 +12,12 @@ from datetime import timedelta
 from sqlalchemy.orm import Session
 
 from bot.flows import access as access_flow
+from bot.flows import locks, tell
 from bot.flows.runner import step
 from bot.render import approvals as ui
 from bot.runtime import Services
-from bot.services import access, directory, home, restore_requests
-from bot.services.access import RestorePlan, RevocationView
+from bot.services import directory, home, restore_requests
+from bot.services.access import RevocationView
 from bot.services.directory import Actor, SubjectRef
 from bot.services.restore_requests import RequestView
 from bot.slack.notifier import safe
@@ -58,15 +59,15 @@ class RestoreAnswer:
 def restore(s: Services, actor: Actor, ref: SubjectRef, note: str) -> RestoreAnswer:
     """`/bedrock restore`: admins restore at once; anyone else files a restore request (the
     same one the button makes). The role is read in the same transaction that acts."""
-    def plan(session: Session) -> RestorePlan | tuple[RequestView, bool]:
-        if not directory.has_role(session, actor, "admin"):
-            return restore_requests.create_for_subject(session, s.clock, actor, ref, note, _ttl(s))
-        return access.plan_manual_restore(session, actor, ref)
+    def file_unless_admin(session: Session) -> tuple[RequestView, bool] | None:
+        if directory.has_role(session, actor, "admin"):
+            return None
+        return restore_requests.create_for_subject(session, s.clock, actor, ref, note, _ttl(s))
 
-    planned = step(s.db, s.clock, actor, "access.restore", str(ref), plan)
-    if isinstance(planned, tuple):
-        return RestoreAnswer([], _filed(s, actor, planned))
-    return RestoreAnswer(access_flow.restore_planned(s, actor, planned, note))
+    filed = step(s.db, s.clock, actor, "access.restore", str(ref), file_unless_admin)
+    if filed is not None:
+        return RestoreAnswer([], _filed(s, actor, filed))
+    return RestoreAnswer(access_flow.restore_manual(s, actor, ref, note))
 
 
 def _ttl(s: Services) -> timedelta:
@@ -89,16 +90,22 @@ def _filed(s: Services, actor: Actor, created: tuple[RequestView, bool]) -> str:
 
 
 def decide(s: Services, actor: Actor, request_id: int, decision: str, note: str = "") -> str | None:
-    """Approve / approve for 24h / deny. Returns a note for the clicker when nothing changed."""
-    d = step(s.db, s.clock, actor, f"request.{decision}", f"request:{request_id}",
-             lambda session: restore_requests.decide(session, s.clock, actor, request_id, decision, note,
-                                                     s.access.dry_run))
+    """Approve / approve for 24h / deny. Returns a note for the clicker when nothing changed.
+    The decision and the deny's removal hold the subject's lock (no revoke interleaves)."""
+    action, target = f"request.{decision}", f"request:{request_id}"
+    subject_id = step(s.db, s.clock, actor, action, target,
+                      lambda session: restore_requests.subject_of(session, request_id))
+    with locks.subject(s.db, s.clock, subject_id):
+        d = step(s.db, s.clock, actor, action, target, lambda session: restore_requests.decide(
+            session, s.clock, actor, request_id, decision, note, s.access.dry_run))
+        access_flow.clear(s, actor, d.lifts)
     if not d.changed:
         r = d.request
         by = f" by <@{r.decided_by}>" if r.decided_by else ""
         return f"Nothing to do: request {r.id} is already {r.status}{by}."
     publish_decision(s, d.request)
-    access_flow.finish_restore(s, actor, d.lifts, f"restore request {d.request.id}")
+    tell.restored(s.notifier, s.settings.bot.alert_channel, [x.view for x in d.lifts],
+                  f"<@{actor.slack_user_id}>", f"restore request {d.request.id}")
     return None
 
 

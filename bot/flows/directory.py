@@ -4,7 +4,7 @@ each change is told to the alert channel after its commit."""
 from __future__ import annotations
 
 from bot.flows.runner import step
-from bot.render.text import escape
+from bot.render.text import code
 from bot.runtime import Services
 from bot.services import directory, logs_usage
 from bot.services.directory import Actor, SubjectRef
@@ -21,7 +21,7 @@ def link(s: Services, actor: Actor, ref: SubjectRef, arn: str) -> str:
     """Bind an IAM principal to a user; returns the subject's name."""
     name = step(s.db, s.clock, actor, "principal.link", str(ref),
                 lambda session: directory.link_principal(session, s.clock, actor, ref, arn)[0].name)
-    _broadcast(s, actor, f"linked `{escape(arn)}` to `{name}`")
+    _broadcast(s, actor, f"linked {code(arn)} to `{name}`")
     return name
 
 
@@ -61,5 +61,5 @@ def map_meter(s: Services, actor: Actor, key: str, value: str, ref: SubjectRef) 
     mapped = step(s.db, s.clock, actor, "meter.map", f"{key}={value}",
                   lambda session: logs_usage.map_metadata(session, s.clock, actor, key, value, ref,
                                                           allowed_keys=keys or None).key)
-    _broadcast(s, actor, f"mapped requestMetadata `{escape(mapped)}` to `{escape(str(ref))}`")
+    _broadcast(s, actor, f"mapped requestMetadata {code(mapped)} to {code(str(ref))}")
     return mapped

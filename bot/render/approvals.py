@@ -20,7 +20,7 @@ from slack_sdk.models.views import View
 
 from bot.render.blocks import Reply, section
 from bot.render.enforcement import restore_button
-from bot.render.text import escape, when
+from bot.render.text import plain, when
 from bot.render.usage import limit_line
 from bot.services.restore_requests import RequestView
 from bot.services.usage import UsageReport
@@ -32,7 +32,7 @@ REASON_BLOCK, REASON_INPUT = "reason", "reason_input"
 
 def _summary(r: RequestView) -> str:
     return (f"🔓 *Restore request* from <@{r.requester}> for {r.subject.mention} "
-            f"(revoked: {r.revocation_reason})\n>{escape(r.reason)}")
+            f"(revoked: {plain(r.revocation_reason)})\n>{plain(r.reason)}")
 
 
 def _button(label: str, action_id: str, r: RequestView, style: str | None, question: str) -> ButtonElement:
@@ -61,7 +61,7 @@ def decided_message(r: RequestView, tz: ZoneInfo) -> Reply:
         how = "for 24 hours" if r.decision == "approve_24h" else ""
         line = f"✅ Approved {how} by <@{r.decided_by}>".replace("  ", " ")
     elif r.status == "denied":
-        line = f"❌ Denied by <@{r.decided_by}>" + (f": {escape(r.decision_note)}" if r.decision_note else "")
+        line = f"❌ Denied by <@{r.decided_by}>" + (f": {plain(r.decision_note)}" if r.decision_note else "")
     else:
         line = "⌛ Expired without a decision"
     at = f" · {when(r.decided_at, tz)}" if r.decided_at else ""
@@ -73,7 +73,7 @@ def requester_note(r: RequestView) -> str:
     if r.status == "approved":
         return f"✅ Your restore request for `{r.subject.name}` was approved by <@{r.decided_by}>."
     if r.status == "denied":
-        why = f" Reason: {escape(r.decision_note)}" if r.decision_note else ""
+        why = f" Reason: {plain(r.decision_note)}" if r.decision_note else ""
         return f"❌ Your restore request for `{r.subject.name}` was denied by <@{r.decided_by}>.{why}"
     return f"⌛ Your restore request for `{r.subject.name}` expired without a decision."
 
@@ -113,7 +113,7 @@ def home_view(report: UsageReport | None, periods: list[UsageReport], pending: l
         blocks += [DividerBlock(), section(f"*Limits*\n{lines}")]
     blocks.append(DividerBlock())
     if report.revoked:
-        blocks.append(section("⛔ *Revoked*: " + escape("; ".join(report.revoked))))
+        blocks.append(section("⛔ *Revoked*: " + plain("; ".join(report.revoked))))
         if pending:
             blocks.append(section(f"⏳ Your restore request {pending[-1].id} is waiting for an admin."))
         elif revocation_id is not None:

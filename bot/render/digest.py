@@ -25,7 +25,7 @@ from slack_sdk.models.blocks import (
 from bot.quantities import format_tokens, format_usd
 from bot.render.billing import bill_line, unpriced_line
 from bot.render.blocks import SECTION_LIMIT, Reply, finish, section
-from bot.render.text import METRIC_LABEL, bar, escape, metric_value, trend, when
+from bot.render.text import METRIC_LABEL, bar, escape, metric_value, plain, trend, when
 from bot.services.digest import OTHERS, AtRisk, DigestData, PendingLine, RevokedLine, SubjectDay
 
 _BUDGET = SECTION_LIMIT - 100  # room for the "…and N more" line
@@ -77,14 +77,14 @@ def risk_line(a: AtRisk, tz: ZoneInfo) -> str:
 
 
 def revoked_line(r: RevokedLine, tz: ZoneInfo) -> str:
-    note = f" ({escape(r.note[:200])})" if r.note else ""
-    return (f"⛔ {_who(r.subject, r.kind)}: {escape(r.reason)}{note} · since {when(r.since, tz)} "
+    note = f" ({plain(r.note[:200])})" if r.note else ""
+    return (f"⛔ {_who(r.subject, r.kind)}: {plain(r.reason)}{note} · since {when(r.since, tz)} "
             f"by {escape(r.by)}")
 
 
 def request_line(r: PendingLine) -> str:
     who = f"<@{r.requester}>" if _SLACK_ID.match(r.requester) else escape(r.requester)
-    reason = f": “{escape(r.reason[:200])}”" if r.reason else ""
+    reason = f": “{plain(r.reason[:200])}”" if r.reason else ""
     return f"#{r.id} *{escape(r.subject)}*, asked by {who} {age(r.age)} ago{reason}"
 
 

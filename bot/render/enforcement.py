@@ -13,7 +13,7 @@ from slack_sdk.models.blocks import (
 )
 
 from bot.render.blocks import Reply, section
-from bot.render.text import METRIC_LABEL, bar, escape, metric_value, when
+from bot.render.text import METRIC_LABEL, bar, code, metric_value, plain, when
 from bot.services.access import RevocationView
 from bot.services.enforce import Breach, Warning
 from bot.services.usage import LimitStatus
@@ -52,7 +52,7 @@ def breach_message(b: Breach, tz: ZoneInfo) -> Reply:
 def manual_revoke_message(r: RevocationView, actor_id: str | None) -> Reply:
     by = f"<@{actor_id}>" if actor_id else r.revoked_by
     dry = " (dry run: IAM was not changed)" if r.dry_run else ""
-    note = f"\nReason: {escape(r.note)}" if r.note else ""
+    note = f"\nReason: {plain(r.note)}" if r.note else ""
     text = f"⛔ *Access revoked*{dry}: {r.subject.mention}, by {by}.{note}"
     blocks: list[Any] = [section(text), _principals(r), restore_button(r.id)]
     return f"Bedrock access revoked for {r.subject.name}", [b.to_dict() for b in blocks]
@@ -61,7 +61,7 @@ def manual_revoke_message(r: RevocationView, actor_id: str | None) -> Reply:
 def restored_message(revs: list[RevocationView], by: str, note: str = "") -> Reply:
     r = revs[0]
     still = r.principals == () and any(v.state == "active" for v in revs)
-    why = f" ({escape(note)})" if note else ""
+    why = f" ({plain(note)})" if note else ""
     text = f"✅ *Access restored*: {r.subject.mention}, by {by}{why}."
     if not r.principals and not still:
         text += " No IAM principals are linked to this subject."
@@ -72,7 +72,7 @@ def _principals(r: RevocationView) -> ContextBlock:
     if not r.principals:
         text = "No IAM principals are linked yet: link them with `/bedrock link`."
     else:
-        shown = ", ".join(f"`{p}`" for p in r.principals[:10])
+        shown = ", ".join(code(p) for p in r.principals[:10])
         more = f" and {len(r.principals) - 10} more" if len(r.principals) > 10 else ""
         text = f"Deny policy `bedrock-bot-deny-{r.subject.name}` on {shown}{more}"
     return ContextBlock(elements=[MarkdownTextObject(text=text[:2900])])

@@ -8,7 +8,7 @@ from zoneinfo import ZoneInfo
 from slack_sdk.models.blocks import ContextBlock, HeaderBlock, MarkdownTextObject
 
 from bot.render.blocks import Reply, finish, section
-from bot.render.text import escape, when
+from bot.render.text import escape, plain, when
 from bot.services.audit import AuditLine
 from bot.services.limits import LimitView
 from bot.services.profiles import ProfileView
@@ -86,7 +86,7 @@ def audit_reply(rows: list[AuditLine], tz: ZoneInfo) -> Reply:
         return text_reply("No audit events.")
     icon = {"ok": "•", "denied": "🚫", "error": "❗"}
     lines = [f"{icon.get(r.outcome, '•')} `{r.id}` {when(r.at, tz)} {escape(r.actor)} "
-             f"*{escape(r.action)}* {escape(r.target)}" for r in rows]
+             f"*{escape(r.action)}* {plain(r.target)}" for r in rows]
     blocks: list[Any] = [HeaderBlock(text="Audit log (newest first)")]
     chunk: list[str] = []
     for line in lines:

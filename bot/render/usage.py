@@ -15,7 +15,7 @@ from slack_sdk.models.blocks import (
 
 from bot.quantities import format_tokens, format_usd
 from bot.render.billing import bill_line, unpriced_line
-from bot.render.text import METRIC_LABEL, bar, escape, metric_value, trend, when
+from bot.render.text import METRIC_LABEL, bar, metric_value, plain, trend, when
 from bot.services.usage import LimitStatus, UsageReport
 
 
@@ -56,7 +56,7 @@ def usage_blocks(r: UsageReport, tz: ZoneInfo) -> list[dict[str, Any]]:
     if r.limits:
         blocks += [DividerBlock(), SectionBlock(text=MarkdownTextObject(
             text="*Limits*\n" + "\n".join(limit_line(s, tz) for s in r.limits[:20])))]
-    status = ("⛔ *Revoked*: " + escape("; ".join(r.revoked))) if r.revoked else "✅ *Active*"
+    status = ("⛔ *Revoked*: " + plain("; ".join(r.revoked))) if r.revoked else "✅ *Active*"
     blocks.append(SectionBlock(text=MarkdownTextObject(text=status[:2900])))
     context = []
     if r.teams:

@@ -122,12 +122,17 @@ def remove_deny(iam: IamAccess, subject_name: str, principals: list[str]) -> dic
     return failed
 
 
-def plan_reassert(session: Session) -> list[DenyPlan]:
-    """Every actively revoked subject's deny as it should be now: principals linked, members
-    added or AIPs provisioned since the revocation are covered on the next enforce run."""
-    subject_ids = set(session.scalars(select(Revocation.subject_id).where(Revocation.state == "active")))
-    subjects = session.scalars(select(Subject).where(Subject.id.in_(subject_ids)).order_by(Subject.id))
-    return [plan_deny(session, subject) for subject in subjects]
+def revoked_subject_ids(session: Session) -> list[int]:
+    return sorted(set(session.scalars(select(Revocation.subject_id).where(Revocation.state == "active"))))
+
+
+def plan_reassert_one(session: Session, subject_id: int) -> DenyPlan | None:
+    """A revoked subject's deny as it should be now: principals linked, members added or AIPs
+    provisioned since the revocation are covered on the next enforce run. None once restored."""
+    subject = session.get(Subject, subject_id)
+    if subject is None or not active(session, subject_id):
+        return None
+    return plan_deny(session, subject)
 
 
 def record_reassert(session: Session, clock: Clock, plan: DenyPlan, out: DenyOutcome) -> bool:

@@ -8,12 +8,21 @@ chained and inserted together right before it commits (a `before_commit` hook). 
 lock (an advisory lock on PostgreSQL) is therefore taken once, at the end, and held for a
 few milliseconds — never across the AWS calls a flow makes — and a transaction that rolls
 back leaves no audit row and never took the lock.
+
+With `BOT_AUDIT_KEY` set, hash = HMAC-SHA256(key, prev_hash + canonical JSON) and the row's
+`alg` names the key (`hmac-sha256:<key id>`): someone who can write the database but does not
+hold the key cannot recompute hashes after rewriting rows. Rows written before the key stay
+`sha256`; once a keyed row exists, an unkeyed one after it is a break (a downgrade). The key
+reaches the commit hook through `session.info` (set by `Database` from settings). A cut
+*tail* is invisible to the chain alone: `audit_anchor` checkpoints the head outside it.
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -26,6 +35,9 @@ from bot.models import AuditEvent
 
 GENESIS = "0" * 64
 OUTCOMES = ("ok", "denied", "error")
+SHA256 = "sha256"
+_HMAC = "hmac-sha256:"
+KEYRING_INFO = "audit_keyring"  # the session.info entry that carries the Keyring
 _PG_LOCK_KEY = 0x62656472  # "bedr": serialises appends across replicas
 
 
@@ -38,6 +50,52 @@ def canonical(row_id: int, at: datetime, actor: str, action: str, target: str,
 
 def chain_hash(prev_hash: str, canonical_json: str) -> str:
     return hashlib.sha256((prev_hash + canonical_json).encode()).hexdigest()
+
+
+def keyed_hash(key: bytes, prev_hash: str, canonical_json: str) -> str:
+    return hmac.new(key, (prev_hash + canonical_json).encode(), hashlib.sha256).hexdigest()
+
+
+def key_id(key: bytes) -> str:
+    """Names a key in `alg` without revealing it: an HMAC of a fixed label, 8 hex digits."""
+    return hmac.new(key, b"bedrock-bot audit key id", hashlib.sha256).hexdigest()[:8]
+
+
+class Keyring:
+    """The current key (signs new rows) and previous ones (verify rows from before a rotation).
+    Its repr never shows a key."""
+
+    def __init__(self, current: str | bytes | None, previous: Sequence[str | bytes] = ()) -> None:
+        self.current = _bytes(current) if current is not None else None
+        keys = ([self.current] if self.current is not None else []) + [_bytes(k) for k in previous]
+        self._by_id = {key_id(k): k for k in keys}
+
+    @property
+    def alg(self) -> str:
+        return _HMAC + key_id(self.current) if self.current is not None else SHA256
+
+    @property
+    def ids(self) -> list[str]:
+        return list(self._by_id)
+
+    def key(self, alg: str) -> bytes | None:
+        return self._by_id.get(alg.removeprefix(_HMAC))
+
+    def sign(self, prev_hash: str, canonical_json: str) -> tuple[str, str]:
+        """(alg, hash) for a new row."""
+        if self.current is None:
+            return SHA256, chain_hash(prev_hash, canonical_json)
+        return self.alg, keyed_hash(self.current, prev_hash, canonical_json)
+
+    def __repr__(self) -> str:
+        return f"Keyring(ids={self.ids})"
+
+
+def _bytes(key: str | bytes) -> bytes:
+    return key.encode() if isinstance(key, str) else key
+
+
+NO_KEY = Keyring(None)
 
 
 def _details_json(details: dict[str, Any] | None) -> str:
@@ -89,12 +147,14 @@ def _append(session: Session, queue: list[Pending]) -> None:
         select(AuditEvent.id, AuditEvent.hash).order_by(AuditEvent.id.desc()).limit(1)
     ).first()
     row_id, prev = (head[0], head[1]) if head else (0, GENESIS)
+    keyring: Keyring = session.info.get(KEYRING_INFO) or NO_KEY
     for p in queue:
         row_id += 1
-        digest = chain_hash(prev, canonical(row_id, p.at, p.actor, p.action, p.target, p.details,
-                                            p.outcome))
+        alg, digest = keyring.sign(prev, canonical(row_id, p.at, p.actor, p.action, p.target,
+                                                   p.details, p.outcome))
         session.add(AuditEvent(id=row_id, at=p.at, actor=p.actor, action=p.action, target=p.target,
-                               details=p.details, outcome=p.outcome, prev_hash=prev, hash=digest))
+                               details=p.details, outcome=p.outcome, prev_hash=prev, hash=digest,
+                               alg=alg))
         prev = digest
     session.flush()
 
@@ -113,27 +173,70 @@ class VerifyResult:
     rows: int
     broken_id: int | None = None
     reason: str = ""
+    head_id: int = 0
+    head_hash: str = GENESIS
+    keyed_from: int | None = None  # the first row under a key; None: no keyed row
+    unverifiable: bool = False  # keyed rows, and no key to check them with
 
 
-def verify(session: Session, batch: int = 5000) -> VerifyResult:
-    """Walk the chain in id order; name the first row that does not fit."""
-    prev_hash, prev_id, count = GENESIS, 0, 0
-    rows = session.execute(select(AuditEvent).order_by(AuditEvent.id).execution_options(
-        yield_per=batch)).scalars()
+@dataclass(frozen=True)
+class Start:
+    """Where a walk begins: the genesis, or a row already trusted (a matching checkpoint)."""
+
+    id: int = 0
+    hash: str = GENESIS
+    keyed: bool = False
+
+
+def verify(session: Session, keyring: Keyring = NO_KEY, start: Start = Start(),
+           batch: int = 5000) -> VerifyResult:
+    """Walk the chain in id order from `start`; name the first row that does not fit."""
+    prev_hash, prev_id, count = start.hash, start.id, 0
+    keyed_from = start.id if start.keyed else None
+    rows = session.execute(select(AuditEvent).where(AuditEvent.id > start.id)
+                           .order_by(AuditEvent.id).execution_options(yield_per=batch)).scalars()
     for ev in rows:
         count += 1
-        if ev.id != prev_id + 1:
-            return VerifyResult(False, count, ev.id,
-                                f"row {ev.id}: rows {prev_id + 1}..{ev.id - 1} are missing")
-        if ev.prev_hash != prev_hash:
-            return VerifyResult(False, count, ev.id,
-                                f"row {ev.id}: prev_hash does not match row {prev_id}")
-        expect = chain_hash(prev_hash, canonical(ev.id, ev.at, ev.actor, ev.action, ev.target,
-                                                 ev.details, ev.outcome))
-        if ev.hash != expect:
-            return VerifyResult(False, count, ev.id, f"row {ev.id}: contents do not match its hash")
+        if ev.alg != SHA256 and keyed_from is None:
+            keyed_from = ev.id
+        problem, unverifiable = _check_row(ev, prev_id, prev_hash, keyring, keyed_from)
+        if problem:
+            return VerifyResult(False, count, ev.id, problem, prev_id, prev_hash, keyed_from,
+                                unverifiable)
         prev_hash, prev_id = ev.hash, ev.id
-    return VerifyResult(True, count)
+    return VerifyResult(True, count, head_id=prev_id, head_hash=prev_hash, keyed_from=keyed_from)
+
+
+def _check_row(ev: AuditEvent, prev_id: int, prev_hash: str, keyring: Keyring,
+               keyed_from: int | None) -> tuple[str, bool]:
+    """('', False) when the row fits; else the reason and whether only a key was missing."""
+    if ev.id != prev_id + 1:
+        return f"row {ev.id}: rows {prev_id + 1}..{ev.id - 1} are missing", False
+    if ev.prev_hash != prev_hash:
+        return f"row {ev.id}: prev_hash does not match row {prev_id}", False
+    body = canonical(ev.id, ev.at, ev.actor, ev.action, ev.target, ev.details, ev.outcome)
+    if ev.alg == SHA256:
+        if keyed_from is not None:
+            return (f"row {ev.id}: unkeyed after keyed rows from {keyed_from} (written without "
+                    "BOT_AUDIT_KEY, or rewritten)"), False
+        return ("" if ev.hash == chain_hash(prev_hash, body)
+                else f"row {ev.id}: contents do not match its hash"), False
+    key = keyring.key(ev.alg) if ev.alg.startswith(_HMAC) else None
+    if key is None:
+        return _no_key(ev, keyring), ev.alg.startswith(_HMAC) and not keyring.ids
+    if not hmac.compare_digest(ev.hash, keyed_hash(key, prev_hash, body)):
+        return f"row {ev.id}: contents do not match its keyed hash", False
+    return "", False
+
+
+def _no_key(ev: AuditEvent, keyring: Keyring) -> str:
+    if not ev.alg.startswith(_HMAC):
+        return f"row {ev.id}: unknown hash algorithm {ev.alg[:32]!r}"
+    if not keyring.ids:
+        return f"row {ev.id}: keyed ({ev.alg}); set BOT_AUDIT_KEY to verify it"
+    return (f"row {ev.id}: keyed with a key not configured ({ev.alg}); configured key ids: "
+            f"{', '.join(keyring.ids)} (after a rotation, add the old key to "
+            "BOT_AUDIT_PREVIOUS_KEYS)")
 
 
 @dataclass(frozen=True)

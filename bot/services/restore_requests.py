@@ -87,6 +87,15 @@ def check_can_ask(session: Session, actor: Actor, revocation_id: int) -> str:
     return subject.name
 
 
+def subject_of(session: Session, request_id: int) -> int:
+    """The subject a request is about (its access changes are serialised on it)."""
+    subject_id = session.scalar(select(Revocation.subject_id).join(
+        RestoreRequest, RestoreRequest.revocation_id == Revocation.id).where(RestoreRequest.id == request_id))
+    if subject_id is None:
+        raise NotFound(f"no restore request {request_id}")
+    return int(subject_id)
+
+
 def check_decider(session: Session, actor: Actor, request_id: int) -> RequestView:
     """Before the deny modal: the same checks a decision makes, so refusals come at once."""
     directory.authorize(session, actor, "approver", "approve or deny restore requests")

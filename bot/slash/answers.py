@@ -14,7 +14,7 @@ from bot.flows import access, approvals, digest, directory, limits, profiles, re
 from bot.flows.digest import DigestError
 from bot.render import messages
 from bot.render.blocks import Reply
-from bot.render.text import escape
+from bot.render.text import code
 from bot.render.usage import usage_blocks, usage_text
 from bot.runtime import Services
 from bot.services.directory import Actor, SubjectRef
@@ -62,7 +62,7 @@ def list_profiles(req: Request, cmd: g.Command) -> Reply:
 def link(req: Request, cmd: g.Command) -> Reply:
     c = _cmd(cmd, g.Link)
     name = directory.link(req.services, req.actor, req.named(c.subject), c.arn)
-    return messages.text_reply(f"✅ Linked `{escape(c.arn)}` to `{name}`.")
+    return messages.text_reply(f"✅ Linked {code(c.arn)} to `{name}`.")
 
 
 def team(req: Request, cmd: g.Command) -> Reply:
@@ -130,8 +130,8 @@ def meter(req: Request, cmd: g.Command) -> Reply:
     key = directory.map_meter(req.services, req.actor, c.key, c.value, ref)
     logs_off = "" if req.services.settings.aws.invocation_log_group else \
         " (BOT_INVOCATION_LOG_GROUP is not set, so no logs are read yet.)"
-    return messages.text_reply(f"✅ Invocation-log usage with requestMetadata `{escape(key)}` now counts for "
-                               f"`{escape(str(ref))}`.{logs_off}")
+    return messages.text_reply(f"✅ Invocation-log usage with requestMetadata {code(key)} now counts for "
+                               f"{code(str(ref))}.{logs_off}")
 
 
 def audit(req: Request, cmd: g.Command) -> Reply:

@@ -1,7 +1,7 @@
 """prices from the AWS Price List API, billed costs from Cost Explorer, unpriced usage
 
 Revision ID: 0009
-Revises: 0004
+Revises: 0007
 Create Date: 2026-12-01 10:00:00
 
 (Built as 0006 on issue-17; renumbered 0009 at integration. Chained after 0004 until the
@@ -16,7 +16,7 @@ from alembic import op
 import bot.models
 
 revision = "0009"
-down_revision = "0004"
+down_revision = "0007"
 branch_labels = None
 depends_on = None
 

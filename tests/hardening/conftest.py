@@ -26,9 +26,10 @@ from tests.harness import ALICE, SECRET, Harness, running_bot
 MODEL = "anthropic.claude-3-haiku-20240307-v1:0"
 ACCOUNT = "123456789012"
 ALICE_ARN = f"arn:aws:iam::{ACCOUNT}:user/alice"
-# Tables whose rows a refusal may add to: the audit log (always) and the Slack outbox (a
-# post that failed is kept for a retry, when the outbox exists).
-SIDE_TABLES = frozenset({"audit_events", "outbox"})
+# Tables whose rows a refusal may add to: the audit log (always), the Slack outbox (a
+# post that failed is kept for a retry, when the outbox exists) and the replay cache (every
+# signed Slack request through `WsgiApp` leaves its signature there for 5 minutes).
+SIDE_TABLES = frozenset({"audit_events", "outbox", "slack_signatures"})
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -95,11 +96,11 @@ def world(db: Database, clock: FixedClock) -> Iterator[World]:
 # ---- WSGI --------------------------------------------------------------------------------------
 
 def wsgi_call(app: WsgiApp, method: str, path: str, body: bytes = b"",
-              headers: dict[str, str] | None = None, content_length: str | None = None
-              ) -> tuple[int, dict[str, str], bytes]:
+              headers: dict[str, str] | None = None, content_length: str | None = None,
+              remote_addr: str = "203.0.113.7") -> tuple[int, dict[str, str], bytes]:
     """One request through the WSGI app, as waitress would hand it over."""
     environ: dict[str, Any] = {
-        "REQUEST_METHOD": method, "PATH_INFO": path, "QUERY_STRING": "",
+        "REQUEST_METHOD": method, "PATH_INFO": path, "QUERY_STRING": "", "REMOTE_ADDR": remote_addr,
         "CONTENT_LENGTH": str(len(body)) if content_length is None else content_length,
         "wsgi.input": io.BytesIO(body), "SERVER_NAME": "localhost", "SERVER_PORT": "3000",
         "wsgi.url_scheme": "http", "SERVER_PROTOCOL": "HTTP/1.1",
