@@ -113,7 +113,8 @@ def test_a_button_failure_outside_a_step_is_answered_and_audited(
                         w.bot.slack.response_url("deny")))
     assert reply_text(w.bot.slack.wait_for("response_url:deny")[0].args) == SORRY
     rows = [(e.action, e.target, e.outcome, json.loads(e.details)) for e in audit_events(w.db, mark)]
-    assert rows == [("request.deny", f"request:{pending}", "error", {"reason": "RuntimeError: renderer broke"})]
+    assert rows == [("request.deny", f"request:{pending}", "error",
+                     {"reason": "RuntimeError: renderer broke"})]
 
 
 def test_a_command_failure_outside_a_step_is_answered_and_audited(
