@@ -8,6 +8,7 @@ How faults are injected: tests/hardening/aws_faults.py.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import boto3
 import pytest
