@@ -67,18 +67,20 @@ def _empty_reason(ack: Ack, view: dict[str, Any]) -> bool:
 
 
 def register(app: App, s: Services) -> None:
-    def run(body: dict[str, Any], respond: Respond | None, noun: str, raw: Any,
+    def run(body: dict[str, Any], respond: Respond | None, action: str, noun: str, raw: Any,
             work: Callable[[Actor, int], str | None]) -> None:
-        """The shared path of every click: a numeric id, the flow, one answer."""
+        """The shared path of every click: a numeric id, the flow, one answer, and an audit
+        row for whatever went wrong (the flow audits its own refusals)."""
         actor = _actor(body)
         tell = _teller(s, body, respond, actor)
         item = parse_id(raw)
         if item is None:
-            audit_refusal(s.db, s.clock, actor, f"{noun}.click", "slack",
+            audit_refusal(s.db, s.clock, actor, action, "slack",
                           f"a payload that does not name a {noun}: {str(raw)[:40]!r}")
             tell(f"⚠️ that button does not name a {noun}")
             return
-        with answering(tell):
+        with answering(tell, lambda reason: audit_refusal(
+                s.db, s.clock, actor, action, f"{noun}:{item}", reason, "error")):
             note = work(actor, item)
             if note:
                 tell(note)
@@ -86,7 +88,7 @@ def register(app: App, s: Services) -> None:
     @app.action(REQUEST_RESTORE)
     def request_restore(ack: Ack, body: dict[str, Any], client: WebClient, respond: Respond) -> None:
         ack()
-        run(body, respond, "revocation", _button_value(body), lambda actor, rev_id: _open(
+        run(body, respond, "request.open", "revocation", _button_value(body), lambda actor, rev_id: _open(
             client.views_open(trigger_id=body["trigger_id"],
                               view=ui.request_modal(rev_id, flow.check_can_ask(s, actor, rev_id)))))
 
@@ -95,13 +97,13 @@ def register(app: App, s: Services) -> None:
         if _empty_reason(ack, view):
             return
         ack()
-        run(body, None, "revocation", view.get("private_metadata"),
+        run(body, None, "request.create", "revocation", view.get("private_metadata"),
             lambda actor, rev_id: flow.file_request(s, actor, rev_id, _reason(view)))
 
     def approver(decision: str) -> Callable[..., None]:
         def approve(ack: Ack, body: dict[str, Any], respond: Respond) -> None:
             ack()
-            run(body, respond, "request", _button_value(body),
+            run(body, respond, f"request.{decision}", "request", _button_value(body),
                 lambda actor, req_id: flow.decide(s, actor, req_id, decision))
         return approve
 
@@ -111,7 +113,7 @@ def register(app: App, s: Services) -> None:
     @app.action(ui.DENY)
     def deny(ack: Ack, body: dict[str, Any], client: WebClient, respond: Respond) -> None:
         ack()
-        run(body, respond, "request", _button_value(body), lambda actor, req_id: _open(
+        run(body, respond, "request.deny", "request", _button_value(body), lambda actor, req_id: _open(
             client.views_open(trigger_id=body["trigger_id"],
                               view=ui.deny_modal(flow.check_decider(s, actor, req_id).id))))
 
@@ -120,7 +122,7 @@ def register(app: App, s: Services) -> None:
         if _empty_reason(ack, view):
             return
         ack()
-        run(body, None, "request", view.get("private_metadata"),
+        run(body, None, "request.deny", "request", view.get("private_metadata"),
             lambda actor, req_id: flow.decide(s, actor, req_id, "deny", _reason(view)))
 
     @app.event("app_home_opened")

@@ -8,6 +8,7 @@ from slack_bolt import Ack, App, Respond
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
 
+from bot.flows.runner import audit_refusal
 from bot.render import messages
 from bot.render.blocks import Reply
 from bot.runtime import Services
@@ -31,8 +32,10 @@ def handle_lookup(client: WebClient) -> Any:
 def answer(services: Services, client: WebClient, user_id: str, text: str) -> Reply:
     """Everything after the ack: one reply, whatever happens (never a stack trace)."""
     replies: list[str] = []
-    with answering(replies.append):
-        return registry.answer(Request(services, Actor.slack(user_id), handle_lookup(client)), text)
+    actor = Actor.slack(user_id)
+    with answering(replies.append, lambda reason: audit_refusal(
+            services.db, services.clock, actor, "command", "slack", reason, "error")):
+        return registry.answer(Request(services, actor, handle_lookup(client)), text)
     return messages.text_reply(replies[0])
 
 

@@ -37,7 +37,14 @@ def step(db: Database, clock: Clock, actor: Actor, action: str, target: str,
     except Exception as exc:
         audit_refusal(db, clock, actor, action, target, f"{type(exc).__name__}: {str(exc)[:200]}",
                       "error")
+        exc.bot_audited = True  # type: ignore[attr-defined]
         raise
+
+
+def already_audited(exc: BaseException) -> bool:
+    """A failure `step` audited (a BotError always is, by whoever raised it), so the entry
+    point that answers it does not audit it twice."""
+    return isinstance(exc, BotError) or bool(getattr(exc, "bot_audited", False))
 
 
 def call(db: Database, clock: Clock, actor: Actor, action: str, target: str, fn: Callable[[], T]) -> T:

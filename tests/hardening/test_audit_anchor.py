@@ -302,7 +302,7 @@ def test_the_key_never_appears_in_logs_rows_files_or_messages(
         db: Database, clock: FixedClock, tmp_path: Path, caplog: pytest.LogCaptureFixture,
         monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     caplog.set_level(logging.DEBUG)
-    logging.getLogger("sqlalchemy.engine").setLevel(logging.DEBUG)  # SQL and its parameters too
+    caplog.set_level(logging.DEBUG, logger="sqlalchemy.engine")  # SQL and its parameters too
     path, slack = tmp_path / "anchors.jsonl", Recorder()
     s = _services(db, clock, path, slack)
     try:
@@ -313,7 +313,6 @@ def test_the_key_never_appears_in_logs_rows_files_or_messages(
         with s.db.session_scope() as session:
             rows = list(session.scalars(select(AuditEvent)))
     finally:
-        logging.getLogger("sqlalchemy.engine").setLevel(logging.WARNING)
         s.db.dispose()
     everything = [caplog.text, path.read_text(), repr(s.settings), repr(s.db.audit_keyring),
                   *(t for _, t in slack.posts),

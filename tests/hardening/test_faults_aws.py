@@ -8,6 +8,7 @@ How faults are injected: tests/hardening/aws_faults.py.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import boto3
 import pytest
@@ -247,21 +248,21 @@ def test_validation_error_on_provision(db: Database, clock: FixedClock) -> None:
 
 @pytest.fixture
 def failing_commit(monkeypatch: pytest.MonkeyPatch) -> Callable[..., None]:
-    """arm(skip): after `skip` good commits, the next Session.commit raises as if the
-    connection dropped at COMMIT."""
-    state = {"armed": False, "skip": 0}
+    """arm(action): the next commit of a transaction that queued an audit row for `action`
+    (e.g. the one recording a revocation) raises as if the connection dropped at COMMIT.
+    Without `action`, the very next commit does."""
+    state: dict[str, Any] = {"armed": False, "action": None}
     real = Session.commit
 
     def commit(self: Session) -> None:
-        if state["armed"] and state["skip"]:
-            state["skip"] -= 1
-        elif state["armed"]:
+        queued = {p.action for p in self.info.get("audit_pending", [])}
+        if state["armed"] and (state["action"] is None or state["action"] in queued):
             state["armed"] = False
             raise OperationalError("COMMIT", {}, Exception("server closed the connection unexpectedly"))
         real(self)
 
-    def arm(skip: int = 0) -> None:
-        state.update(armed=True, skip=skip)
+    def arm(action: str | None = None) -> None:
+        state.update(armed=True, action=action)
 
     monkeypatch.setattr(Session, "commit", commit)
     return arm
@@ -271,7 +272,7 @@ def test_revoke_commit_fails_after_iam_then_reconcile_removes_stale_deny(
         world: World, failing_commit: Callable[..., None]) -> None:
     w = world
     before = snapshot(w.db)
-    failing_commit(skip=1)  # the first commit is the plan, the second records the revocation
+    failing_commit("access.revoke")  # the transaction that records the revocation
     text = reply_text(w.bot.command("revoke alice"))
     assert text.startswith("⚠️") and "Traceback" not in text and "OperationalError" not in text
     assert w.policies() == ["bedrock-bot-deny-alice"]  # IAM has it, the database does not
@@ -291,7 +292,7 @@ def test_restore_commit_fails_after_iam_then_reconcile_puts_deny_back(
     w = world
     w.bot.command("revoke alice")
     assert w.policies() == ["bedrock-bot-deny-alice"]
-    failing_commit(skip=1)  # the first commit is the plan, the second records the restore
+    failing_commit("access.restore")  # the transaction that records the restore
     assert reply_text(w.bot.command("restore alice")).startswith("⚠️")
     assert w.policies() == []  # IAM lifted it, the database still says revoked
     with w.db.session_scope() as s:
