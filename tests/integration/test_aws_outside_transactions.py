@@ -6,7 +6,9 @@ probe that, before each call, looks at the database from outside the bot:
 - SQLite: a second connection takes the writer lock (`BEGIN IMMEDIATE`) with no busy wait —
   it fails while any bot transaction is open, since every one starts with `BEGIN IMMEDIATE`;
 - PostgreSQL: `pg_stat_activity` shows no backend of the bot (marked by its application_name)
-  inside a transaction, and `pg_locks` no advisory lock (the audit chain's) held by one.
+  inside a transaction, and `pg_locks` no single-key advisory lock (the audit chain's) held by
+  one. The two-key advisory lock of `bot/flows/locks.py` is meant to be held across IAM calls:
+  it serialises changes to one subject and blocks nothing else.
 
 The jobs run as the scheduler runs them, on both databases. The first tests show that the
 probe does see an open transaction, and a reader called inside one.
@@ -84,7 +86,8 @@ class Probe:
                 "AND xact_start IS NOT NULL AND pid <> pg_backend_pid()"), {"app": self.app_name}).all()
             advisory = c.execute(text(
                 "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
-                "WHERE a.application_name = :app AND l.locktype = 'advisory'"),
+                "WHERE a.application_name = :app AND l.locktype = 'advisory'"
+                " AND l.objsubid = 1"),
                 {"app": self.app_name}).scalar_one()
         return [f"a transaction (pid {pid}, {state})" for pid, state in open_tx] + \
             ([f"{advisory} advisory lock(s)"] if advisory else [])
