@@ -11,12 +11,14 @@ from datetime import timedelta
 
 from sqlalchemy.orm import Session
 
+from bot.errors import BadInput
 from bot.flows import access as access_flow
 from bot.flows import locks, tell
 from bot.flows.runner import step
 from bot.render import approvals as ui
+from bot.render.text import plain
 from bot.runtime import Services
-from bot.services import directory, home, restore_requests
+from bot.services import audit, directory, home, restore_requests
 from bot.services.access import RevocationView
 from bot.services.directory import Actor, SubjectRef
 from bot.services.restore_requests import RequestView
@@ -24,6 +26,8 @@ from bot.slack.notifier import safe
 
 FILED = "📨 Your restore request is with the admins."
 ALREADY = "⏳ You already have a restore request waiting for the admins."
+OWN_ACCESS = ("four eyes: this restores your own access, so it is a request another admin "
+              "approves; say why: `/bedrock restore <subject> <reason>`")
 
 
 def check_can_ask(s: Services, actor: Actor, revocation_id: int) -> str:
@@ -56,18 +60,47 @@ class RestoreAnswer:
     request_note: str | None = None  # the actor may not restore: a request was filed instead
 
 
-def restore(s: Services, actor: Actor, ref: SubjectRef, note: str) -> RestoreAnswer:
+def restore(s: Services, actor: Actor, ref: SubjectRef, note: str,
+            break_glass: bool = False) -> RestoreAnswer:
     """`/bedrock restore`: admins restore at once; anyone else files a restore request (the
-    same one the button makes). The role is read in the same transaction that acts."""
+    same one the button makes), and so does an admin whose own access it is (four eyes).
+    An owner's break-glass restores at once, with a reason, loudly. The role is read in the
+    same transaction that acts."""
+    if break_glass:
+        _break_glass(s, actor, ref, note)
+        return RestoreAnswer(access_flow.restore_manual(s, actor, ref, f"break-glass: {note}"))
+
     def file_unless_admin(session: Session) -> tuple[RequestView, bool] | None:
         if directory.has_role(session, actor, "admin"):
-            return None
+            if not restore_requests.restores_own_access(session, actor, ref):
+                return None
+            if not note.strip():
+                raise BadInput(OWN_ACCESS)
         return restore_requests.create_for_subject(session, s.clock, actor, ref, note, _ttl(s))
 
     filed = step(s.db, s.clock, actor, "access.restore", str(ref), file_unless_admin)
     if filed is not None:
         return RestoreAnswer([], _filed(s, actor, filed))
     return RestoreAnswer(access_flow.restore_manual(s, actor, ref, note))
+
+
+def _break_glass(s: Services, actor: Actor, ref: SubjectRef, reason: str) -> None:
+    """Owner only, reason required; audited and announced before IAM is touched, so the
+    alarm is raised even when the restore itself then fails."""
+    def authorize(session: Session) -> str:
+        directory.authorize(session, actor, "owner", "restore … break-glass")
+        if not reason.strip():
+            raise BadInput("a break-glass restore needs a reason")
+        subject = directory.get(session, ref)
+        audit.record(session, s.clock, actor.label, "access.break_glass", f"{subject.kind}:{subject.name}",
+                     {"reason": reason[:500]})
+        return subject.name
+
+    name = step(s.db, s.clock, actor, "access.break_glass", str(ref), authorize)
+    channel = s.settings.bot.alert_channel
+    if channel:
+        safe(s.notifier.post, channel, f"🚨 break-glass restore by <@{actor.slack_user_id}> "
+                                       f"for `{name}`: {plain(reason)}")
 
 
 def _ttl(s: Services) -> timedelta:
@@ -99,10 +132,8 @@ def decide(s: Services, actor: Actor, request_id: int, decision: str, note: str 
         d = step(s.db, s.clock, actor, action, target, lambda session: restore_requests.decide(
             session, s.clock, actor, request_id, decision, note, s.access.dry_run))
         access_flow.clear(s, actor, d.lifts)
-    if not d.changed:
-        r = d.request
-        by = f" by <@{r.decided_by}>" if r.decided_by else ""
-        return f"Nothing to do: request {r.id} is already {r.status}{by}."
+    if not d.changed:  # audited by the service: a no-op is a decision too
+        return restore_requests.nothing_to_do(d.request)
     publish_decision(s, d.request)
     tell.restored(s.notifier, s.settings.bot.alert_channel, [x.view for x in d.lifts],
                   f"<@{actor.slack_user_id}>", f"restore request {d.request.id}")

@@ -78,6 +78,7 @@ def _advisory(db: Database, clock: Clock, subject_id: int) -> Iterator[None]:
             yield
         finally:
             conn.execute(text("SELECT pg_advisory_unlock(:ns, :id)"), {"ns": NAMESPACE, "id": subject_id})
+            conn.execute(text("RESET lock_timeout"))  # the pooled connection goes back as it came
 
 
 @contextmanager

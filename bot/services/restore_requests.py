@@ -6,7 +6,7 @@ of two clicks, two admins or two replicas, exactly one wins and the rest do noth
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -97,14 +97,26 @@ def subject_of(session: Session, request_id: int) -> int:
 
 
 def check_decider(session: Session, actor: Actor, request_id: int) -> RequestView:
-    """Before the deny modal: the same checks a decision makes, so refusals come at once."""
+    """Before the deny modal: the same checks a decision makes, so refusals come at once.
+    Four eyes: nobody decides their own request, nor one that gives them their own access
+    back (they are the revoked user, or a member of the revoked team)."""
     directory.authorize(session, actor, "approver", "approve or deny restore requests")
     req = session.get(RestoreRequest, request_id)
     if req is None:
         raise NotFound(f"no restore request {request_id}")
     if actor.slack_user_id == req.requester:
         raise Denied("four eyes: you cannot decide your own request; another admin has to")
+    rev = session.get(Revocation, req.revocation_id)
+    subject = session.get(Subject, rev.subject_id) if rev is not None else None
+    if subject is not None and _may_ask(session, actor, subject):
+        raise Denied(f"four eyes: request {req.id} would restore your own access "
+                     f"({subject.name}); another admin has to decide it")
     return _view(session, req)
+
+
+def restores_own_access(session: Session, actor: Actor, ref: SubjectRef) -> bool:
+    """Is `actor` among the people a restore of `ref` gives access back to?"""
+    return actor.slack_user_id is not None and _may_ask(session, actor, directory.get(session, ref))
 
 
 def create(session: Session, clock: Clock, actor: Actor, revocation_id: int, reason: str,
@@ -168,12 +180,32 @@ def decide(session: Session, clock: Clock, actor: Actor, request_id: int, decisi
         .execution_options(synchronize_session=False))
     session.refresh(req)
     if result.rowcount != 1:
-        return Decision(_view(session, req), [], changed=False)
+        return _unchanged(session, clock, actor, req, decision)
     lifts = _apply(session, clock, actor, req, decision, dry_run) if decision != "deny" else []
     audit.record(session, clock, actor.label, f"request.{decision}", f"request:{req.id}",
                  {"revocation": req.revocation_id, "requester": req.requester, "note": req.decision_note,
                   "restored": [x.view.id for x in lifts]})
     return Decision(_view(session, req, decision), lifts, changed=True)
+
+
+def _unchanged(session: Session, clock: Clock, actor: Actor, req: RestoreRequest,
+               decision: str) -> Decision:
+    """Another click won, or the request is closed: say what it really is (a pending request
+    past its time is expired even before the sweep marks it) and audit the no-op."""
+    view = _view(session, req)
+    if view.status == "pending" and view.expires_at <= clock():
+        view = replace(view, status="expired", decided_by=None)
+    audit.record(session, clock, actor.label, f"request.{decision}", f"request:{req.id}",
+                 {"reason": nothing_to_do(view), "status": view.status}, outcome="denied")
+    return Decision(view, [], changed=False)
+
+
+def nothing_to_do(r: RequestView) -> str:
+    """Why a decision changed nothing, for the clicker and the audit log."""
+    if r.status == "expired":
+        return f"Nothing to do: request {r.id} has expired; the requester can ask again."
+    by = f" by <@{r.decided_by}>" if r.decided_by else ""
+    return f"Nothing to do: request {r.id} is already {r.status}{by}."
 
 
 def _apply(session: Session, clock: Clock, actor: Actor, req: RestoreRequest, decision: str,

@@ -116,9 +116,9 @@ def revoke(req: Request, cmd: g.Command) -> Reply:
 
 
 def restore(req: Request, cmd: g.Command) -> Reply:
-    c = _cmd(cmd, g.SubjectCommand)
+    c = _cmd(cmd, g.Restore)
     assert c.subject is not None
-    out = approvals.restore(req.services, req.actor, c.subject, c.reason)
+    out = approvals.restore(req.services, req.actor, c.subject, c.reason, c.break_glass)
     if out.request_note is not None:
         return messages.text_reply(out.request_note)
     return messages.text_reply(f"✅ Restored `{out.restored[0].subject.name}`.")

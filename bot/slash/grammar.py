@@ -67,6 +67,13 @@ class SubjectCommand(Command):
 
 
 @dataclass(frozen=True)
+class Restore(SubjectCommand):
+    """`restore <subject> [reason]`, or `restore <subject> break-glass <reason>` (owner)."""
+
+    break_glass: bool = False
+
+
+@dataclass(frozen=True)
 class Provision(Command):
     subject: SubjectRef
     model: str
@@ -218,6 +225,20 @@ def with_reason(name: str, args: list[str]) -> Command:
         raise _bad(name, "which subject?")
     reason = " ".join(args[1:])[:500]
     return SubjectCommand(name, parse_subject(args[0], name), reason=reason)
+
+
+BREAK_GLASS = "break-glass"
+
+
+def restore_args(name: str, args: list[str]) -> Command:
+    if not args:
+        raise _bad(name, "which subject?")
+    glass = len(args) > 1 and args[1].lower() == BREAK_GLASS
+    reason = " ".join(args[2:] if glass else args[1:])[:500]
+    if glass and not reason:
+        raise _bad(name, "a break-glass restore needs a reason: "
+                         "`/bedrock restore <subject> break-glass <reason>`")
+    return Restore(name, parse_subject(args[0], name), reason=reason, break_glass=glass)
 
 
 def audit_args(name: str, args: list[str]) -> Command:

@@ -69,9 +69,10 @@ SUBCOMMANDS: dict[str, Subcommand] = {c.name: c for c in (
                g.meter_args, answers.meter),
     Subcommand("revoke", "/bedrock revoke <subject> [reason]",
                "Deny a subject access to Bedrock now (admin).", g.with_reason, answers.revoke),
-    Subcommand("restore", "/bedrock restore <subject> [reason]",
-               "Give access back (admin), or ask for it back (anyone else).", g.with_reason,
-               answers.restore),
+    Subcommand("restore", "/bedrock restore <subject> [reason] | <subject> break-glass <reason>",
+               "Give access back (admin), or ask for it back: anyone else, and an admin whose own "
+               "access it is (four eyes). `break-glass` (owner only, reason required) restores at "
+               "once and is announced in the alert channel.", g.restore_args, answers.restore),
     Subcommand("audit", "/bedrock audit [subject] [n]", "Recent audit events (admin).", g.audit_args,
                answers.audit),
     Subcommand("admins", "/bedrock admins [add|remove @user [owner|admin|approver]]",

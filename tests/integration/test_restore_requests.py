@@ -65,8 +65,9 @@ def test_concurrent_decisions_resolve_once(db: Database, clock: FixedClock, revo
     assert sorted(results) == [False, False, False, True]
     assert iam.list_user_policies(UserName="alice")["PolicyNames"] == []
     with db.session_scope() as s:
-        actions = [e.action for e in s.scalars(select(AuditEvent))]
-        assert actions.count("request.approve") == 1 and actions.count("access.restore") == 1
+        actions = [(e.action, e.outcome) for e in s.scalars(select(AuditEvent))]
+        assert actions.count(("request.approve", "ok")) == 1 and actions.count(("access.restore", "ok")) == 1
+        assert actions.count(("request.approve", "denied")) == 3  # each losing click is audited too
         assert audit.verify(s).ok
 
 
