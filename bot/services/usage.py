@@ -23,7 +23,7 @@ from bot.errors import Denied, NotFound
 from bot.models import Limit, Meter, Profile, Revocation, Subject, SyncCursor
 from bot.pricing import PriceTable
 from bot.quantities import Window, window_bounds, window_label
-from bot.services import directory, ledger
+from bot.services import directory, ledger, raises
 from bot.services.directory import Actor, SubjectInfo, SubjectRef
 from bot.services.ledger import HOUR, LedgerRow, Totals, floor_hour
 
@@ -184,6 +184,11 @@ class LimitStatus:
     window_end: datetime
     action: str
     warn: tuple[int, ...]
+    raised: int = 0  # active temporary raises, already included in `amount`
+
+    @property
+    def base_amount(self) -> int:
+        return self.amount - self.raised
 
     @property
     def percent(self) -> float:
@@ -227,8 +232,9 @@ def limit_status(session: Session, limit: Limit, subject: Subject, now: datetime
     start, end = window_bounds(Window(limit.window), now, tz, week_start)
     ids = directory.covered_subject_ids(session, subject)
     used = ledger.totals(session, ids, start, end if end > now else now + HOUR).metric(limit.metric)
-    return LimitStatus(limit.id, subject.name, limit.metric, limit.amount, limit.window, used,
-                       start, end, limit.action, tuple(limit.warn))
+    extra = raises.raised(session, limit.id, now)
+    return LimitStatus(limit.id, subject.name, limit.metric, limit.amount + extra, limit.window, used,
+                       start, end, limit.action, tuple(limit.warn), extra)
 
 
 def report(session: Session, clock: Clock, tz: ZoneInfo, week_start: int, actor: Actor,
