@@ -91,7 +91,8 @@ def requester_note(r: RaiseRequestView, until: str | None = None) -> str:
     what = f"your request for +{r.text(r.amount)} on `{r.subject.name}`'s {r.metric}/{r.window} limit"
     if r.status == "approved":
         end = f" until {until}" if until else ""
-        return f"✅ {_outcome(r)}: {what}{end}."
+        got = r.text(granted_amount(r.amount, r.decision or ""))
+        return f"✅ {what[0].upper()}{what[1:]} was approved by <@{r.decided_by}>: +{got}{end}."
     if r.status == "denied":
         return f"❌ {what[0].upper()}{what[1:]} was denied by <@{r.decided_by}>."
     return f"⌛ {what[0].upper()}{what[1:]} expired without a decision."
