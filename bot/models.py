@@ -156,6 +156,9 @@ class Limit(Base):
     warn: Mapped[list[int]] = mapped_column(default=lambda: [80, 90])
     action: Mapped[str] = mapped_column(String(8), default="revoke")
     alarm: Mapped[bool] = mapped_column(Boolean, default=True)
+    # Seconds between a breach and the revocation (0: at once); a raise approved meanwhile
+    # stops it. The breach time is the limit's 100% alert mark.
+    grace_seconds: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     created_by: Mapped[str] = mapped_column(String(128))
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
@@ -214,6 +217,44 @@ class LimitException(Base):
     granted_by: Mapped[str] = mapped_column(String(128))
     created_at: Mapped[datetime]
     expires_at: Mapped[datetime]
+
+
+class RaiseRequest(Base):
+    """A request for more on one limit: decided once (approve, approve half, deny) or expired."""
+
+    __tablename__ = "raise_requests"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    limit_id: Mapped[int] = mapped_column(ForeignKey("limits.id", ondelete="CASCADE"), index=True)
+    requester: Mapped[str] = mapped_column(String(32))
+    amount: Mapped[int] = mapped_column(BigInteger)  # same unit as the limit's amount
+    duration_seconds: Mapped[int | None] = mapped_column(Integer)  # None: until the window ends
+    reason: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(10), default="pending")
+    decision: Mapped[str | None] = mapped_column(String(16))  # approve | approve_half | deny
+    decided_by: Mapped[str | None] = mapped_column(String(32))
+    decided_at: Mapped[datetime | None]
+    channel: Mapped[str | None] = mapped_column(String(32))
+    ts: Mapped[str | None] = mapped_column(String(32))
+    created_at: Mapped[datetime]
+    expires_at: Mapped[datetime]
+
+
+class LimitRaise(Base):
+    """A temporary raise: the limit's effective amount is its amount plus its active raises."""
+
+    __tablename__ = "limit_raises"
+    __table_args__ = (Index("ix_limit_raises_limit_id_expires_at", "limit_id", "expires_at"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    limit_id: Mapped[int] = mapped_column(ForeignKey("limits.id", ondelete="CASCADE"))
+    amount: Mapped[int] = mapped_column(BigInteger)
+    starts_at: Mapped[datetime]
+    expires_at: Mapped[datetime]
+    granted_by: Mapped[str] = mapped_column(String(128))
+    request_id: Mapped[int | None] = mapped_column(ForeignKey("raise_requests.id", ondelete="SET NULL"))
+    reason: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime]
+    # Set by the expiry sweep once the raise has ended (audited; the backstop re-synced).
+    closed_at: Mapped[datetime | None]
 
 
 class AlertMark(Base):

@@ -23,11 +23,13 @@ __all__ = [
     "QuantityError",
     "Window",
     "format_amount",
+    "format_duration",
     "format_tokens",
     "format_usd",
     "format_window",
     "next_window_start",
     "parse_amount",
+    "parse_duration",
     "parse_limit_spec",
     "parse_metric",
     "parse_percent_list",
@@ -477,3 +479,39 @@ def parse_percent_list(text: str) -> list[int]:
     if len(found) > _MAX_PERCENTS:
         raise QuantityError(f"too many thresholds: at most {_MAX_PERCENTS}, like 50,80,90")
     return sorted(found)
+
+
+# --------------------------------------------------------------------------- durations
+
+_DURATION_RE = re.compile(r"([0-9]{1,5})\s*(m|min|mins|minutes?|h|hr|hrs|hours?|d|days?)", re.ASCII)
+_DURATION_UNITS = {"m": 60, "h": 3600, "d": 86400}
+_DURATION_HELP = "write it as 10m, 24h or 7d"
+
+
+def parse_duration(text: str, most: timedelta = timedelta(days=31)) -> timedelta:
+    """Parse "10m", "24h", "7d" (minutes, hours, days): how long a raise or a grace lasts.
+
+    Here "m" is minutes: a duration is never months (a window is, and an amount's "M" is
+    millions). At least a minute, at most `most`.
+    """
+    s = text.strip().lower()
+    m = _DURATION_RE.fullmatch(s)
+    if m is None:
+        raise QuantityError(f"{_echo(text.strip()) if s else 'nothing'} is not a duration: {_DURATION_HELP}")
+    value = timedelta(seconds=int(m[1]) * _DURATION_UNITS[m[2][0]])
+    if value < timedelta(minutes=1):
+        raise QuantityError(f"{_echo(s)} is too short: at least 1m")
+    if value > most:
+        raise QuantityError(f"{_echo(s)} is too long: at most {format_duration(most)}")
+    return value
+
+
+def format_duration(d: timedelta) -> str:
+    """The shortest exact "7d" / "24h" / "90m" text for a whole number of minutes;
+    parse_duration reads it back."""
+    minutes = int(d.total_seconds()) // 60
+    if minutes >= 2880 and minutes % 1440 == 0:
+        return f"{minutes // 1440}d"
+    if minutes and minutes % 60 == 0:
+        return f"{minutes // 60}h"
+    return f"{minutes}m"

@@ -16,7 +16,7 @@ from bot.config import Settings
 from bot.runtime import Services
 from bot.slack.notifier import NullNotifier, SlackNotifier
 from bot.slack.outbox import OutboxNotifier
-from handlers import approvals, errors, slash
+from handlers import approvals, errors, raises, slash
 
 
 def slack_client(settings: Settings) -> WebClient:
@@ -49,4 +49,5 @@ def create_app(settings: Settings, services: Services, client: WebClient | None 
     errors.register(app, services)
     slash.register(app, services)
     approvals.register(app, services)
+    raises.register(app, services)
     return app

@@ -37,7 +37,7 @@ def _actor(body: dict[str, Any]) -> Actor:
     return Actor.slack(str((body.get("user") or {}).get("id", "")))
 
 
-def _button_value(body: dict[str, Any]) -> Any:
+def button_value(body: dict[str, Any]) -> Any:
     actions = body.get("actions") or [{}]
     return actions[0].get("value") if isinstance(actions[0], dict) else None
 
@@ -66,6 +66,25 @@ def _empty_reason(ack: Ack, view: dict[str, Any]) -> bool:
     return True
 
 
+def run_click(s: Services, body: dict[str, Any], respond: Respond | None, action: str, noun: str,
+              raw: Any, work: Callable[[Actor, int], str | None]) -> None:
+    """The shared path of every click: a numeric id, the flow, one answer, and an audit row
+    for whatever went wrong (the flow audits its own refusals)."""
+    actor = _actor(body)
+    tell = _teller(s, body, respond, actor)
+    item = parse_id(raw)
+    if item is None:
+        audit_refusal(s.db, s.clock, actor, action, "slack",
+                      f"a payload that does not name a {noun}: {str(raw)[:40]!r}")
+        tell(f"⚠️ that button does not name a {noun}")
+        return
+    with answering(tell, lambda reason: audit_refusal(
+            s.db, s.clock, actor, action, f"{noun.replace(' ', '_')}:{item}", reason, "error")):
+        note = work(actor, item)
+        if note:
+            tell(note)
+
+
 def register(app: App, s: Services) -> None:
     def run(body: dict[str, Any], respond: Respond | None, action: str, noun: str, raw: Any,
             work: Callable[[Actor, int], str | None]) -> None:
@@ -88,7 +107,7 @@ def register(app: App, s: Services) -> None:
     @app.action(REQUEST_RESTORE)
     def request_restore(ack: Ack, body: dict[str, Any], client: WebClient, respond: Respond) -> None:
         ack()
-        run(body, respond, "request.open", "revocation", _button_value(body), lambda actor, rev_id: _open(
+        run(body, respond, "request.open", "revocation", button_value(body), lambda actor, rev_id: _open(
             client.views_open(trigger_id=body["trigger_id"],
                               view=ui.request_modal(rev_id, flow.check_can_ask(s, actor, rev_id)))))
 
@@ -103,7 +122,7 @@ def register(app: App, s: Services) -> None:
     def approver(decision: str) -> Callable[..., None]:
         def approve(ack: Ack, body: dict[str, Any], respond: Respond) -> None:
             ack()
-            run(body, respond, f"request.{decision}", "request", _button_value(body),
+            run(body, respond, f"request.{decision}", "request", button_value(body),
                 lambda actor, req_id: flow.decide(s, actor, req_id, decision))
         return approve
 
@@ -113,7 +132,7 @@ def register(app: App, s: Services) -> None:
     @app.action(ui.DENY)
     def deny(ack: Ack, body: dict[str, Any], client: WebClient, respond: Respond) -> None:
         ack()
-        run(body, respond, "request.deny", "request", _button_value(body), lambda actor, req_id: _open(
+        run(body, respond, "request.deny", "request", button_value(body), lambda actor, req_id: _open(
             client.views_open(trigger_id=body["trigger_id"],
                               view=ui.deny_modal(flow.check_decider(s, actor, req_id).id))))
 

@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 def run(s: Services, announce: bool = True) -> EnforceResult:
     ev: Evaluation = step(s.db, s.clock, ACTOR, "enforce", "limits",
                           lambda session: rules.evaluate(session, s.clock, s.tz, s.week_start))
-    result = EnforceResult(ev.checked, ev.warnings, suspended=ev.suspended)
+    result = EnforceResult(ev.checked, ev.warnings, ev.graces, suspended=ev.suspended)
     for lift in ev.lifts:
         view = access_flow.lift(s, ACTOR, lift.revocation_id, lift.why)
         if view is not None:
@@ -46,5 +46,5 @@ def _revoke(s: Services, plan: BreachPlan) -> Breach | None:
     view = access_flow.revoke_automatic(
         s, ACTOR, plan.subject_id, "limit", plan.note, status.limit_id,
         (status.window_start, status.window_end),
-        still_wanted=lambda session: rules.still_breached(session, s.clock, status.limit_id))
+        still_wanted=lambda session: rules.still_breached(session, s.clock, status.limit_id, status.amount))
     return Breach(status, view) if view is not None else None

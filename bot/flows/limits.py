@@ -11,17 +11,21 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from datetime import timedelta
 
 from sqlalchemy.exc import DBAPIError
 
 from bot.errors import BotError
+from bot.flows import access as access_flow
 from bot.flows.runner import step
 from bot.models import Limit
 from bot.quantities import Amount, Metric, Window
+from bot.render.text import escape, when
 from bot.runtime import Services
-from bot.services import backstops, limits
+from bot.services import backstops, limits, raises
 from bot.services.directory import Actor, SubjectRef
 from bot.services.limits import LimitView
+from bot.services.raises import RaiseView
 from bot.slack.notifier import safe
 
 log = logging.getLogger(__name__)
@@ -42,13 +46,54 @@ class LimitsRemoved:
 
 
 def set_limit(s: Services, actor: Actor, ref: SubjectRef, amount: Amount, window: Window, metric: Metric,
-              warn: tuple[int, ...], action: str, alarm: bool) -> LimitChange:
+              warn: tuple[int, ...], action: str, alarm: bool,
+              grace: timedelta = timedelta(0)) -> LimitChange:
     after, before = step(s.db, s.clock, actor, "limit.set", str(ref), lambda session: limits.set_limit(
-        session, s.clock, actor, ref, amount, window, metric, warn, action, alarm))
+        session, s.clock, actor, ref, amount, window, metric, warn, action, alarm, grace))
     notes = sync_backstop(s, actor, after.id)
     broadcast(s, actor, f"set a limit on `{after.subject}`: {after.amount_text} {after.metric}/"
                         f"{after.window} ({after.action})", notes)
     return LimitChange(after, before, notes)
+
+
+@dataclass(frozen=True)
+class RaiseGranted:
+    grant: RaiseView
+    lifted: bool  # the limit's revocation was lifted: usage is under the raised amount
+    notes: list[str]
+
+
+def grant_raise(s: Services, actor: Actor, ref: SubjectRef, amount: Amount, window: Window,
+                metric: Metric, duration: timedelta | None, reason: str) -> RaiseGranted:
+    """`/bedrock limit alice +1M/day for 24h <reason>` (admin)."""
+    grant = step(s.db, s.clock, actor, "limit.raise", str(ref), lambda session: raises.grant_direct(
+        session, s.clock, s.tz, s.week_start, actor, ref, amount, window, metric, duration, reason))
+    return after_raise(s, actor, grant, f"raised `{grant.subject}`'s {grant.metric}/{grant.window} limit")
+
+
+def after_raise(s: Services, actor: Actor, grant: RaiseView, what: str) -> RaiseGranted:
+    """After a raise commits: the alarm/budget follow the raised amount, a revocation the
+    raise makes room for is lifted, and the alert channel hears of it."""
+    notes = sync_backstop(s, actor, grant.limit_id)
+    rev_id = step(s.db, s.clock, actor, "limit.raise", f"limit:{grant.limit_id}",
+                  lambda session: raises.revocation_to_lift(session, grant.limit_id, s.clock(), s.tz,
+                                                            s.week_start))
+    lifted = rev_id is not None and access_flow.lift(
+        s, actor, rev_id, f"limit raised by {grant.amount_text}") is not None
+    until = when(grant.expires_at, s.tz)
+    broadcast(s, actor, f"{what} by {grant.amount_text} until {until}: {escape(grant.reason)}"
+              + (" — access restored" if lifted else ""), notes)
+    return RaiseGranted(grant, lifted, notes)
+
+
+def close_expired_raises(s: Services) -> list[RaiseView]:
+    """Raises that ended: closed (audited), their limits' alarms/budgets back to the plain amount."""
+    actor = Actor.system("expire_requests")
+    ended = step(s.db, s.clock, actor, "limit.raise.expire", "limit_raises",
+                 lambda session: raises.close_expired(session, s.clock))
+    for limit_id in sorted({r.limit_id for r in ended}):
+        sync_backstop(s, actor, limit_id)
+    return ended
 
 
 def remove_limits(s: Services, actor: Actor, ref: SubjectRef, window: Window | None,
@@ -78,7 +123,8 @@ def sync_backstop(s: Services, actor: Actor, limit_id: int, removed: bool = Fals
                 if limit is None:  # removed meanwhile: its own removal cleans up
                     return []
                 plan = backstops.plan_backstop(session, limit, aws.alarm_topic_arn, s.account_id,
-                                               budgets is not None)
+                                               budgets is not None,
+                                               raises.effective_amount(session, limit, s.clock()))
             result = backstops.apply_backstop(plan, s.alarms, budgets)
             with s.db.session_scope() as session:
                 backstops.record_backstop(session, s.clock, actor.label, plan, result)

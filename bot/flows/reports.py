@@ -21,7 +21,7 @@ def usage_report(s: Services, actor: Actor, ref: SubjectRef | None, period: str 
 
 def list_limits(s: Services, actor: Actor, ref: SubjectRef | None) -> list[LimitView]:
     return step(s.db, s.clock, actor, "limit.list", str(ref or "all"),
-                lambda session: limits.list_limits(session, ref))
+                lambda session: limits.list_limits(session, ref, s.clock()))
 
 
 def audit_trail(s: Services, actor: Actor, ref: SubjectRef | None, count: int) -> list[AuditLine]:

@@ -26,6 +26,10 @@ def enforcement(notifier: Notifier, channel: str | None, tz: ZoneInfo, result: E
         msg = alerts.warning_message(w, tz)
         _post(notifier, channel, msg)
         _dm_all(notifier, w.users, msg)
+    for g in result.graces:
+        msg = alerts.grace_message(g, tz)
+        _post(notifier, channel, msg)
+        _dm_all(notifier, g.users, msg)
     for b in result.breaches:
         msg = alerts.breach_message(b, tz)
         _post(notifier, channel, msg)

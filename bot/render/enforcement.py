@@ -12,10 +12,12 @@ from slack_sdk.models.blocks import (
     MarkdownTextObject,
 )
 
+from bot.quantities import format_duration
 from bot.render.blocks import Reply, section
+from bot.render.raises import request_more_button
 from bot.render.text import METRIC_LABEL, bar, code, metric_value, plain, when
 from bot.services.access import RevocationView
-from bot.services.enforce import Breach, Warning
+from bot.services.enforce import Breach, GraceNotice, Warning
 from bot.services.usage import LimitStatus
 
 REQUEST_RESTORE = "request_restore"
@@ -33,10 +35,32 @@ def restore_button(revocation_id: int) -> ActionsBlock:
         style="primary")])
 
 
+def _raised(s: LimitStatus) -> str:
+    return f" (raised by {metric_value(s.metric, s.raised)})" if s.raised else ""
+
+
 def warning_message(w: Warning, tz: ZoneInfo) -> Reply:
+    """Posted and DMed at each threshold, with a Request more button (a raise request)."""
     head = "⛔ Limit reached (notify only)" if w.threshold >= 100 else f"⚠️ {w.threshold}% of a limit"
-    text = f"{head}: {w.subject.mention}\n{_usage_line(w.status, tz)}"
-    return f"{w.subject.name} is at {w.status.percent:.0f}% of a limit", [section(text).to_dict()]
+    text = f"{head}: {w.subject.mention}\n{_usage_line(w.status, tz)}{_raised(w.status)}"
+    blocks = [section(text), request_more_button(w.status.limit_id)]
+    return f"{w.subject.name} is at {w.status.percent:.0f}% of a limit", [b.to_dict() for b in blocks]
+
+
+def grace_message(g: GraceNotice, tz: ZoneInfo) -> Reply:
+    """A breach on a limit with a grace period: the revocation waits, a raise stops it."""
+    left = format_duration(g.grace)
+    text = (f"⏳ *Limit reached*: {g.subject.mention}: access ends in {_spelled(left)} "
+            f"({when(g.ends, tz)}) unless a request is approved.\n{_usage_line(g.status, tz)}")
+    blocks = [section(text), request_more_button(g.status.limit_id)]
+    return f"{g.subject.name}: access ends in {_spelled(left)} unless a request is approved", \
+        [b.to_dict() for b in blocks]
+
+
+def _spelled(short: str) -> str:
+    """"10m" → "10 minutes", "2h" → "2 hours", "1d" → "1 day"."""
+    n, unit = int(short[:-1]), {"m": "minute", "h": "hour", "d": "day"}[short[-1]]
+    return f"{n} {unit}{'' if n == 1 else 's'}"
 
 
 def breach_message(b: Breach, tz: ZoneInfo) -> Reply:

@@ -12,6 +12,7 @@ from bot.render.text import escape, plain, when
 from bot.services.audit import AuditLine
 from bot.services.limits import LimitView
 from bot.services.profiles import ProfileView
+from bot.services.raises import RaiseView
 
 
 def text_reply(text: str) -> Reply:
@@ -66,19 +67,47 @@ def admins_reply(rows: list[tuple[str, str]]) -> Reply:
     return text_reply("*Admins*\n" + "\n".join(f"• <@{uid}>: {role}" for uid, role in rows))
 
 
-def limits_reply(limits: list[LimitView], title: str) -> Reply:
+def raise_note(r: RaiseView, tz: ZoneInfo) -> str:
+    """`+1M until Thu 03 Dec 09:00 UTC, approved by @dana`."""
+    return f"+{r.amount_text} until {when(r.expires_at, tz)}, approved by {who(r.granted_by)}"
+
+
+def who(actor_label: str) -> str:
+    """An actor label as a person reads it: a Slack mention, or the label itself."""
+    kind, _, rest = actor_label.partition(":")
+    return f"<@{rest}>" if kind == "slack" and rest else escape(actor_label)
+
+
+def _limit_line(v: LimitView, tz: ZoneInfo) -> str:
+    raised = "".join(f" ({raise_note(r, tz)})" for r in v.raises)
+    grace = f" · grace {duration_text(v.grace_seconds)}" if v.grace_seconds else ""
+    return (f"• `{v.subject}`: {v.amount_text} {v.metric}/{v.window}{raised} · warn at "
+            f"{', '.join(f'{t}%' for t in v.warn) or 'never'} · {v.action}{grace}"
+            + ("" if v.alarm else " · alarm off"))
+
+
+def duration_text(seconds: int) -> str:
+    """10m, 24h, 7d, 1h30m: the shortest exact form."""
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes = rest // 60
+    parts = [f"{n}{u}" for n, u in ((days, "d"), (hours, "h"), (minutes, "m")) if n]
+    return "".join(parts) or f"{seconds}s"
+
+
+def limits_reply(limits: list[LimitView], title: str, tz: ZoneInfo) -> Reply:
     if not limits:
         return text_reply(f"No limits for {title}.")
-    lines = [f"• `{v.subject}`: {v.amount_text} {v.metric}/{v.window} · warn at "
-             f"{', '.join(f'{t}%' for t in v.warn) or 'never'} · {v.action}"
-             + ("" if v.alarm else " · alarm off") for v in limits[:100]]
+    lines = [_limit_line(v, tz) for v in limits[:100]]
     return f"{len(limits)} limits", finish([section(f"*Limits: {title}*\n" + "\n".join(lines))])
 
 
 def limit_set_reply(new: LimitView, before: LimitView | None) -> Reply:
     was = f" (was {before.amount_text})" if before else ""
+    grace = (f" after a grace of {duration_text(new.grace_seconds)}"
+             if new.grace_seconds and new.action == "revoke" else "")
     return text_reply(f"✅ Limit for `{new.subject}`: {new.amount_text} {new.metric}/{new.window}{was}, "
-                      f"warn at {', '.join(f'{t}%' for t in new.warn) or 'never'}, then {new.action}.")
+                      f"warn at {', '.join(f'{t}%' for t in new.warn) or 'never'}, then {new.action}{grace}.")
 
 
 def audit_reply(rows: list[AuditLine], tz: ZoneInfo) -> Reply:

@@ -119,7 +119,10 @@ class BackstopPlan:
 
 
 def plan_backstop(session: Session, limit: Limit, topic_arn: str | None, account_id: str,
-                  budgets_enabled: bool) -> BackstopPlan:
+                  budgets_enabled: bool, amount: int | None = None) -> BackstopPlan:
+    """`amount`: the effective amount (the limit's plus its active raises); the limit's own
+    amount when not given."""
+    amount = limit.amount if amount is None else amount
     subject = session.get(Subject, limit.subject_id)
     if subject is None:  # the limit's subject is gone: nothing to guard
         return BackstopPlan(limit.id, f"limit:{limit.id}", limit.metric, limit.window, False, [], None, [],
@@ -140,13 +143,13 @@ def plan_backstop(session: Session, limit: Limit, topic_arn: str | None, account
             else:
                 services, service_notes = budget_services(session, profiles)
                 want_budget, budget_notes = plan_budget(
-                    account_id, limit.id, subject.kind, subject.name, limit.amount, limit.window,
+                    account_id, limit.id, subject.kind, subject.name, amount, limit.window,
                     limit.warn or [], topic_arn, tags=cost_tags(session, subject, profiles),
                     services=services)
                 notes.extend(budget_notes + (service_notes if want_budget else []))
         else:
             want_alarms, note = plan_alarms(limit.id, [p.profile_id for p in profiles], limit.metric,
-                                            limit.amount, limit.window, topic_arn, subject=subject.name)
+                                            amount, limit.window, topic_arn, subject=subject.name)
             if note:
                 notes.append(note)
     return BackstopPlan(limit.id, f"{subject.kind}:{subject.name}", limit.metric, limit.window, is_cost,

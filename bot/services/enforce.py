@@ -12,7 +12,7 @@ does nothing again:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import select
@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 from bot.clock import Clock
 from bot.models import AlertMark, Limit, LimitException, Revocation, Subject
 from bot.quantities import Window
-from bot.services import access, directory
+from bot.services import access, directory, raises
 from bot.services.access import RevocationView
 from bot.services.directory import Actor, SubjectInfo
 from bot.services.usage import LimitStatus, limit_status
@@ -56,6 +56,17 @@ class BreachPlan:
 
 
 @dataclass(frozen=True)
+class GraceNotice:
+    """A breach on a limit with a grace period: revoked at `ends` unless a raise comes first."""
+
+    status: LimitStatus
+    ends: datetime
+    grace: timedelta
+    subject: SubjectInfo
+    users: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class LiftPlan:
     revocation_id: int
     why: str
@@ -70,12 +81,14 @@ class Evaluation:
     breaches: list[BreachPlan] = field(default_factory=list)
     lifts: list[LiftPlan] = field(default_factory=list)
     suspended: list[LimitStatus] = field(default_factory=list)
+    graces: list[GraceNotice] = field(default_factory=list)
 
 
 @dataclass
 class EnforceResult:
     checked: int = 0
     warnings: list[Warning] = field(default_factory=list)
+    graces: list[GraceNotice] = field(default_factory=list)
     breaches: list[Breach] = field(default_factory=list)
     restored: list[RevocationView] = field(default_factory=list)
     suspended: list[LimitStatus] = field(default_factory=list)
@@ -119,14 +132,35 @@ def _check(session: Session, clock: Clock, limit: Limit, subject: Subject, statu
             ev.warnings.append(Warning(status, 100, directory.info(subject), users))
         return
     if limit_revocation(session, limit.id) is None:
-        _mark(session, clock, limit.id, key, 100)
+        fresh = _mark(session, clock, limit.id, key, 100)
+        if limit.grace_seconds:
+            # The 100% mark's time is when the breach began: revoke once the grace is over.
+            grace = timedelta(seconds=limit.grace_seconds)
+            ends = _marked_at(session, limit.id, key, 100) + grace
+            if clock() < ends:
+                if fresh:
+                    ev.graces.append(GraceNotice(status, ends, grace, directory.info(subject), users))
+                return
         ev.breaches.append(BreachPlan(status, subject.id, _breach_note(status)))
 
 
-def still_breached(session: Session, clock: Clock, limit_id: int) -> bool:
-    """Asked again right before a breach is recorded: still no revocation, no exception."""
-    return (session.get(Limit, limit_id) is not None and limit_revocation(session, limit_id) is None
-            and not suspended(session, limit_id, clock()))
+def still_breached(session: Session, clock: Clock, limit_id: int, amount: int | None = None) -> bool:
+    """Asked again right before a breach is recorded: still no revocation, no exception, and
+    no raise granted since the evaluation (`amount`: the effective amount it judged by)."""
+    limit = session.get(Limit, limit_id)
+    if limit is None or limit_revocation(session, limit_id) is not None:
+        return False
+    now = clock()
+    if amount is not None and raises.effective_amount(session, limit, now) > amount:
+        return False
+    return not suspended(session, limit_id, now)
+
+
+def _marked_at(session: Session, limit_id: int, key: datetime, threshold: int) -> datetime:
+    at = session.scalar(select(AlertMark.created_at).where(
+        AlertMark.limit_id == limit_id, AlertMark.window_start == key, AlertMark.threshold == threshold))
+    assert at is not None
+    return at
 
 
 def _breach_note(s: LimitStatus) -> str:

@@ -23,7 +23,7 @@ from bot.errors import Denied, NotFound
 from bot.models import Limit, Meter, Profile, Revocation, Subject, SyncCursor
 from bot.pricing import PriceTable
 from bot.quantities import Window, window_bounds, window_label
-from bot.services import billing, directory, ledger, unpriced
+from bot.services import billing, directory, ledger, raises, unpriced
 from bot.services.billing import BillComparison
 from bot.services.directory import Actor, SubjectInfo, SubjectRef
 from bot.services.ledger import HOUR, LedgerRow, Totals, floor_hour
@@ -191,6 +191,11 @@ class LimitStatus:
     warn: tuple[int, ...]
     # for a cost_usd limit: tokens in the window that no price covers, so not in `used`
     unpriced_tokens: int = 0
+    raised: int = 0  # active temporary raises, already included in `amount`
+
+    @property
+    def base_amount(self) -> int:
+        return self.amount - self.raised
 
     @property
     def percent(self) -> float:
@@ -236,9 +241,10 @@ def limit_status(session: Session, limit: Limit, subject: Subject, now: datetime
     start, end = window_bounds(Window(limit.window), now, tz, week_start)
     ids = directory.covered_subject_ids(session, subject)
     t = ledger.totals(session, ids, start, end if end > now else now + HOUR)
-    return LimitStatus(limit.id, subject.name, limit.metric, limit.amount, limit.window,
+    extra = raises.raised(session, limit.id, now)
+    return LimitStatus(limit.id, subject.name, limit.metric, limit.amount + extra, limit.window,
                        t.metric(limit.metric), start, end, limit.action, tuple(limit.warn),
-                       t.unpriced_tokens if limit.metric == "cost_usd" else 0)
+                       t.unpriced_tokens if limit.metric == "cost_usd" else 0, extra)
 
 
 def report(session: Session, clock: Clock, tz: ZoneInfo, week_start: int, actor: Actor,

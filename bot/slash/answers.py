@@ -10,11 +10,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from bot.flows import access, approvals, digest, directory, limits, profiles, reports
+from bot.flows import access, approvals, digest, directory, limits, profiles, raises, reports
 from bot.flows.digest import DigestError
 from bot.render import messages
 from bot.render.blocks import Reply
-from bot.render.text import code
+from bot.render.text import code, when
 from bot.render.usage import usage_blocks, usage_text
 from bot.runtime import Services
 from bot.services.directory import Actor, SubjectRef
@@ -84,17 +84,36 @@ def admins(req: Request, cmd: g.Command) -> Reply:
 
 
 def limit(req: Request, cmd: g.Command) -> Reply:
+    if isinstance(cmd, g.GrantRaise):
+        return _grant(req, cmd)
     c = _cmd(cmd, g.SetLimit)
     change = limits.set_limit(req.services, req.actor, c.subject, c.amount, c.window, c.metric, c.warn,
-                              c.action, c.alarm)
+                              c.action, c.alarm, c.grace)
     text, _ = messages.limit_set_reply(change.limit, change.before)
     return messages.text_reply(text + "".join(f"\n• {n}" for n in change.notes))
+
+
+def _grant(req: Request, c: g.GrantRaise) -> Reply:
+    out = limits.grant_raise(req.services, req.actor, req.named(c.subject), c.amount, c.window, c.metric,
+                             c.duration, c.reason)
+    g_ = out.grant
+    lifted = " Access restored: usage is under the raised limit." if out.lifted else ""
+    return messages.text_reply(f"✅ `{g_.subject}`'s {g_.metric}/{g_.window} limit is raised by "
+                               f"{g_.amount_text} "
+                               f"until {when(g_.expires_at, req.services.tz)}.{lifted}"
+                               + "".join(f"\n• {n}" for n in out.notes))
+
+
+def request_more(req: Request, cmd: g.Command) -> Reply:
+    c = _cmd(cmd, g.RequestMore)
+    return messages.text_reply(raises.request_more(req.services, req.actor, c.amount, c.metric, c.window,
+                                                   c.duration, c.reason))
 
 
 def list_limits(req: Request, cmd: g.Command) -> Reply:
     c = _cmd(cmd, g.SubjectCommand)
     found = reports.list_limits(req.services, req.actor, c.subject)
-    return messages.limits_reply(found, str(c.subject or "everyone"))
+    return messages.limits_reply(found, str(c.subject or "everyone"), req.services.tz)
 
 
 def unlimit(req: Request, cmd: g.Command) -> Reply:

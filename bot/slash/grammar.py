@@ -10,6 +10,7 @@ from __future__ import annotations
 import html
 import re
 from dataclasses import dataclass, field
+from datetime import timedelta
 
 from bot.errors import BadInput
 from bot.quantities import (
@@ -17,6 +18,8 @@ from bot.quantities import (
     Metric,
     QuantityError,
     Window,
+    parse_amount,
+    parse_duration,
     parse_limit_spec,
     parse_percent_list,
     parse_window,
@@ -53,6 +56,34 @@ class SetLimit(Command):
     warn: tuple[int, ...] = (80, 90)
     action: str = "revoke"
     alarm: bool = True
+    grace: timedelta = timedelta(0)
+
+
+@dataclass(frozen=True)
+class GrantRaise(Command):
+    """`/bedrock limit alice +1M/day [metric] [for 24h] <reason>`: a temporary raise."""
+
+    subject: SubjectRef
+    amount: Amount
+    window: Window
+    metric: Metric
+    duration: timedelta | None  # None: until the window ends
+    reason: str
+
+
+@dataclass(frozen=True)
+class RequestMore(Command):
+    """`/bedrock request more <amount>[/<window>] [metric] [for <duration>] <reason>`."""
+
+    amount: Amount
+    window: Window | None
+    metric: Metric
+    duration: timedelta | None
+    reason: str
+
+
+MAX_GRACE = timedelta(hours=24)
+MAX_RAISE = timedelta(days=31)
 
 
 @dataclass(frozen=True)
@@ -160,13 +191,15 @@ def limit_args(name: str, args: list[str]) -> Command:
     if len(args) < 2:
         raise _bad(name, "a subject and an amount/window are needed, e.g. team-eng 5M/week")
     subject = parse_subject(args[0], name)
+    if args[1].startswith("+"):
+        return _grant_args(name, subject, args[1][1:], args[2:])
     try:
         amount, window = parse_limit_spec(args[1])
     except QuantityError as exc:
         raise _bad(name, str(exc)) from exc
     metric = Metric.COST if amount.is_cost else Metric.TOKENS
     warn: tuple[int, ...] = (80, 90)
-    action, alarm = "revoke", True
+    action, alarm, grace = "revoke", True, timedelta(0)
     for tok in args[2:]:
         key, _, val = tok.partition("=")
         key = key.lower()
@@ -181,9 +214,60 @@ def limit_args(name: str, args: list[str]) -> Command:
             action = val.lower()
         elif key == "alarm" and val.lower() in ("on", "off"):
             alarm = val.lower() == "on"
+        elif key == "grace":
+            grace = timedelta(0) if val.lower() in ("0", "off", "none") else _duration(name, val, MAX_GRACE)
         else:
             raise _bad(name, f"unknown option {tok[:40]!r}")
-    return SetLimit(name, subject, amount, window, metric, warn, action, alarm)
+    return SetLimit(name, subject, amount, window, metric, warn, action, alarm, grace)
+
+
+def _duration(name: str, text: str, most: timedelta) -> timedelta:
+    try:
+        return parse_duration(text, most)
+    except QuantityError as exc:
+        raise _bad(name, str(exc)) from exc
+
+
+def _grant_args(name: str, subject: SubjectRef, spec: str, rest: list[str]) -> Command:
+    try:
+        amount, window = parse_limit_spec(spec)
+    except QuantityError as exc:
+        raise _bad(name, str(exc)) from exc
+    metric, duration, reason = _raise_tail(name, amount, rest)
+    return GrantRaise(name, subject, amount, window, metric, duration, reason)
+
+
+def _raise_tail(name: str, amount: Amount, rest: list[str]) -> tuple[Metric, timedelta | None, str]:
+    """`[input|output|requests] [for <duration>] <reason>` after a raise's amount."""
+    metric = Metric.COST if amount.is_cost else Metric.TOKENS
+    words = list(rest)
+    if words and words[0].lower() in _METRIC_WORDS:
+        metric = _limit_metric(name, words.pop(0).lower(), amount)
+    duration = None
+    if words and words[0].lower() == "for":
+        if len(words) < 2:
+            raise _bad(name, "`for` needs a duration: 10m, 24h or 7d")
+        duration = _duration(name, words[1], MAX_RAISE)
+        words = words[2:]
+    reason = " ".join(words).strip()[:500]
+    if not reason:
+        raise _bad(name, "a reason is needed, e.g. `for 24h launch load test`")
+    return metric, duration, reason
+
+
+def request_args(name: str, args: list[str]) -> Command:
+    if len(args) < 2 or args[0].lower() != "more":
+        raise _bad(name, "say how much more, e.g. `request more 1M for 24h launch day`")
+    try:
+        if "/" in args[1]:
+            amount, window = parse_limit_spec(args[1])
+            chosen: Window | None = window
+        else:
+            amount, chosen = parse_amount(args[1]), None
+    except QuantityError as exc:
+        raise _bad(name, str(exc)) from exc
+    metric, duration, reason = _raise_tail(name, amount, args[2:])
+    return RequestMore(name, amount, chosen, metric, duration, reason)
 
 
 _METRIC_WORDS = {"input": Metric.INPUT, "output": Metric.OUTPUT, "requests": Metric.REQUESTS,

@@ -44,9 +44,14 @@ SUBCOMMANDS: dict[str, Subcommand] = {c.name: c for c in (
                "Tokens in/out, estimated cost, each limit as a bar, forecast and status. "
                "Anyone for themselves and their teams; admins for everyone.", g.usage_args, answers.usage),
     Subcommand("limit", "/bedrock limit <subject> <amount>/<window> [input|output|requests] "
-                        "[warn=80,90] [action=revoke|notify] [alarm=on|off]",
+                        "[warn=80,90] [action=revoke|notify] [alarm=on|off] [grace=10m]  ·  "
+                        "/bedrock limit <subject> +<amount>/<window> [input|output|requests] "
+                        "[for 10m|24h|7d] <reason>",
                "Set or change a limit (admin). Amounts: 5M, 500k, 1.5B, $200. Windows: day, "
-               "week, month (calendar) or 24h, 7d, 30d (rolling).", g.limit_args, answers.limit),
+               "week, month (calendar) or 24h, 7d, 30d (rolling). `grace=10m`: on a breach, "
+               "revoke only after the grace unless a raise is approved meanwhile. `+1M/day for 24h "
+               "<reason>` grants a temporary raise on that limit (default: until the window ends).",
+               g.limit_args, answers.limit),
     Subcommand("limits", "/bedrock limits [subject]",
                "List limits, for one subject or everyone.", g.optional_subject, answers.list_limits),
     Subcommand("unlimit", "/bedrock unlimit <subject> [window] [metric]",
@@ -67,6 +72,11 @@ SUBCOMMANDS: dict[str, Subcommand] = {c.name: c for c in (
     Subcommand("meter", "/bedrock meter <metadata-key>=<value> <subject>",
                "Attribute a requestMetadata value in invocation logs to a subject (admin).",
                g.meter_args, answers.meter),
+    Subcommand("request", "/bedrock request more <amount>[/<window>] [input|output|requests] "
+                          "[for 10m|24h|7d] <reason>",
+               "Ask for a temporary raise on your own limit (of several windows, the one nearest "
+               "its limit, or the one you name). Another admin approves, approves half or denies.",
+               g.request_args, answers.request_more),
     Subcommand("revoke", "/bedrock revoke <subject> [reason]",
                "Deny a subject access to Bedrock now (admin).", g.with_reason, answers.revoke),
     Subcommand("restore", "/bedrock restore <subject> [reason] | <subject> break-glass <reason>",
