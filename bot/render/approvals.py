@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -20,8 +21,10 @@ from slack_sdk.models.views import View
 
 from bot.render.blocks import Reply, section
 from bot.render.enforcement import restore_button
-from bot.render.text import plain, when
+from bot.render.text import METRIC_LABEL, plain, when
 from bot.render.usage import limit_line
+from bot.services.raise_requests import RaiseRequestView
+from bot.services.raises import RaiseView
 from bot.services.restore_requests import RequestView
 from bot.services.usage import UsageReport
 
@@ -97,8 +100,18 @@ def deny_modal(request_id: int) -> dict[str, Any]:
                 blocks=[_reason_input("Tell the requester why", "e.g. over budget this month")]).to_dict()
 
 
+def _raises(asked: Sequence[RaiseRequestView], raised: Sequence[RaiseView], tz: ZoneInfo) -> list[Any]:
+    """Temporary raises in force, and the person's requests for more that wait for a decision."""
+    lines = [f"📈 +{r.amount_text} {METRIC_LABEL[r.metric]}/{r.window} until {when(r.expires_at, tz)}"
+             for r in raised]
+    lines += [f"⏳ your request {r.id} for more {METRIC_LABEL[r.metric]}/{r.window} waits for an approver"
+              for r in asked]
+    return [section("*Raises*\n" + "\n".join(lines))] if lines else []
+
+
 def home_view(report: UsageReport | None, periods: list[UsageReport], pending: list[RequestView],
-              revocation_id: int | None, tz: ZoneInfo) -> dict[str, Any]:
+              revocation_id: int | None, asked: Sequence[RaiseRequestView] = (),
+              raised: Sequence[RaiseView] = (), *, tz: ZoneInfo) -> dict[str, Any]:
     blocks: list[Any] = [HeaderBlock(text="Your Bedrock usage")]
     if report is None:
         blocks.append(section("No usage recorded for you yet. An admin can provision an inference "
@@ -111,6 +124,7 @@ def home_view(report: UsageReport | None, periods: list[UsageReport], pending: l
     if report.limits:
         lines = "\n".join(limit_line(s, tz) for s in report.limits)
         blocks += [DividerBlock(), section(f"*Limits*\n{lines}")]
+    blocks += _raises(asked, raised, tz)
     blocks.append(DividerBlock())
     if report.revoked:
         blocks.append(section("⛔ *Revoked*: " + plain("; ".join(report.revoked))))

@@ -119,6 +119,7 @@ def digest_blocks(d: DigestData, tz: ZoneInfo) -> Reply:
                       "Nobody."),
         _list_section("Revoked now", [revoked_line(r, tz) for r in d.revocations], "Nobody."),
         _list_section("Restore requests waiting", [request_line(r) for r in d.requests], "None."),
+        *_raise_blocks(d, tz),
         *_money_blocks(d),
         ContextBlock(elements=[MarkdownTextObject(text=(
             f"Day = {when(d.start, tz)} → {when(d.end, tz)} · a team includes its members · "
@@ -126,6 +127,19 @@ def digest_blocks(d: DigestData, tz: ZoneInfo) -> Reply:
             f"in the thread")[:2000])]),
     ]
     return digest_text(d), finish(blocks)
+
+
+def _raise_blocks(d: DigestData, tz: ZoneInfo) -> list[Any]:
+    """Temporary raises granted that day: shown only when there were some."""
+    if not d.raises:
+        return []
+    lines = [f"`{r.subject}` +{r.amount_text} {METRIC_LABEL[r.metric]}/{r.window} until "
+             f"{when(r.expires_at, tz)}, {_granter(r.granted_by)}: {plain(r.reason[:200])}" for r in d.raises]
+    return [_list_section("Raises granted", lines, "None.")]
+
+
+def _granter(label: str) -> str:
+    return f"<@{label.removeprefix('slack:')}>" if label.startswith("slack:") else label
 
 
 def _money_blocks(d: DigestData) -> list[Any]:

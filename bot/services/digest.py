@@ -66,8 +66,10 @@ from sqlalchemy.orm import Session
 from bot.models import Limit, Meter, RestoreRequest, Revocation, Subject, TeamMember, Usage
 from bot.quantities import Window, window_bounds
 from bot.services import billing, unpriced
+from bot.services import raises as raise_service
 from bot.services.billing import DayBill
 from bot.services.ledger import HOUR, Totals
+from bot.services.raises import RaiseView
 from bot.services.unpriced import UnpricedSummary
 from bot.services.usage import LimitStatus, _forecast
 
@@ -152,6 +154,7 @@ class DigestData:
     subjects: list[SubjectDay] = field(default_factory=list)  # everyone with usage either day
     unpriced: UnpricedSummary | None = None  # the day's calls to models without a price
     bill: DayBill | None = None  # AWS's bill for the latest closed UTC day read from Cost Explorer
+    raises: list[RaiseView] = field(default_factory=list)  # temporary raises granted that day
 
     @property
     def active_users(self) -> int:
@@ -455,6 +458,7 @@ def build_digest(session: Session, now: datetime, tz: tzinfo, week_start: int, t
         subjects=per_subject,
         unpriced=unpriced.summary(session, y_start, y_end),
         bill=billing.latest_day_bill(session, now, bill_divergence_pct),
+        raises=raise_service.granted_between(session, y_start, y_end),
     )
 
 

@@ -8,6 +8,7 @@ import json
 from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import boto3
 import pytest
@@ -17,9 +18,16 @@ from sqlalchemy import select
 from bot.clock import FixedClock
 from bot.db import Database
 from bot.models import LimitRaise, Profile, RaiseRequest
+from bot.render.approvals import home_view
+from bot.render.digest import digest_blocks
+from bot.services import home
+from bot.services.digest import build_digest
+from bot.services.directory import Actor
 from jobs import expire_requests, usage_sync
 from tests.e2e.test_approvals import ADMIN2, MODEL, click
 from tests.harness import ADMIN, ALERTS, ALICE, BOB, Harness, reply_text, running_bot
+
+UTC_ZONE = ZoneInfo("UTC")
 
 
 @pytest.fixture
@@ -168,3 +176,20 @@ def test_grace_then_raise_keeps_access(world: tuple[Harness, Any], db: Database,
     clock.advance(minutes=11)
     usage_sync.run(bot.services)
     assert _policies(iam) == []  # 1.2M of 1.5M
+
+
+def test_app_home_and_digest_show_raises(world: tuple[Harness, Any], db: Database, clock: FixedClock) -> None:
+    """A granted raise shows in the App Home; the digest of the day it was granted lists it."""
+    bot, _ = world
+    bot.command("limit alice 1M/day")
+    assert "raised by 1M" in reply_text(bot.command("limit alice +1M/day for 24h release week"))
+    with db.session_scope() as s:
+        data = home.load(s, clock, UTC_ZONE, 0, Actor.slack(ALICE))
+    assert [r.amount for r in data[5]] == [1_000_000]
+    assert "+1M tokens/day until" in json.dumps(home_view(*data, tz=UTC_ZONE))
+    clock.advance(days=1)
+    with db.session_scope() as s:
+        digest = build_digest(s, clock(), UTC_ZONE, 0)
+    assert [r.subject for r in digest.raises] == ["alice"]
+    text = json.dumps(digest_blocks(digest, UTC_ZONE)[1])
+    assert "Raises granted" in text and "release week" in text
