@@ -29,14 +29,15 @@ from slack_sdk.signature import SignatureVerifier
 
 from bot.config import Settings, load_settings
 from bot.migrate import upgrade
-from bot.render.terminal import blocks_to_text
+from bot.render.terminal import blocks_to_text, mrkdwn_to_text
 from bot.runtime import Services, build_services
 from bot.services import audit, directory
 from demo.slack_standin import Call, SlackStandIn
 
 ADMIN, ALICE, BOB, CAROL = "UADMIN0001", "UALICE0001", "UBOB000001", "UCAROL0001"
-NAMES = {ADMIN: "dana (admin)", ALICE: "alice", BOB: "bob", CAROL: "carol", "UBOT": "bedrock-bot"}
 ALERTS = "CALERTS001"
+NAMES = {ADMIN: "dana (admin)", ALICE: "alice", BOB: "bob", CAROL: "carol", "UBOT": "bedrock-bot",
+         ALERTS: "alerts"}
 MODEL = "anthropic.claude-3-haiku-20240307-v1:0"
 
 
@@ -99,7 +100,7 @@ class Demo:
                           "user_id": user, "user_name": NAMES[user], "command": "/bedrock",
                           "text": text, "response_url": self.slack.response_url(name),
                           "trigger_id": "1.2.3"})
-        print(f"\n  {NAMES[user]} types: /bedrock {text}")
+        print(f"\n  {NAMES[user]} types: /bedrock {mrkdwn_to_text(text, NAMES)}")  # as Slack shows it
         started = time.monotonic()
         status = self._post(body)
         if status != 200:
@@ -245,13 +246,17 @@ def enforcement(d: Demo) -> None:
     iam = d.svc.aws_client("iam")
     iam.create_user(UserName="alice")
     d.command(ADMIN, "limit alice 2M/day warn=50,80")
+    usage_sync.run(d.svc)  # alice is at 78% already: the 50% warning is posted and DMed
+    warned = [c for c in d.slack.calls("chat.postMessage") if "of a limit" in str(c.args.get("text", ""))]
+    expect(bool(warned), "alice is warned before the limit is reached")
     d.traffic(_profile_id(d.svc, "alice"), 600_000, 100_000, 90)
     usage_sync.run(d.svc)
     policy = iam.get_user_policy(UserName="alice", PolicyName="bedrock-bot-deny-alice")["PolicyDocument"]
     print(f"\n  IAM user alice now has inline policy bedrock-bot-deny-alice:\n      {json.dumps(policy)}")
     expect(policy["Statement"][0]["Effect"] == "Deny", "the deny policy is on alice's IAM user")
 
-    step("alice asks for access back; the admin approves")
+    step("alice asks for access back; four eyes hold even for an approver; the admin approves")
+    d.command(ADMIN, f"admins add <@{ALICE}> approver")
     with d.svc.db.session_scope() as s:
         from bot.services.access import active
         from bot.services.directory import SubjectRef, get
@@ -262,7 +267,7 @@ def enforcement(d: Demo) -> None:
     d.submit(ALICE, "restore_request_modal", str(rev_id), "customer demo at 3pm")
     req_id = _latest_request(d)
     told = d.click(ALICE, "approve_request", str(req_id))
-    expect("approver role" in told or "four eyes" in told, "alice cannot approve her own request")
+    expect("four eyes" in told, "alice, an approver, still cannot approve her own request")
     d.click(ADMIN, "approve_request", str(req_id))
     names = iam.list_user_policies(UserName="alice")["PolicyNames"]
     expect(names == [], "the deny policy is gone: alice can call Bedrock again")

@@ -107,7 +107,8 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     from demo.walkthrough import run_demo
 
     if not args.verbose:  # the story is the output; logs only when asked for
-        logging.getLogger().setLevel(logging.WARNING)
+        for name in ("", "botocore", "boto3", "urllib3", "s3transfer"):
+            logging.getLogger(name).setLevel(logging.WARNING)
     return run_demo()
 
 

@@ -6,6 +6,7 @@ import re
 from typing import Any
 
 _MENTION = re.compile(r"<@([A-Z0-9]+)(?:\|[^>]*)?>")
+_CHANNEL = re.compile(r"<#([A-Z0-9]+)(?:\|([^>]*))?>")
 _LINK = re.compile(r"<(https?://[^|>]+)(?:\|([^>]*))?>")
 _BOLD = re.compile(r"(?<![\w*])\*([^*\n]+)\*(?![\w*])")
 
@@ -13,6 +14,7 @@ _BOLD = re.compile(r"(?<![\w*])\*([^*\n]+)\*(?![\w*])")
 def mrkdwn_to_text(text: str, names: dict[str, str] | None = None) -> str:
     names = names or {}
     text = _MENTION.sub(lambda m: "@" + names.get(m.group(1), m.group(1)), text)
+    text = _CHANNEL.sub(lambda m: "#" + (m.group(2) or names.get(m.group(1), m.group(1))), text)
     text = _LINK.sub(lambda m: m.group(2) or m.group(1), text)
     text = _BOLD.sub(r"\1", text)
     return text.replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")
