@@ -1,4 +1,4 @@
-"""One WSGI app: Slack at /slack/events, SNS at /sns, /healthz and /metrics."""
+"""One WSGI app: Slack at /slack/events, SNS at /sns, the gateway API at /v1/…, /healthz, /metrics."""
 
 from __future__ import annotations
 
@@ -15,19 +15,23 @@ from slack_sdk.signature import SignatureVerifier
 from sqlalchemy import text
 
 from bot.runtime import Services
+from handlers.gateway import PATHS as GATEWAY_PATHS
+from handlers.gateway import Gateway
 
 log = logging.getLogger(__name__)
-ROUTES = ("/slack/events", "/sns", "/healthz", "/metrics")
+ROUTES = ("/slack/events", "/sns", "/healthz", "/metrics", *GATEWAY_PATHS)
 MAX_BODY = 1 << 20  # Slack payloads are far smaller; refuse anything bigger unread
 StartResponse = Callable[..., Any]
 
 
 class WsgiApp:
     def __init__(self, services: Services, bolt: App,
-                 sns: Callable[[bytes], tuple[int, str]] | None = None) -> None:
+                 sns: Callable[[bytes], tuple[int, str]] | None = None,
+                 gateway: Gateway | None = None) -> None:
         self.services = services
         self.bolt = bolt
         self.sns = sns
+        self.gateway = gateway
         self.counts: Counter[str] = Counter()
         self.started = time.time()
 
@@ -51,6 +55,8 @@ class WsgiApp:
             return self.health()
         if path == "/metrics" and method == "GET":
             return 200, {"content-type": "text/plain; version=0.0.4"}, self.metrics().encode()
+        if path in GATEWAY_PATHS:  # off (404) unless BOT_GATEWAY_TOKENS is set
+            return self.gateway.wsgi(environ) if self.gateway else (404, {}, b"not found")
         if method != "POST" or path not in ("/slack/events", "/sns"):
             return 404, {"content-type": "text/plain"}, b"not found"
         length = _content_length(environ)
@@ -109,6 +115,8 @@ class WsgiApp:
         for key, n in sorted(self.counts.items()):
             label = key.replace('"', "")
             lines.append(f'bedrock_bot_http_requests_total{{route="{label}"}} {n}')
+        if self.gateway is not None:
+            lines += self.gateway.metrics_lines()
         return "\n".join(lines) + "\n"
 
 
@@ -118,6 +126,7 @@ def _content_length(environ: dict[str, Any]) -> int | None:
     return int(raw) if raw.isascii() and raw.isdigit() else None
 
 
-_REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden",
-            404: "Not Found", 413: "Payload Too Large", 500: "Internal Server Error",
+_REASONS = {200: "OK", 202: "Accepted", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden",
+            404: "Not Found", 405: "Method Not Allowed", 413: "Payload Too Large",
+            500: "Internal Server Error",
             503: "Service Unavailable"}

@@ -45,7 +45,8 @@ def sync_invocation_logs(s: Services) -> Outcome[LogsSyncResult]:
     aws = s.settings.aws
     out = execute(s.db, s.clock, Actor.system(NAME), f"{NAME}.logs", aws.invocation_log_group or "",
                   lambda session: sync_logs(session, s.clock, s.logs_insights,
-                                            aws.invocation_log_group or "", aws.metadata_keys, s.prices))
+                                            aws.invocation_log_group or "", aws.metadata_keys, s.prices,
+                                            gateway_principals=s.settings.bot.gateway_principals))
     if out.ok and out.value is not None:
         r = out.value
         log.info("invocation logs: %s, %d ledger rows, %d unattributed requests", r.status,

@@ -17,6 +17,10 @@ meter and lands in the same hourly ledger as the CloudWatch (AIP) usage:
    ``principal`` meter keyed by the session ARN; otherwise to the role's own meter;
 4. anything else is unattributed: dropped, but counted in the result.
 
+Calls made by the gateway's own principals (``BOT_GATEWAY_PRINCIPALS``: a LiteLLM proxy's
+role, say) are skipped before any of this: the gateway reports them per subject through
+``/v1/usage`` (meter kind ``gateway``), so counting them here too would count them twice.
+
 Hours are re-read whole and overwrite what the ledger had for the log meters (``principal``
 and ``metadata``) in those hours, so a re-run is idempotent and a changed mapping moves an
 hour rather than counting it twice. See docs/invocation-logs.md.
@@ -78,6 +82,7 @@ class LogsSyncResult:
     ledger_rows: int = 0  # (meter, hour) rows written
     attributed_requests: int = 0
     skipped_aip_requests: int = 0  # through an AIP: counted by its CloudWatch meter instead
+    skipped_gateway_requests: int = 0  # made by a gateway principal: counted by /v1/usage instead
     unattributed_requests: int = 0
     unattributed_tokens: int = 0
     unattributed_arns: tuple[str, ...] = ()  # the busiest callers nobody is bound to, for admins
@@ -104,7 +109,8 @@ class _Sums:
 
 def sync_logs(session: Session, clock: Clock, insights: LogsInsights, log_group: str,
               metadata_keys: Sequence[str], prices: PriceTable, *,
-              min_interval: timedelta = timedelta(0), max_hours: int = MAX_HOURS) -> LogsSyncResult:
+              min_interval: timedelta = timedelta(0), max_hours: int = MAX_HOURS,
+              gateway_principals: Sequence[str] = ()) -> LogsSyncResult:
     """Read the unsynced whole hours of the invocation logs into the ledger (see module doc).
 
     The window starts at the previous hour (or at the cursor after a gap, never before the
@@ -147,8 +153,9 @@ def sync_logs(session: Session, clock: Clock, insights: LogsInsights, log_group:
 
     attribution = _Attribution(session, clock, keys)
     aips = _known_aips(session)
+    gateway = gateway_identities(gateway_principals)
     per_model: dict[tuple[int, datetime, str], _Sums] = {}
-    attributed = skipped_aip = unattributed = unattributed_tokens = 0
+    attributed = skipped_aip = skipped_gateway = unattributed = unattributed_tokens = 0
     strangers: Counter[str] = Counter()
     for hour, row in parsed:
         if hour is None or not start <= hour < read_end:
@@ -158,8 +165,11 @@ def sync_logs(session: Session, clock: Clock, insights: LogsInsights, log_group:
         if _is_aip(model, aips):
             skipped_aip += requests
             continue
-        inp, out = _count(row.get(insights_query.IN_FIELD)), _count(row.get(insights_query.OUT_FIELD))
         arn = row.get(insights_query.ARN_FIELD, "")
+        if gateway and identity_of(arn) in gateway:
+            skipped_gateway += requests
+            continue
+        inp, out = _count(row.get(insights_query.IN_FIELD)), _count(row.get(insights_query.OUT_FIELD))
         meter_id = attribution.meter_for(arn, {k: row.get(metadata_field(k)) for k in keys})
         if meter_id is None:
             unattributed += requests
@@ -202,6 +212,7 @@ def sync_logs(session: Session, clock: Clock, insights: LogsInsights, log_group:
     return LogsSyncResult(
         "complete", start, end, rows=len(rows), ledger_rows=len(ledger_rows),
         attributed_requests=attributed, skipped_aip_requests=skipped_aip,
+        skipped_gateway_requests=skipped_gateway,
         unattributed_requests=unattributed, unattributed_tokens=unattributed_tokens,
         unattributed_arns=tuple(a for a, _ in strangers.most_common(UNATTRIBUTED_SHOWN)),
         malformed_rows=malformed, truncated=truncated, cursor=position,
@@ -217,6 +228,19 @@ def _advance(session: Session, cur: SyncCursor | None, position: datetime, now: 
 
 
 # ---- attribution ---------------------------------------------------------------------------
+
+
+def identity_of(arn: str) -> tuple[str, str, str] | None:
+    """(account, user|role, name) of an IAM user or role ARN, or of an STS session's role."""
+    iam = _IAM.match(arn)
+    if iam:
+        return iam["account"], iam["kind"], iam["name"].lower()
+    sts = _SESSION.match(arn)
+    return (sts["account"], "role", sts["role"].lower()) if sts else None
+
+
+def gateway_identities(arns: Sequence[str]) -> frozenset[tuple[str, str, str]]:
+    return frozenset(i for i in (identity_of(a) for a in arns) if i is not None)
 
 
 def _known_aips(session: Session) -> frozenset[str]:
