@@ -342,7 +342,8 @@ def sweep(session: Session, now: datetime, batch: int = 500) -> int:
         if row is not None:
             _unreserve(session, row[0], row[1], row[2], row[3])
             expired += 1
-    session.execute(delete(GatewayRequest).where(GatewayRequest.received_at < now - IDEMPOTENCY))
+    session.execute(delete(GatewayRequest).where(GatewayRequest.received_at < now - IDEMPOTENCY)
+                    .execution_options(synchronize_session=False))
     return expired
 
 
