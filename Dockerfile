@@ -21,6 +21,7 @@ COPY bot ./bot
 COPY handlers ./handlers
 COPY jobs ./jobs
 COPY migrations ./migrations
+COPY bot_litellm ./bot_litellm
 # A regular (non-editable) install: the venv is all the final image needs.
 RUN pip install . && python -m compileall -q /opt/venv
 

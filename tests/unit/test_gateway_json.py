@@ -69,3 +69,40 @@ def test_caps_take_the_tightest_enforced_limit_per_owner_and_metric() -> None:
     s = limit_state(week, snaps[7], now)
     assert (s.used, s.reserved, s.remaining) == (4850, 100, 50)
     assert s.breached_by(Ask(51)) and not s.breached_by(Ask(50))
+
+
+def test_the_litellm_hook_maps_identities_and_usage() -> None:
+    hook = pytest.importorskip("bot_litellm.hook")
+    assert hook.who("Alice@Example.com") == {"subject": "alice"}
+    assert hook.who("U012ABC") == {"slack_user_id": "U012ABC"}
+    arn = "arn:aws:iam::123456789012:role/x"
+    assert hook.who(arn) == {"principal_arn": arn}
+
+    class Key:
+        metadata = {"bedrock_subject": "team-eng"}
+        user_id = "default_user_id"  # LiteLLM's master key: not a person
+        team_alias = "ml"
+
+    assert hook.subject_of(Key(), {"user": "bob"}, ("user_id", "key_metadata")) == {"subject": "team-eng"}
+    assert hook.subject_of(Key(), {"user": "bob"}, ("user_id", "end_user")) == {"subject": "bob"}
+    assert hook.subject_of(Key(), {}, ("user_id",)) is None
+    assert hook.bare_model("bedrock/converse/anthropic.claude-3-haiku-20240307-v1:0") == \
+        "anthropic.claude-3-haiku-20240307-v1:0"
+    usage = {"prompt_tokens": 1000, "completion_tokens": 50, "cache_read_input_tokens": 600,
+             "cache_creation_input_tokens": 100}
+
+    class Response:
+        pass
+
+    r = Response()
+    r.usage = usage  # type: ignore[attr-defined]
+    assert hook.usage_of(r) == {"input_tokens": 300, "output_tokens": 50, "cache_read_tokens": 600,
+                                "cache_write_tokens": 100}
+    with pytest.raises(ValueError, match="BEDROCK_BOT_URL"):
+        hook.HookSettings.from_env({"BEDROCK_BOT_TOKEN": "x"})
+    with pytest.raises(ValueError, match="SUBJECT_FROM"):
+        hook.HookSettings.from_env({"BEDROCK_BOT_URL": "http://b", "BEDROCK_BOT_TOKEN": "x",
+                                    "BEDROCK_BOT_SUBJECT_FROM": "nope"})
+    s = hook.HookSettings.from_env({"BEDROCK_BOT_URL": "http://b/", "BEDROCK_BOT_TOKEN": "x"})
+    assert (s.url, s.fail_open) == ("http://b", False)
+    assert s.subject_from == ("key_metadata", "user_id", "team_alias")
