@@ -24,6 +24,7 @@ COPY handlers ./handlers
 COPY jobs ./jobs
 COPY demo ./demo
 COPY migrations ./migrations
+COPY bot_litellm ./bot_litellm
 # A regular (non-editable) install: the venv is all the final image needs.
 RUN pip install . && python -m compileall -q /opt/venv
 

@@ -20,7 +20,7 @@ demo: $(STAMP)
 	$(BIN)/bedrock-bot demo
 
 lint: $(STAMP)
-	$(BIN)/ruff check bot handlers jobs demo migrations tests bench
+	$(BIN)/ruff check bot handlers jobs demo migrations tests bench bot_litellm
 	$(BIN)/mypy
 
 # Every bench runs; the ones that missed a target are listed at the end (exit 1 if any).

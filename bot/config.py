@@ -21,6 +21,8 @@ _BASE = SettingsConfigDict(env_file=".env", extra="ignore", populate_by_name=Tru
 WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
 _SLACK_ID = re.compile(r"^[UW][A-Z0-9]{2,}\Z")
 _METADATA_KEY = re.compile(r"^[A-Za-z0-9_]{1,64}\Z")
+_TOKEN = re.compile(r"^[!-+\--~]{16,256}\Z")  # printable ASCII, no space, no comma
+_IAM_ARN = re.compile(r"^arn:aws[a-z-]*:iam::\d{12}:(user|role)/[\w+=,.@/-]{1,512}\Z")
 _TOPIC_ARN = re.compile(r"^arn:aws[a-z-]*:sns:[a-z0-9-]+:\d{12}:[A-Za-z0-9_-]{1,256}\Z")
 _REGION = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d{1,2}\Z")
 _SECRET_ARN = re.compile(
@@ -160,7 +162,8 @@ def profile_region() -> str:
 
 
 class BotSettings(BaseSettings):
-    model_config = _BASE
+    # hide_input_in_errors: a rejected BOT_GATEWAY_TOKENS value is a secret, never echoed.
+    model_config = SettingsConfigDict(**_BASE, hide_input_in_errors=True)
     admins: Annotated[list[str], NoDecode] = Field(default_factory=list, validation_alias="BOT_ADMINS")
     alert_channel: str | None = Field(None, validation_alias="BOT_ALERT_CHANNEL")
     digest_channel: str | None = Field(None, validation_alias="BOT_DIGEST_CHANNEL")
@@ -179,8 +182,34 @@ class BotSettings(BaseSettings):
     # exactly as Cost Explorer lists it); unset = no principal attribution read.
     bill_principal_tag_key: str | None = Field(None, max_length=128,
                                                validation_alias="BOT_BILL_PRINCIPAL_TAG_KEY")
+    # The gateway quota API (docs/gateway.md): off (404) while no token is set.
+    gateway_tokens: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, validation_alias="BOT_GATEWAY_TOKENS", repr=False)
+    gateway_reservation_seconds: int = Field(600, ge=10, le=86_400,
+                                             validation_alias="BOT_GATEWAY_RESERVATION_SECONDS")
+    gateway_refresh_ms: int = Field(100, ge=0, le=60_000, validation_alias="BOT_GATEWAY_REFRESH_MS")
+    gateway_principals: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, validation_alias="BOT_GATEWAY_PRINCIPALS")
 
-    _split = field_validator("admins", mode="before")(classmethod(lambda cls, v: _split_csv(v)))
+    _split = field_validator("admins", "gateway_tokens", "gateway_principals", mode="before")(
+        classmethod(lambda cls, v: _split_csv(v)))
+
+    @field_validator("gateway_tokens")
+    @classmethod
+    def _tokens(cls, v: list[str]) -> list[str]:
+        for token in v:
+            if len(token) < 16 or not _TOKEN.match(token):
+                raise ValueError("BOT_GATEWAY_TOKENS: each token is 16-256 printable characters "
+                                 "without spaces or commas")
+        return v
+
+    @field_validator("gateway_principals")
+    @classmethod
+    def _gateway_arns(cls, v: list[str]) -> list[str]:
+        for arn in v:
+            if not _IAM_ARN.match(arn):
+                raise ValueError(f"BOT_GATEWAY_PRINCIPALS: {arn[:80]!r} is not an IAM user or role ARN")
+        return v
 
     @field_validator("admins")
     @classmethod

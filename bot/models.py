@@ -119,7 +119,7 @@ class Meter(Base):
     __tablename__ = "meters"
     __table_args__ = (UniqueConstraint("kind", "key"),)
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    kind: Mapped[str] = mapped_column(String(16))  # profile | principal | metadata
+    kind: Mapped[str] = mapped_column(String(16))  # profile | principal | metadata | gateway
     key: Mapped[str] = mapped_column(String(2048))
     subject_id: Mapped[int | None] = mapped_column(ForeignKey("subjects.id", ondelete="SET NULL"), index=True)
     created_at: Mapped[datetime]
@@ -393,3 +393,54 @@ class SlackSignature(Base):
     __tablename__ = "slack_signatures"
     digest: Mapped[str] = mapped_column(String(64), primary_key=True)  # SHA-256 hex of the header
     expires_at: Mapped[datetime] = mapped_column(index=True)  # request timestamp + 5 minutes
+
+
+class GatewayCounter(Base):
+    """Per limit owner (a user, or a team for its members): what the gateway has in flight and
+    what it has settled since ever. A check reserves with one conditional UPDATE of this row, so
+    concurrent checks on any replica see each other (bot/services/quota.py)."""
+
+    __tablename__ = "gateway_counters"
+    subject_id: Mapped[int] = mapped_column(ForeignKey("subjects.id", ondelete="CASCADE"), primary_key=True)
+    reserved_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    reserved_requests: Mapped[int] = mapped_column(BigInteger, default=0)
+    reserved_cost: Mapped[int] = mapped_column(BigInteger, default=0)  # micro-USD
+    settled_input: Mapped[int] = mapped_column(BigInteger, default=0)
+    settled_output: Mapped[int] = mapped_column(BigInteger, default=0)
+    settled_requests: Mapped[int] = mapped_column(BigInteger, default=0)
+    settled_cost: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class GatewayReservation(Base):
+    """Headroom held by an allowed check until /v1/usage settles it or it expires."""
+
+    __tablename__ = "gateway_reservations"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    subject_id: Mapped[int] = mapped_column(ForeignKey("subjects.id", ondelete="CASCADE"))
+    owners: Mapped[list[int]] = mapped_column(default=list)  # counters it was added to
+    tokens: Mapped[int] = mapped_column(BigInteger)
+    requests: Mapped[int] = mapped_column(BigInteger)
+    cost: Mapped[int] = mapped_column(BigInteger)
+    state: Mapped[str] = mapped_column(String(8), default="held")  # held | settled | expired
+    created_at: Mapped[datetime]
+    expires_at: Mapped[datetime]
+
+
+Index("ix_gateway_reservations_state_expires_at", GatewayReservation.state, GatewayReservation.expires_at)
+
+
+class GatewayRequest(Base):
+    """One row per /v1/usage request_id: the idempotency key, and what was counted for it."""
+
+    __tablename__ = "gateway_requests"
+    request_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    subject_id: Mapped[int] = mapped_column(ForeignKey("subjects.id", ondelete="CASCADE"))
+    reservation_id: Mapped[str | None] = mapped_column(String(32))
+    model: Mapped[str] = mapped_column(String(256), default="")
+    input_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    output_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    cache_read_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    cache_write_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    cost_micro_usd: Mapped[int] = mapped_column(BigInteger, default=0)
+    counted_by: Mapped[str] = mapped_column(String(8))  # gateway | profile (its AIP meter counts it)
+    received_at: Mapped[datetime] = mapped_column(index=True)

@@ -1,9 +1,11 @@
 """The HTTP front door `serve` runs: a small path router in front of Bolt's WSGI adapter.
 
 `POST /slack/events` goes to `slack_bolt.adapter.wsgi.SlackRequestHandler`, `POST /sns` to the
-SNS endpoint, `GET /healthz` answers 200 or 503 (database), `GET /metrics` is prometheus_client's
-text format from a registry of this app's own. Around Bolt the router keeps what Bolt does not:
-a body cap checked before anything is read, 404/405, and no 500 for a Slack body Bolt cannot read.
+SNS endpoint, `POST /v1/quota/check` and `POST /v1/usage` to the gateway quota API
+(handlers/gateway.py; 404 while it is off), `GET /healthz` answers 200 or 503 (database),
+`GET /metrics` is prometheus_client's text format from a registry of this app's own (the
+gateway's series included). Around Bolt the router keeps what Bolt does not: a body cap
+checked before anything is read, 404/405, and no 500 for a Slack body Bolt cannot read.
 
 Nothing unauthenticated reaches Bolt: a Slack request must carry a valid signature and not be
 a replay (`handlers/slack_gate.py`) first, so Bolt never parses, or logs, a forged body. What
@@ -29,6 +31,8 @@ from sqlalchemy import text
 
 from bot.aws.sns import SnsRejected
 from bot.runtime import Services
+from handlers.gateway import PATHS as GATEWAY_PATHS
+from handlers.gateway import Gateway
 from handlers.refusals import Refusals, sns_kind
 from handlers.slack_gate import SlackGate
 from handlers.sns import SnsEndpoint
@@ -36,7 +40,8 @@ from handlers.sns import SnsEndpoint
 log = logging.getLogger(__name__)
 SLACK_PATH = "/slack/events"
 # The one method each route answers; anything else on a known route is 405.
-ROUTES = {SLACK_PATH: "POST", "/sns": "POST", "/healthz": "GET", "/metrics": "GET"}
+ROUTES = {SLACK_PATH: "POST", "/sns": "POST", "/healthz": "GET", "/metrics": "GET",
+          **dict.fromkeys(GATEWAY_PATHS, "POST")}
 MAX_BODY = 1 << 20  # Slack payloads are far smaller; refuse anything bigger unread
 TEXT = "text/plain; charset=utf-8"
 StartResponse = Callable[..., Any]
@@ -69,13 +74,16 @@ class WsgiApp:
     """The WSGI callable: route by path, check the method, cap the body, hand over."""
 
     def __init__(self, services: Services, bolt: App, sns: SnsHandler | None = None,
-                 now: Callable[[], float] = time.time) -> None:
+                 gateway: Gateway | None = None, now: Callable[[], float] = time.time) -> None:
         self.services = services
         self.slack = SlackRequestHandler(bolt, path=SLACK_PATH)
         self.sns = sns
+        self.gateway = gateway
         self.metrics = HttpMetrics()
         self.refusals = Refusals(services, self.metrics.registry)
         self.gate = SlackGate(services, now)
+        if gateway is not None:  # its counters and latency histograms, in the same /metrics
+            self.metrics.registry.register(gateway)
         # prometheus_client's own WSGI app: it negotiates the format (text or OpenMetrics) and gzip.
         self.exporter = make_wsgi_app(self.metrics.registry)
 
@@ -100,6 +108,11 @@ class WsgiApp:
         allowed = ROUTES.get(route)
         if allowed is None:
             return _plain(404, "not found")
+        if route in GATEWAY_PATHS:  # off (404) unless BOT_GATEWAY_TOKENS is set; it answers 405 itself
+            if self.gateway is None:
+                return _plain(404, "not found")
+            code, fields, payload = self.gateway.wsgi(environ)
+            return code, list(fields.items()), payload
         if method != allowed:
             status, headers, body = _plain(405, "method not allowed")
             return status, [*headers, ("allow", allowed)], body

@@ -7,6 +7,7 @@ import threading
 
 from bot.runtime import Services
 from handlers.app import create_app, slack_client
+from handlers.gateway import Gateway
 from handlers.http import WsgiApp
 from handlers.sns import SnsEndpoint
 from jobs.scheduler import JobRunner
@@ -18,7 +19,8 @@ log = logging.getLogger(__name__)
 def build_wsgi(services: Services) -> WsgiApp:
     settings = services.settings
     app = create_app(settings, services, slack_client(settings))
-    return WsgiApp(services, app, sns=SnsEndpoint(services, services.sns_verifier()))
+    return WsgiApp(services, app, sns=SnsEndpoint(services, services.sns_verifier()),
+                   gateway=Gateway(services) if settings.bot.gateway_tokens else None)
 
 
 class Background:

@@ -59,7 +59,8 @@ def run_logs(s: Services) -> Outcome[LogsSyncResult]:
     """Callers without an AIP, from model-invocation logs."""
     aws = s.settings.aws
     group = aws.invocation_log_group or ""
-    out = attempt(lambda: sync_logs(s.db, s.clock, s.logs_insights, group, aws.metadata_keys, s.prices))
+    out = attempt(lambda: sync_logs(s.db, s.clock, s.logs_insights, group, aws.metadata_keys, s.prices,
+                                    gateway_principals=s.settings.bot.gateway_principals))
     if out.ok:
         r = out.value
         log.info("invocation logs: %s, %d ledger rows, %d unattributed requests", r.status,
@@ -92,11 +93,14 @@ def sync_usage(db: Database, clock: Clock, metrics: CloudWatchMetrics,
 
 def sync_logs(db: Database, clock: Clock, insights: LogsInsights, log_group: str,
               metadata_keys: Sequence[str], prices: PriceTable, *,
-              min_interval: timedelta = timedelta(0), max_hours: int = MAX_HOURS) -> LogsSyncResult:
-    """Read the unsynced whole hours of the invocation logs into the ledger."""
+              min_interval: timedelta = timedelta(0), max_hours: int = MAX_HOURS,
+              gateway_principals: Sequence[str] = ()) -> LogsSyncResult:
+    """Read the unsynced whole hours of the invocation logs into the ledger; calls made by
+    `gateway_principals` are skipped (the gateway reports them through /v1/usage)."""
     action = f"{NAME}.logs"
     plan = step(db, clock, ACTOR, action, log_group, lambda session: logs_usage.plan_logs(
-        session, clock, metadata_keys, min_interval=min_interval, max_hours=max_hours))
+        session, clock, metadata_keys, min_interval=min_interval, max_hours=max_hours,
+        gateway_principals=gateway_principals))
     if plan.skip:
         return plan.skipped()
     read = call(db, clock, ACTOR, action, log_group,

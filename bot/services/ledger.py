@@ -105,3 +105,20 @@ def daily_series(session: Session, subject_ids: Iterable[int], start: datetime,
          .where(Meter.subject_id.in_(ids), Usage.hour >= start, Usage.hour < end)
          .group_by(Usage.hour).order_by(Usage.hour))
     return [(h, int(t or 0), int(c or 0)) for h, t, c in session.execute(q)]
+
+
+def add(session: Session, rows: Sequence[LedgerRow], now: datetime) -> int:
+    """Insert or *add to* (meter, hour) rows: for meters fed one event at a time (the gateway's
+    /v1/usage), where each call is new usage rather than a re-read of the same hour."""
+    if not rows:
+        return 0
+    insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
+    stmt = insert(Usage)
+    stmt = stmt.on_conflict_do_update(
+        index_elements=["meter_id", "hour"],
+        set_={**{c: getattr(Usage, c) + stmt.excluded[c] for c in _VALUE_COLS},
+              "updated_at": stmt.excluded.updated_at})
+    values = [{"meter_id": r.meter_id, "hour": r.hour, "updated_at": now,
+               **{c: getattr(r, c) for c in _VALUE_COLS}} for r in rows]
+    session.connection().execute(stmt, values)
+    return len(rows)

@@ -17,6 +17,10 @@ meter and lands in the same hourly ledger as the CloudWatch (AIP) usage:
    ``principal`` meter keyed by the session ARN; otherwise to the role's own meter;
 4. anything else is unattributed: dropped, but counted in the result.
 
+Calls made by the gateway's own principals (``BOT_GATEWAY_PRINCIPALS``: a LiteLLM proxy's
+role, say) are skipped before any of this: the gateway reports them per subject through
+``/v1/usage`` (meter kind ``gateway``), so counting them here too would count them twice.
+
 Hours are re-read whole and overwrite what the ledger had for the log meters (``principal``
 and ``metadata``) in those hours, so a re-run is idempotent and a changed mapping moves an
 hour rather than counting it twice. See docs/invocation-logs.md.
@@ -83,6 +87,7 @@ class LogsSyncResult:
     ledger_rows: int = 0  # (meter, hour) rows written
     attributed_requests: int = 0
     skipped_aip_requests: int = 0  # through an AIP: counted by its CloudWatch meter instead
+    skipped_gateway_requests: int = 0  # made by a gateway principal: counted by /v1/usage instead
     unattributed_requests: int = 0
     unattributed_tokens: int = 0
     unattributed_arns: tuple[str, ...] = ()  # the busiest callers nobody is bound to, for admins
@@ -120,6 +125,8 @@ class LogsPlan:
     keys: tuple[str, ...]
     cursor: datetime | None
     skip: bool = False  # ran less than `min_interval` ago
+    # BOT_GATEWAY_PRINCIPALS as (account, user|role, name): their calls are counted by /v1/usage
+    gateway: frozenset[tuple[str, str, str]] = frozenset()
 
     def skipped(self) -> LogsSyncResult:
         return LogsSyncResult("skipped", self.start, self.end, cursor=self.cursor)
@@ -140,7 +147,8 @@ class LogsRead:
 
 
 def plan_logs(session: Session, clock: Clock, metadata_keys: Sequence[str], *,
-              min_interval: timedelta = timedelta(0), max_hours: int = MAX_HOURS) -> LogsPlan:
+              min_interval: timedelta = timedelta(0), max_hours: int = MAX_HOURS,
+              gateway_principals: Sequence[str] = ()) -> LogsPlan:
     """The window: from the previous hour (or the cursor after a gap, never before the
     previous month) to now; a gap longer than `max_hours` is read `max_hours` at a time.
     `min_interval` lets a deployment run this collector less often than the CloudWatch sync
@@ -158,7 +166,8 @@ def plan_logs(session: Session, clock: Clock, metadata_keys: Sequence[str], *,
     if read_end - start > max_hours * HOUR:
         end = read_end = start + max_hours * HOUR
     skip = bool(cur is not None and min_interval and now - cur.updated_at < min_interval)
-    return LogsPlan(now, start, end, read_end, tuple(keys), cur.position if cur else None, skip)
+    return LogsPlan(now, start, end, read_end, tuple(keys), cur.position if cur else None, skip,
+                    gateway_identities(gateway_principals))
 
 
 def query_logs(plan: LogsPlan, insights: LogsInsights, log_group: str) -> LogsRead:
@@ -189,8 +198,9 @@ def record_logs(session: Session, clock: Clock, plan: LogsPlan, read: LogsRead,
 
     attribution = _Attribution(session, clock, keys)
     aips = _known_aips(session)
+    gateway = plan.gateway
     per_model: dict[tuple[int, datetime, str], _Sums] = {}
-    attributed = skipped_aip = unattributed = unattributed_tokens = 0
+    attributed = skipped_aip = skipped_gateway = unattributed = unattributed_tokens = 0
     strangers: Counter[str] = Counter()
     for hour, row in parsed:
         if hour is None or not start <= hour < read_end:
@@ -200,8 +210,11 @@ def record_logs(session: Session, clock: Clock, plan: LogsPlan, read: LogsRead,
         if _is_aip(model, aips):
             skipped_aip += requests
             continue
-        inp, out = _count(row.get(insights_query.IN_FIELD)), _count(row.get(insights_query.OUT_FIELD))
         arn = row.get(insights_query.ARN_FIELD, "")
+        if gateway and identity_of(arn) in gateway:
+            skipped_gateway += requests
+            continue
+        inp, out = _count(row.get(insights_query.IN_FIELD)), _count(row.get(insights_query.OUT_FIELD))
         meter_id = attribution.meter_for(arn, {k: row.get(metadata_field(k)) for k in keys})
         if meter_id is None:
             unattributed += requests
@@ -230,6 +243,7 @@ def record_logs(session: Session, clock: Clock, plan: LogsPlan, read: LogsRead,
     return LogsSyncResult(
         "complete", start, plan.end, rows=len(rows), ledger_rows=len(ledger_rows),
         attributed_requests=attributed, skipped_aip_requests=skipped_aip,
+        skipped_gateway_requests=skipped_gateway,
         unattributed_requests=unattributed, unattributed_tokens=unattributed_tokens,
         unattributed_arns=tuple(a for a, _ in strangers.most_common(UNATTRIBUTED_SHOWN)),
         malformed_rows=malformed, truncated=read.truncated, cursor=position,
@@ -269,6 +283,19 @@ def _advance(session: Session, cur: SyncCursor | None, position: datetime, now: 
 
 
 # ---- attribution ---------------------------------------------------------------------------
+
+
+def identity_of(arn: str) -> tuple[str, str, str] | None:
+    """(account, user|role, name) of an IAM user or role ARN, or of an STS session's role."""
+    iam = _IAM.match(arn)
+    if iam:
+        return iam["account"], iam["kind"], iam["name"].lower()
+    sts = _SESSION.match(arn)
+    return (sts["account"], "role", sts["role"].lower()) if sts else None
+
+
+def gateway_identities(arns: Sequence[str]) -> frozenset[tuple[str, str, str]]:
+    return frozenset(i for i in (identity_of(a) for a in arns) if i is not None)
 
 
 def _known_aips(session: Session) -> frozenset[str]:

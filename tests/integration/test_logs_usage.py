@@ -35,7 +35,7 @@ from bot.models import AuditEvent, Limit, Meter, Subject, SyncCursor, Usage
 from bot.pricing import PriceTable
 from bot.services import directory
 from bot.services.directory import Actor, SubjectRef
-from bot.services.ledger import LedgerRow, upsert
+from bot.services.ledger import LedgerRow, floor_hour, upsert
 from bot.services.logs_usage import CURSOR, LogsSyncResult, map_metadata
 from bot.services.usage import limit_status, report
 from tests.aips import provision_aip
@@ -556,3 +556,28 @@ def test_map_metadata_is_admin_only_validated_audited_and_repoints(db: Database,
 def _no_real_sleep(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     monkeypatch.setattr("time.sleep", lambda _: pytest.fail("a test slept"))
     yield
+
+
+def test_the_gateways_own_principal_is_skipped_so_gateway_calls_count_once(
+        db: Database, clock: FixedClock, logs: FakeLogs) -> None:
+    """The gateway reports its calls per subject via /v1/usage; its role's log rows (metadata
+    mapped to a subject included) must not be metered again."""
+    setup(db, clock)
+    with db.session_scope() as s:
+        map_metadata(s, clock, ADMIN, "userId", "u-bob", SubjectRef(name="bob"), KEYS)
+    gateway_role = "arn:aws:iam::123456789012:role/litellm-proxy"
+    at = T0 - timedelta(minutes=5)
+    logs.put(at, invocation(T0, session_arn("litellm-proxy", "pod-1"), HAIKU, 100, 10, {"userId": "u-bob"}))
+    logs.put(at, invocation(T0, gateway_role, HAIKU, 200, 20, {}))
+    logs.put(at, invocation(T0, ALICE_USER, HAIKU, 400, 40, {}))
+
+    result = sync(db, clock, logs, gateway_principals=[gateway_role])
+
+    assert result.skipped_gateway_requests == 2 and result.attributed_requests == 1
+    assert ledger(db) == {("principal", ALICE_USER, "alice", TEN): (400, 40, 0, 1, 150)}
+    # without the setting the same rows are metered (the double count the setting prevents)
+    clock.advance(hours=1)
+    logs.put(clock() - timedelta(minutes=5),
+             invocation(floor_hour(clock()), session_arn("litellm-proxy", "pod-1"), HAIKU, 100, 10,
+                        {"userId": "u-bob"}))
+    assert sync(db, clock, logs).attributed_requests >= 1

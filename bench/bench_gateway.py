@@ -1,0 +1,355 @@
+"""Gateway quota API latency and overshoot (issue 18), on SQLite and PostgreSQL.
+
+Targets (DESIGN.md §6): `/v1/quota/check` p99 <= 5 ms in process and within 2x of `/healthz` over
+HTTP in the same run, with 200 concurrent clients, 10k subjects and a large ledger; 0 overshoot
+under 200 concurrent reserve/settle pairs.
+
+Per database: seed 10k subjects with `--days` of hourly ledger rows (bench/common.py; 30 days =
+7.2M rows), then
+
+1. in process — a `QuotaBook` on the database, `--active` subjects warmed (their first, cold
+   check is reported apart), then `--clients` threads each do `--requests` rounds of: a check
+   with `estimated_tokens` (a reservation where a revoking limit applies) and, if allowed, the
+   `/v1/usage` settling it. One client alone is the service time; 200 at once is the target.
+2. over HTTP — the real `serve --no-scheduler` process with `BOT_GATEWAY_TOKENS`, the same
+   clients on keep-alive connections: `/healthz` first, then `/v1/quota/check`, same load.
+3. overshoot — one fresh subject with a 1M tokens/day limit; 200 threads at once each reserve
+   100k and settle 100k: settled must stay <= 1M (and exactly 10 may pass).
+
+Run from the repo root:
+
+    .venv/bin/python bench/bench_gateway.py [--db both|sqlite|postgres] [--subjects 10000]
+        [--days 30] [--clients 200] [--requests 20] [--active 2000] [--quick]
+
+All clients share this process (and this machine's 2 cores) with nothing else of the bot in (1)
+and with the HTTP client side in (2): the in-process figure at 200 clients is mostly waiting for
+the GIL, and is shown next to the one-client service time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import http.client
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.common import (
+    MODEL,
+    ROOT,
+    BenchDb,
+    databases,
+    git_revision,
+    load_average,
+    machine,
+    percentile,
+    seed,
+    table,
+    team_name,
+    verdict,
+)
+from bot.db import Database
+from bot.gateway_json import CheckRequest, UsageRequest, Who
+from bot.pricing import PriceTable
+from bot.quantities import Amount, Metric, Window
+from bot.services import directory, limits
+from bot.services.directory import Actor, SubjectRef
+from bot.services.quota import QuotaBook
+from tests.fakes.slack_api import FakeSlack
+
+TOKEN = "bench-gateway-token-0123456789"
+IN_PROCESS_P99_MS = 5.0
+HTTP_RATIO = 2.0
+
+
+def names(subjects: int, teams: int) -> list[str]:
+    users = subjects - teams
+    return [f"user{u:05d}" for u in range(1, users + 1)] + [team_name(t) for t in range(1, teams + 1)]
+
+
+@dataclass
+class Phase:
+    name: str
+    ms: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+    allowed: int = 0
+    errors: int = 0
+
+    def p(self, q: float) -> float:
+        return percentile(sorted(self.ms), q)
+
+    def row(self, db: str) -> list[str]:
+        rate = len(self.ms) / self.seconds if self.seconds else 0.0
+        return [f"{db}: {self.name}", f"{len(self.ms):,}", f"{self.p(0.5):.2f}", f"{self.p(0.99):.2f}",
+                f"{max(self.ms, default=0):.1f}", f"{rate:,.0f}", str(self.errors)]
+
+
+def run_clients(name: str, clients: int, rounds: int, work: Callable[[random.Random], tuple[float, bool]]
+                ) -> Phase:
+    """`clients` threads released together, each timing `rounds` calls of `work`."""
+    phase = Phase(name)
+    lock = threading.Lock()
+    barrier = threading.Barrier(clients + 1)
+
+    def client(i: int) -> None:
+        rnd, mine, ok, bad = random.Random(i), [], 0, 0
+        barrier.wait()
+        for _ in range(rounds):
+            try:
+                ms, allowed = work(rnd)
+                mine.append(ms)
+                ok += allowed
+            except Exception:
+                bad += 1
+        with lock:
+            phase.ms += mine
+            phase.allowed += ok
+            phase.errors += bad
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+    for t in threads:
+        t.start()
+    barrier.wait()
+    started = time.perf_counter()
+    for t in threads:
+        t.join()
+    phase.seconds = time.perf_counter() - started
+    return phase
+
+
+# ---- 1. in process ---------------------------------------------------------------------------
+
+
+def in_process(db: Database, active: list[str], clients: int, rounds: int) -> list[Phase]:
+    book = QuotaBook(db, lambda: datetime.now(UTC), PriceTable.load(), ZoneInfo("UTC"), 0,
+                     refresh=0.1)
+    cold = Phase("cold check (view load)")
+    started = time.perf_counter()
+    for name in active:
+        t = time.perf_counter()
+        book.check(CheckRequest(Who(subject=name), MODEL, 0))
+        cold.ms.append((time.perf_counter() - t) * 1000)
+    cold.seconds = time.perf_counter() - started
+    seq = iter(range(10**9))
+
+    def pair(rnd: random.Random) -> tuple[float, bool]:
+        who = Who(subject=rnd.choice(active))
+        t = time.perf_counter()
+        d = book.check(CheckRequest(who, MODEL, 1000))
+        ms = (time.perf_counter() - t) * 1000
+        if d.allowed:
+            book.usage(UsageRequest(who, f"b{next(seq)}", MODEL, 700, 100, 0, 0, d.reservation))
+        return ms, d.allowed
+
+    one = run_clients("check, 1 client", 1, min(2000, rounds * 50), pair)
+    many = run_clients(f"check, {clients} clients", clients, rounds, pair)
+    return [cold, one, many]
+
+
+def overshoot(db: Database, clients: int) -> tuple[int, int, int]:
+    """(allowed, settled tokens, limit) for `clients` simultaneous 100k reserve/settle pairs."""
+    clock = lambda: datetime.now(UTC)  # noqa: E731
+    name = f"overshoot-{os.getpid()}-{random.randrange(10**6)}"
+    with db.session_scope() as s:
+        directory.ensure_user(s, clock, Actor.system("bench"), SubjectRef(name=name))
+        limits.set_limit(s, clock, Actor.system("bench"), SubjectRef(name=name), Amount(1_000_000, False),
+                         Window.DAY, Metric.TOKENS, (80, 90), "revoke", False)
+    book = QuotaBook(db, clock, PriceTable.load(), ZoneInfo("UTC"), 0)
+    book.check(CheckRequest(Who(subject=name), MODEL, 0))
+    seq = iter(range(10**9))
+
+    def pair(_: random.Random) -> tuple[float, bool]:
+        d = book.check(CheckRequest(Who(subject=name), MODEL, 100_000))
+        if d.allowed:
+            book.usage(UsageRequest(Who(subject=name), f"o{next(seq)}", MODEL, 90_000, 10_000, 0, 0,
+                                    d.reservation))
+        return 0.0, d.allowed
+
+    phase = run_clients("overshoot", clients, 1, pair)
+    state = book.check(CheckRequest(Who(subject=name), MODEL, 0))
+    used = next(x.used for x in state.limits)
+    return phase.allowed, used, 1_000_000
+
+
+# ---- 2. over HTTP ----------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextlib.contextmanager
+def serve(db: BenchDb, workdir: Path, port: int, slack_url: str) -> Iterator[subprocess.Popen[bytes]]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("BOT_", "SLACK_", "AWS_"))}
+    # serve's preflight calls auth.test before it listens: a local Slack stand-in answers it
+    env.update({"DATABASE_URL": db.url, "SLACK_BOT_TOKEN": "xoxb-bench", "SLACK_SIGNING_SECRET": "bench",
+                "SLACK_API_URL": slack_url, "BOT_GATEWAY_TOKENS": TOKEN, "BOT_TIMEZONE": "UTC",
+                "BOT_PROFILES_BACKEND": "local", "AWS_REGION": "us-east-1", "PYTHONPATH": str(ROOT),
+                "AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "x"})
+    log = (workdir / "serve.log").open("wb")
+    proc = subprocess.Popen([sys.executable, "-m", "handlers.main", "serve", "--host", "127.0.0.1", "--port",
+                             str(port), "--no-scheduler"], cwd=workdir, env=env, stdout=log,
+                            stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError):
+                c = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+                c.request("GET", "/healthz")
+                if c.getresponse().status == 200:
+                    break
+            time.sleep(0.2)
+        yield proc
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=10)
+        if proc.poll() is None:
+            proc.kill()
+        log.close()
+
+
+def over_http(port: int, active: list[str], clients: int, rounds: int) -> list[Phase]:
+    local = threading.local()
+
+    def conn() -> http.client.HTTPConnection:
+        if getattr(local, "c", None) is None:
+            local.c = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        return local.c  # type: ignore[no-any-return]
+
+    def call(method: str, path: str, body: bytes | None) -> tuple[float, int, bytes]:
+        t = time.perf_counter()
+        c = conn()
+        try:
+            c.request(method, path, body=body, headers={"authorization": f"Bearer {TOKEN}",
+                                                        "content-type": "application/json"})
+            resp = c.getresponse()
+            out = resp.read()
+        except (OSError, http.client.HTTPException):
+            local.c = None
+            raise
+        return (time.perf_counter() - t) * 1000, resp.status, out
+
+    def health(_: random.Random) -> tuple[float, bool]:
+        ms, status, _ = call("GET", "/healthz", None)
+        return ms, status == 200
+
+    def check(rnd: random.Random) -> tuple[float, bool]:
+        body = json.dumps({"subject": rnd.choice(active), "model": MODEL, "estimated_tokens": 1000}).encode()
+        ms, status, out = call("POST", "/v1/quota/check", body)
+        if status != 200:
+            raise RuntimeError(status)
+        doc = json.loads(out)
+        if doc["allowed"] and doc["reservation"]:  # settle it, as a gateway would (not timed)
+            call("POST", "/v1/usage", json.dumps({"subject": doc["subject"], "request_id": doc["reservation"],
+                                                 "model": MODEL, "input_tokens": 700, "output_tokens": 100,
+                                                 "reservation": doc["reservation"]}).encode())
+        return ms, bool(doc["allowed"])
+
+    warm = run_clients("warm-up", 8, max(1, len(active) // 8), check)
+    del warm
+    return [run_clients(f"/healthz, {clients} clients", clients, rounds, health),
+            run_clients(f"/v1/quota/check, {clients} clients", clients, rounds, check)]
+
+
+# ---- the run ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Result:
+    db: str
+    rows: int
+    seed_s: float
+    phases: list[Phase]
+    http: list[Phase]
+    over: tuple[int, int, int]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    ap.add_argument("--db", choices=("both", "sqlite", "postgres"), default="both")
+    ap.add_argument("--subjects", type=int, default=10_000)
+    ap.add_argument("--days", type=int, default=30)
+    ap.add_argument("--clients", type=int, default=200)
+    ap.add_argument("--requests", type=int, default=20, help="rounds per client")
+    ap.add_argument("--active", type=int, default=2000, help="subjects the clients ask about")
+    ap.add_argument("--quick", action="store_true", help="1,000 subjects, 3 days, 5 rounds")
+    args = ap.parse_args()
+    if args.quick:
+        args.subjects, args.days, args.requests, args.active = 1000, 3, 5, 500
+    print(f"machine: {machine()}; revision {git_revision()}")
+    print(f"{args.clients} concurrent clients × {args.requests} checks (estimated_tokens=1000, settled when "
+          f"allowed), {args.subjects:,} subjects ({args.active:,} asked about), {args.days} days of ledger\n")
+    results = []
+    with tempfile.TemporaryDirectory(prefix="bench-gw-") as tmp:
+        workdir = Path(tmp)
+        for ctx in databases(args.db, workdir, "bench_gw"):
+            with ctx as bdb:
+                print(f"{bdb.name}:", file=sys.stderr)
+                sd = seed(bdb.url, args.subjects, args.days, now=datetime.now(UTC) + timedelta(hours=1))
+                teams = args.subjects // 20
+                rnd = random.Random(7)
+                active = rnd.sample(names(args.subjects, teams), min(args.active, args.subjects))
+                db = Database(bdb.url)
+                try:
+                    phases = in_process(db, active, args.clients, args.requests)
+                    over = overshoot(db, args.clients)
+                finally:
+                    db.dispose()
+                port = free_port()
+                with FakeSlack() as slack, serve(bdb, workdir, port, slack.url):
+                    http_phases = over_http(port, active, args.clients, args.requests)
+                results.append(Result(bdb.name, sd.usage_rows, sd.seconds, phases, http_phases, over))
+    return report(results, args)
+
+
+def report(results: list[Result], args: argparse.Namespace) -> int:
+    rows, ok = [], True
+    for r in results:
+        rows += [p.row(r.db) for p in r.phases] + [p.row(r.db) for p in r.http]
+    print(table(["phase", "calls", "p50 ms", "p99 ms", "max ms", "per s", "errors"], rows))
+    print()
+    verdicts = []
+    for r in results:
+        one, many = r.phases[1], r.phases[2]
+        health, check = r.http
+        ratio = check.p(0.99) / health.p(0.99) if health.ms else float("inf")
+        allowed, used, limit = r.over
+        over = max(0, used - limit)
+        verdicts += [
+            [f"{r.db}: in process, 1 client, p99 <= {IN_PROCESS_P99_MS:g} ms", f"{one.p(0.99):.2f} ms",
+             verdict(one.p(0.99) <= IN_PROCESS_P99_MS)],
+            [f"{r.db}: in process, {args.clients} clients, p99 <= {IN_PROCESS_P99_MS:g} ms",
+             f"{many.p(0.99):.2f} ms", verdict(many.p(0.99) <= IN_PROCESS_P99_MS)],
+            [f"{r.db}: HTTP p99 check / healthz <= {HTTP_RATIO:g}", f"{ratio:.2f}",
+             verdict(ratio <= HTTP_RATIO)],
+            [f"{r.db}: overshoot, {args.clients} reserve/settle pairs on 1M",
+             f"{over} ({allowed} allowed, {used:,} settled)", verdict(over == 0)],
+        ]
+        ok &= over == 0 and ratio <= HTTP_RATIO and one.p(0.99) <= IN_PROCESS_P99_MS
+        print(f"{r.db}: {r.rows:,} ledger rows, seeded in {r.seed_s:.0f} s")
+    print()
+    print(table(["target", "measured", "verdict"], verdicts))
+    print(f"\nat the end: {load_average()}")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
