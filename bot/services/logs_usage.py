@@ -104,13 +104,15 @@ class _Sums:
 
 def sync_logs(session: Session, clock: Clock, insights: LogsInsights, log_group: str,
               metadata_keys: Sequence[str], prices: PriceTable, *,
-              min_interval: timedelta = timedelta(0), max_hours: int = MAX_HOURS) -> LogsSyncResult:
+              min_interval: timedelta = timedelta(0), max_hours: int = MAX_HOURS,
+              until: datetime | None = None) -> LogsSyncResult:
     """Read the unsynced whole hours of the invocation logs into the ledger (see module doc).
 
     The window starts at the previous hour (or at the cursor after a gap, never before the
     previous month) and ends now; a gap longer than `max_hours` is read `max_hours` at a time.
     `min_interval` lets a deployment run this collector less often than the CloudWatch sync
-    (each run is billed per GB scanned).
+    (each run is billed per GB scanned). With `until` (the usage stream's handover hour) only
+    hours before it are read: the stream counts the rest (docs/usage-stream.md).
     """
     keys = insights_query.validate_metadata_keys(metadata_keys)
     if max_hours < 2:
@@ -124,6 +126,10 @@ def sync_logs(session: Session, clock: Clock, insights: LogsInsights, log_group:
     end, read_end = now, this_hour + HOUR
     if read_end - start > max_hours * HOUR:
         end = read_end = start + max_hours * HOUR
+    if until is not None:
+        if start >= until:
+            return LogsSyncResult("skipped", start, end, cursor=cur.position if cur else None)
+        end, read_end = min(end, until), min(read_end, until)
     if cur is not None and min_interval and now - cur.updated_at < min_interval:
         return LogsSyncResult("skipped", start, end, cursor=cur.position)
 
@@ -145,7 +151,7 @@ def sync_logs(session: Session, clock: Clock, insights: LogsInsights, log_group:
         log.warning("invocation-log query returned %d rows (the limit): read up to %s, the rest "
                     "next sync", len(rows), read_end.isoformat())
 
-    attribution = _Attribution(session, clock, keys)
+    attribution = Attribution(session, clock, keys)
     aips = _known_aips(session)
     per_model: dict[tuple[int, datetime, str], _Sums] = {}
     attributed = skipped_aip = unattributed = unattributed_tokens = 0
@@ -239,7 +245,7 @@ class _Linked:
     subject_kind: str
 
 
-class _Attribution:
+class Attribution:
     """Row → meter, per the precedence in the module doc. Loaded once per sync."""
 
     def __init__(self, session: Session, clock: Clock, keys: Sequence[str]) -> None:

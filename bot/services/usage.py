@@ -10,7 +10,7 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from bot.aws.metrics import ALL_METRICS, TOKEN_METRICS, CloudWatchMetrics, HourlyUsage
+from bot.aws.metrics import ALL_METRICS, CloudWatchMetrics, HourlyUsage
 from bot.aws.profiles import ProfilesBackend
 from bot.clock import Clock
 from bot.errors import Denied, NotFound
@@ -52,10 +52,12 @@ def backfill_start(now: datetime) -> datetime:
 
 def sync_usage(session: Session, clock: Clock, metrics: CloudWatchMetrics,
                backend: ProfilesBackend | None, prices: PriceTable,
-               discover: bool = True) -> SyncResult:
+               discover: bool = True, until: datetime | None = None) -> SyncResult:
     """Read the current and previous hour (or since the last sync) into the ledger.
 
     A profile never synced before is backfilled from the start of the previous month.
+    With `until` (the usage stream's handover hour) only hours before it are read and
+    written: from then on the stream counts AIP calls (docs/usage-stream.md).
     """
     now = clock()
     calls_before = Counter(metrics.calls)
@@ -64,22 +66,28 @@ def sync_usage(session: Session, clock: Clock, metrics: CloudWatchMetrics,
     start = floor_hour(now) - HOUR
     if cur is not None and cur.position < start:
         start = max(cur.position, backfill_start(now))
-    active = metrics.active_model_ids(recently_active=now - start <= RECENT)
+    stop = now if until is None else min(now, until)
     profiles = {p.profile_id: p for p in session.scalars(select(Profile))}
     fresh = [p for p in profiles.values() if p.backfilled_at is None]
-    wanted = {pid: names for pid, names in active.items()
-              if pid in profiles and profiles[pid].backfilled_at is not None}
-    # ListMetrics can take up to 15 minutes to list a metric it has never seen: profiles
-    # created in the last day are read whether listed or not, so their first breach counts.
-    for p in profiles.values():
-        if p.backfilled_at is not None and p.profile_id not in wanted and now - p.created_at < NEW_PROFILE:
-            wanted[p.profile_id] = frozenset(TOKEN_METRICS)
-    readings = metrics.hourly(wanted, start, now) if wanted else []
+    wanted: dict[str, frozenset[str]] = {}
+    if start < stop:
+        active = metrics.active_model_ids(recently_active=now - start <= RECENT)
+        wanted = {pid: names for pid, names in active.items()
+                  if pid in profiles and profiles[pid].backfilled_at is not None}
+        # ListMetrics can take up to 15 minutes to list a metric it has never seen: profiles
+        # created in the last day are read whether listed or not (cache tokens included, since
+        # `tokens` counts them), so their first breach counts.
+        for p in profiles.values():
+            young = now - p.created_at < NEW_PROFILE
+            if p.backfilled_at is not None and p.profile_id not in wanted and young:
+                wanted[p.profile_id] = frozenset(ALL_METRICS)
+    readings = metrics.hourly(wanted, start, stop) if wanted else []
     if fresh:
         # The last 3 hours say nothing about last month: ask for every metric, cache
         # tokens included (a one-off cost per profile).
         backfill = {p.profile_id: frozenset(ALL_METRICS) for p in fresh}
-        readings += metrics.hourly(backfill, backfill_start(now), now)
+        if stop > backfill_start(now):
+            readings += metrics.hourly(backfill, backfill_start(now), stop)
         for p in fresh:
             p.backfilled_at = now
     rows = _ledger_rows(session, clock, readings, profiles, prices)
