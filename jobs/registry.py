@@ -6,7 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 from bot.runtime import Services
-from jobs import daily_digest, enforce, expire_requests, flush_outbox, reconcile, usage_sync
+from jobs import daily_digest, enforce, expire_requests, flush_outbox, reconcile, usage_stream, usage_sync
 
 JOBS: dict[str, Callable[[Services], Any]] = {
     usage_sync.NAME: usage_sync.run,
@@ -15,4 +15,5 @@ JOBS: dict[str, Callable[[Services], Any]] = {
     reconcile.NAME: reconcile.run,
     flush_outbox.NAME: flush_outbox.run,
     daily_digest.NAME: daily_digest.run,
+    usage_stream.NAME: usage_stream.run,  # one pass over BOT_USAGE_STREAM (usage_sync reads it too)
 }

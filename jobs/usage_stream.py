@@ -21,11 +21,13 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from bot.aws.usage_stream import IteratorExpired, KinesisStream, Page, Shard, Throttled
-from bot.errors import AwsError, BotError
+from bot.errors import AwsError, BadInput, BotError
+from bot.execute import Outcome
 from bot.runtime import Services
 from bot.services import audit, stream_check, stream_usage
 from bot.services.stream_check import CrossCheckResult
 from bot.services.stream_usage import BatchResult
+from jobs import enforce
 
 log = logging.getLogger(__name__)
 
@@ -226,11 +228,17 @@ def consume(services: Services, max_records: int = 10_000,
     return result
 
 
-def run(services: Services) -> ConsumeResult | None:
-    """The job: one pass, when the stream is configured."""
+def run(services: Services) -> Outcome[ConsumeResult]:
+    """The job (`bedrock-bot run-job usage_stream`): one pass, then enforce what it counted."""
     if not services.settings.aws.usage_stream:
-        return None
-    return consume(services, consumer=_consumer_for(services))
+        return Outcome(error=BadInput("BOT_USAGE_STREAM is not set: there is no stream to read"))
+    try:
+        result = consume(services, consumer=_consumer_for(services))
+    except BotError as exc:
+        return Outcome(error=exc)
+    if result.counted:
+        enforce.run(services)
+    return Outcome(value=result)
 
 
 # ---- what usage_sync runs when the stream is set -----------------------------------------

@@ -261,7 +261,12 @@ class Attribution:
             m = _IAM.match(arn)
             if m:
                 self.linked[(m["account"], m["kind"], m["name"].lower())] = _Linked(arn, subject_id, kind)
-        self.meters: dict[tuple[str, int], int] = {}
+        # Existing principal meters, so a hit costs no query (ensure_meter for the rest, which
+        # also re-points a meter whose principal moved to another subject).
+        self.meters: dict[tuple[str, int], int] = {
+            (key, subject_id): meter_id for key, subject_id, meter_id in session.execute(
+                select(Meter.key, Meter.subject_id, Meter.id).where(Meter.kind == "principal",
+                                                                    Meter.subject_id.is_not(None)))}
         self.members: dict[int, dict[str, int]] = {}
 
     def meter_for(self, arn: str, metadata: Mapping[str, str | None]) -> int | None:

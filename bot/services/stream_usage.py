@@ -264,15 +264,21 @@ class _Resolver:
         self.session, self.clock = session, clock
         self.attribution = Attribution(session, clock, keys)
         self.keys = list(keys)
-        self.profiles: dict[str, Profile] = {}
-        for p in session.scalars(select(Profile)):
-            self.profiles[p.arn] = self.profiles[p.profile_id] = p
+        # AIP ARN and id → (id, model it copies, subject): plain rows, no ORM objects to build.
+        self.profiles: dict[str, tuple[str, str, int | None]] = {}
+        for arn, pid, model, subject_id in session.execute(
+                select(Profile.arn, Profile.profile_id, Profile.model_id, Profile.subject_id)):
+            self.profiles[arn] = self.profiles[pid] = (pid, model, subject_id)
         self.aip_meters: dict[str, int] = {}
+        self.existing: dict[str, tuple[int, int | None]] = {
+            key: (meter_id, subject_id) for key, meter_id, subject_id in session.execute(
+                select(Meter.key, Meter.id, Meter.subject_id).where(Meter.kind == "profile"))}
 
     def meter_for(self, call: Invocation) -> tuple[int, str] | None:
         profile = self.profiles.get(call.model_id)
         if profile is not None:
-            return self._aip_meter(profile.profile_id, profile.subject_id), profile.model_id
+            pid, model, subject_id = profile
+            return self._aip_meter(pid, subject_id), model
         unknown = _AIP.match(call.model_id)
         if unknown is not None:
             # Priced at 0 until adopted: an AIP's ARN does not say which model it copies.
@@ -285,6 +291,10 @@ class _Resolver:
         found = self.aip_meters.get(profile_id)
         if found is not None:
             return found
+        existing = self.existing.get(profile_id)
+        if existing is not None and (subject_id is None or existing[1] == subject_id):
+            self.aip_meters[profile_id] = existing[0]
+            return existing[0]
         if subject_id is not None:  # a known AIP: its meter follows the profile's subject
             meter_id = directory.ensure_meter(self.session, self.clock, "profile", profile_id, subject_id).id
         else:  # never re-point an existing meter to nobody

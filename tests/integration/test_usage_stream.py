@@ -472,3 +472,18 @@ def test_checkpoints_and_handover_live_in_the_database(db: Database, clock: Fixe
         cps = s.scalars(select(StreamCheckpoint)).all()
         assert {cp.stream for cp in cps} == {STREAM} and all(cp.sequence for cp in cps)
         assert s.get(SyncCursor, stream_usage.HANDOVER).position == ELEVEN  # type: ignore[union-attr]
+
+
+def test_run_job_usage_stream_reads_once_and_refuses_without_a_stream(db: Database, clock: FixedClock,
+                                                                      aws: dict[str, Any]) -> None:
+    from jobs.registry import JOBS
+
+    aip = setup_directory(db, clock)
+    services = services_for(db, clock, aws)
+    start_stream(db, clock)
+    put(aws, [(event_id(), record(clock(), aip, inp=5))], clock())
+    out = JOBS["usage_stream"](services)
+    assert out.ok and out.value is not None and out.value.counted == 1
+    plain = Services(load_settings(None, DATABASE_URL=db.url), db, clock, overrides=dict(aws))
+    refused = JOBS["usage_stream"](plain)
+    assert not refused.ok and "BOT_USAGE_STREAM is not set" in refused.message
