@@ -63,7 +63,7 @@ def cmd_iam_policy(args: argparse.Namespace, settings: Settings) -> int:
     aws = settings.aws
     try:
         policy = bot_policy(aws.region, args.account_id, aws.sns_topic_arns or None, aws.sqs_queue_url,
-                            log_group=aws.invocation_log_group)
+                            log_group=aws.invocation_log_group, usage_stream=aws.usage_stream)
     except ValueError as exc:
         print(f"iam-policy: {exc}", file=sys.stderr)
         return 2

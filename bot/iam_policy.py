@@ -36,6 +36,11 @@ What each statement is for, and why it is no narrower:
   attributes on the queue.
 - **CloudWatch Logs Insights** (invocation-log metering): ``StartQuery``/``GetQueryResults`` on
   the invocation log group; ``StopQuery`` has no resource type.
+- **Kinesis** (the usage stream, only when ``BOT_USAGE_STREAM`` is set): ``DescribeStreamSummary``,
+  ``ListShards``, ``GetShardIterator`` and ``GetRecords`` on that stream — all four authorize
+  against the stream resource. Nothing that writes: CloudWatch Logs puts the records with a role
+  of its own (``deploy/usage-stream.yaml``). A stream encrypted with the AWS-managed key
+  ``alias/aws/kinesis`` needs no KMS permission; a customer key needs ``kms:Decrypt`` on it.
 - ``sts:GetCallerIdentity`` needs no permission at all (AWS always allows it); it is listed so
   the document names every call the bot makes.
 """
@@ -63,6 +68,11 @@ _ARN = re.compile(r"arn:(?P<partition>aws(?:-[a-z]+)*):(?P<service>[a-z0-9-]+):(
 _QUEUE_HOST = re.compile(r"sqs\.(?P<region>[a-z0-9-]+)\.amazonaws\.com(?P<cn>\.cn)?", re.ASCII)
 _LOG_GROUP = re.compile(r"[.\-_/#A-Za-z0-9]{1,512}", re.ASCII)
 _PATH = re.compile(r"/([\x21-\x7e]{0,510}/)?", re.ASCII)
+_STREAM_NAME = re.compile(r"[A-Za-z0-9_.-]{1,128}", re.ASCII)
+_STREAM_ARN = re.compile(r"arn:aws(-[a-z]+)*:kinesis:[a-z0-9-]+:\d{12}:stream/[A-Za-z0-9_.-]{1,128}",
+                         re.ASCII)
+STREAM_READ_ACTIONS = ["kinesis:DescribeStreamSummary", "kinesis:GetRecords", "kinesis:GetShardIterator",
+                       "kinesis:ListShards"]
 
 
 def partition_of(region: str | None) -> str:
@@ -94,11 +104,12 @@ def _check_arn(arn: str, service: str, what: str) -> str:
 def bot_policy(region: str | None = None, account_id: str | None = None,
                topic_arn: str | Sequence[str] | None = None, queue_arn: str | None = None, *,
                log_group: str | None = None, principal_path: str = "/",
-               partition: str | None = None) -> dict[str, Any]:
+               partition: str | None = None, usage_stream: str | None = None) -> dict[str, Any]:
     """The bot's identity policy. Unknown region/account/topic/queue/log group become ``*``.
 
     ``topic_arn`` may list several topics (``BOT_SNS_TOPIC_ARNS``: all are confirmed, alarms may
     notify any of them); ``queue_arn`` also takes the queue URL (``BOT_SQS_QUEUE_URL``).
+    ``usage_stream`` (``BOT_USAGE_STREAM``, a name or an ARN) adds the Kinesis read statement.
     Bad values raise ValueError with a one-line reason.
     """
     if region is not None and not _REGION.fullmatch(region):
@@ -119,9 +130,29 @@ def bot_policy(region: str | None = None, account_id: str | None = None,
         raise ValueError(f"{log_group!r} is not a CloudWatch Logs group name")
     if not _PATH.fullmatch(principal_path):
         raise ValueError(f"{principal_path!r} is not an IAM path (/ or /a/b/)")
-    return _document(
-        partition=partition or partition_of(region), region=region or "*", account=account_id or "*",
+    part = partition or partition_of(region)
+    doc = _document(
+        partition=part, region=region or "*", account=account_id or "*",
         topics=topics, queue=queue, log_group=log_group, principal_path=principal_path)
+    if usage_stream is not None:
+        doc["Statement"].append(stream_statement(
+            stream_arn(usage_stream, partition=part, region=region or "*", account=account_id or "*")))
+    return doc
+
+
+def stream_arn(stream: str, *, partition: str, region: str, account: str) -> str:
+    """The usage stream's ARN from BOT_USAGE_STREAM (an ARN as is; a name in this region/account)."""
+    stream = stream.strip()
+    if _STREAM_ARN.fullmatch(stream):
+        return stream
+    if not _STREAM_NAME.fullmatch(stream):
+        raise ValueError(f"{stream!r} is not a Kinesis stream name or ARN")
+    return f"arn:{partition}:kinesis:{region}:{account}:stream/{stream}"
+
+
+def stream_statement(resource: Any) -> dict[str, Any]:
+    """Read the usage stream (the bot never writes to it)."""
+    return _allow("KinesisReadUsageStream", list(STREAM_READ_ACTIONS), resource)
 
 
 def _document(*, partition: str, region: str, account: str, topics: Sequence[str], queue: str | None,
@@ -235,6 +266,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--queue", help="queue ARN or URL")
     parser.add_argument("--log-group")
     parser.add_argument("--principal-path", default="/")
+    parser.add_argument("--usage-stream", help="BOT_USAGE_STREAM: a Kinesis stream name or ARN")
     parser.add_argument("--cfn", action="store_true", help="the CloudFormation form the template embeds")
     args = parser.parse_args(argv)
     if args.cfn:
@@ -242,7 +274,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         policy = bot_policy(args.region, args.account_id, args.topic_arn, args.queue,
-                            log_group=args.log_group, principal_path=args.principal_path)
+                            log_group=args.log_group, principal_path=args.principal_path,
+                            usage_stream=args.usage_stream)
     except ValueError as exc:
         print(f"iam-policy: {exc}", file=sys.stderr)
         return 2
