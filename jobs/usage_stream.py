@@ -20,6 +20,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
+from sqlalchemy.exc import SQLAlchemyError
+
 from bot.aws.usage_stream import IteratorExpired, KinesisStream, Page, Shard, Throttled
 from bot.errors import AwsError, BadInput, BotError
 from bot.execute import Outcome
@@ -268,6 +270,16 @@ def consume_for_sync(services: Services, max_records: int = 10_000) -> datetime 
                          {"reason": str(exc)[:500]}, outcome="error")
     with s.db.session_scope() as session:
         return stream_usage.handover(session)
+
+
+def forget(services: Services) -> None:
+    """BOT_USAGE_STREAM unset: drop a handover left from when it was set (see stream_usage). A
+    database that fails here fails the sync's own transaction next, which reports it."""
+    try:
+        with services.db.session_scope() as session:
+            stream_usage.forget_handover(session)
+    except SQLAlchemyError as exc:
+        log.warning("usage stream handover not checked: %s", type(exc).__name__)
 
 
 def cross_check(services: Services) -> CrossCheckResult | None:

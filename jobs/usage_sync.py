@@ -33,7 +33,7 @@ def run(services: Services, discover: bool = True, then_enforce: bool = True) ->
 
 
 def _sync(s: Services, discover: bool) -> Outcome[SyncResult]:
-    until = usage_stream.consume_for_sync(s) if s.settings.aws.usage_stream else None
+    until = usage_stream.consume_for_sync(s) if s.settings.aws.usage_stream else usage_stream.forget(s)
     out = execute(s.db, s.clock, Actor.system(NAME), NAME, "usage", lambda session: sync_usage(
         session, s.clock, s.metrics, s.profiles, s.prices, discover=discover, until=until))
     if out.ok and out.value is not None:

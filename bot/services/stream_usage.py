@@ -112,6 +112,21 @@ def ensure_handover(session: Session, clock: Clock) -> datetime:
     return cur.position
 
 
+def forget_handover(session: Session) -> datetime | None:
+    """The stream was switched off (BOT_USAGE_STREAM unset): polling counts every hour again,
+    overwriting them whole, and a stream switched on later must start from a new handover hour
+    — resuming at the old one would add its calls to hours polling has since written."""
+    cur = session.get(SyncCursor, HANDOVER)
+    if cur is None:
+        return None
+    at = cur.position
+    session.delete(cur)
+    session.flush()
+    log.warning("usage stream switched off: polling counts every hour again (handover was %s)",
+                at.isoformat())
+    return at
+
+
 # ---- checkpoints ------------------------------------------------------------------------
 
 

@@ -487,3 +487,29 @@ def test_run_job_usage_stream_reads_once_and_refuses_without_a_stream(db: Databa
     plain = Services(load_settings(None, DATABASE_URL=db.url), db, clock, overrides=dict(aws))
     refused = JOBS["usage_stream"](plain)
     assert not refused.ok and "BOT_USAGE_STREAM is not set" in refused.message
+
+
+def test_switching_the_stream_off_and_on_again_never_counts_an_hour_twice(
+        db: Database, clock: FixedClock, aws: dict[str, Any]) -> None:
+    aip = setup_directory(db, clock)
+    pid = aip.rsplit("/", 1)[1]
+    on = services_for(db, clock, aws)
+    start_stream(db, clock)  # handover 11:00, now 11:10
+    put(aws, [(event_id(), record(clock(), aip, inp=70, out=0))], clock())
+    usage_stream.consume(on)
+    # Switched off: polling writes 11:00 whole from CloudWatch (the same call), and 12:00.
+    off = Services(load_settings(None, DATABASE_URL=db.url, BOT_PROFILES_BACKEND="local"), db, clock,
+                   overrides={**aws, "account_id": ACCOUNT})
+    _set(clock, ELEVEN + H + timedelta(minutes=30))
+    for at, value in ((ELEVEN + timedelta(minutes=10), 70), (ELEVEN + H + timedelta(minutes=5), 30)):
+        aws["cloudwatch"].put_metric_data(Namespace="AWS/Bedrock", MetricData=[
+            {"MetricName": n, "Dimensions": [{"Name": "ModelId", "Value": pid}], "Timestamp": at,
+             "Value": v} for n, v in (("InputTokenCount", value), ("Invocations", 1))])
+    usage_sync.run(off, discover=False, then_enforce=False)
+    with db.session_scope() as s:
+        assert stream_usage.handover(s) is None
+    # On again at 12:30: a new handover (13:00); the 12:00 call in the stream is polling's.
+    put(aws, [(event_id(), record(ELEVEN + H + timedelta(minutes=5), aip, inp=30, out=0))], clock())
+    result = usage_stream.consume(on)
+    assert result.handover == ELEVEN + 2 * H and result.before_handover == 1
+    assert [(r[2], r[3], r[7]) for r in usage_rows(db)] == [(ELEVEN, 70, 1), (ELEVEN + H, 30, 1)]
