@@ -175,10 +175,21 @@ def apply_batch(session: Session, clock: Clock, stream: str, shard_id: str, expe
     result.duplicates += len(calls) - len(fresh)
     now = clock()
     resolver = _Resolver(session, clock, metadata_keys)
+    sums = _attribute([c for c in calls if c.event_id in fresh], resolver, floor_hour(now), result)
+    result.ledger_rows = ledger.add(session, _ledger_rows(sums, prices), now)
+    if records:
+        cp.sequence = records[-1].sequence
+    cp.updated_at = now
+    result.sequence = cp.sequence
+    session.flush()
+    return result
+
+
+def _attribute(calls: Iterable[Invocation], resolver: _Resolver, this_hour: datetime,
+               result: BatchResult) -> dict[tuple[int, datetime, str], list[int]]:
+    """Sums per (meter, hour, model priced as): input, output, cache read, cache write, calls."""
     sums: dict[tuple[int, datetime, str], list[int]] = {}
     for call in calls:
-        if call.event_id not in fresh:
-            continue
         target = resolver.meter_for(call)
         if target is None:
             result.unattributed += 1
@@ -186,7 +197,7 @@ def apply_batch(session: Session, clock: Clock, stream: str, shard_id: str, expe
             result.strangers[call.identity_arn or "(no identity)"] += call.tokens
             continue
         meter_id, priced_as = target
-        hour = min(floor_hour(call.at), floor_hour(now))  # a clock ahead of ours: count it now
+        hour = min(floor_hour(call.at), this_hour)  # a clock ahead of ours: count it now
         acc = sums.setdefault((meter_id, hour, priced_as), [0, 0, 0, 0, 0])
         acc[0] += call.input_tokens
         acc[1] += call.output_tokens
@@ -195,14 +206,7 @@ def apply_batch(session: Session, clock: Clock, stream: str, shard_id: str, expe
         acc[4] += 1
         result.counted += 1
         result.tokens += call.tokens
-    rows = _ledger_rows(sums, prices)
-    result.ledger_rows = ledger.add(session, rows, now)
-    if records:
-        cp.sequence = records[-1].sequence
-    cp.updated_at = now
-    result.sequence = cp.sequence
-    session.flush()
-    return result
+    return sums
 
 
 def _calls(records: Iterable[StreamRecord], handover_at: datetime, result: BatchResult) -> list[Invocation]:
