@@ -14,6 +14,7 @@ from jobs import (
     flush_outbox,
     prices_refresh,
     reconcile,
+    usage_stream,
     usage_sync,
 )
 
@@ -26,4 +27,5 @@ JOBS: dict[str, Callable[[Services], Any]] = {
     daily_digest.NAME: daily_digest.run,
     prices_refresh.NAME: prices_refresh.run,
     bill_reconcile.NAME: bill_reconcile.run,
+    usage_stream.NAME: usage_stream.run,  # one pass over BOT_USAGE_STREAM (usage_sync reads it too)
 }
