@@ -59,7 +59,7 @@ def cmd_iam_policy(args: argparse.Namespace, settings: Settings) -> int:
     try:
         policy = bot_policy(aws.region, args.account_id, aws.sns_topic_arns or None, aws.sqs_queue_url,
                             log_group=aws.invocation_log_group, principal_path=args.principal_path,
-                            database_secret=aws.database_secret)
+                            database_secret=aws.database_secret, usage_stream=aws.usage_stream)
     except ValueError as exc:
         print(f"iam-policy: {exc}", file=sys.stderr)
         return 2

@@ -29,6 +29,10 @@ _SECRET_ARN = re.compile(
     r"^arn:aws[a-z-]*:secretsmanager:[a-z0-9-]+:\d{12}:secret:[A-Za-z0-9/_+=.@!-]{1,512}\Z")
 REGION_HINT = ("no AWS region: set one with `export AWS_REGION=eu-west-1` (or AWS_DEFAULT_REGION, "
                "or `region` in your AWS profile)")
+# Kinesis: a stream name is 1-128 of [a-zA-Z0-9_.-]; BOT_USAGE_STREAM is a name or the stream's ARN.
+_STREAM_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,128}\Z")
+_STREAM_ARN = re.compile(
+    r"^arn:aws[a-z-]*:kinesis:(?P<region>[a-z0-9-]+):\d{12}:stream/(?P<name>[A-Za-z0-9_.-]{1,128})\Z")
 
 
 def _split_csv(value: object) -> list[str]:
@@ -91,6 +95,7 @@ class AwsSettings(BaseSettings):
     sqs_queue_url: str | None = Field(None, validation_alias="BOT_SQS_QUEUE_URL")
     database_secret: str | None = Field(None, validation_alias="BOT_DATABASE_SECRET")
     dry_run: bool = Field(False, validation_alias="BOT_DRY_RUN")
+    usage_stream: str | None = Field(None, validation_alias="BOT_USAGE_STREAM")
 
     _split = field_validator("metadata_keys", "sns_topic_arns", mode="before")(
         classmethod(lambda cls, v: _split_csv(v))
@@ -141,6 +146,31 @@ class AwsSettings(BaseSettings):
             if not _TOPIC_ARN.match(arn):
                 raise ValueError(f"not an SNS topic ARN: {arn!r}")
         return v
+
+    @field_validator("usage_stream")
+    @classmethod
+    def _valid_stream(cls, v: str | None) -> str | None:
+        if v is None or not v.strip():
+            return None
+        v = v.strip()
+        if not (_STREAM_NAME.match(v) or _STREAM_ARN.match(v)):
+            raise ValueError(f"BOT_USAGE_STREAM: {v[:200]!r} is not a Kinesis stream name (1-128 of "
+                             "A-Z a-z 0-9 _ . -) or arn:aws:kinesis:<region>:<account>:stream/<name>")
+        return v
+
+    @model_validator(mode="after")
+    def _stream_in_region(self) -> AwsSettings:
+        m = _STREAM_ARN.match(self.usage_stream or "")
+        if m and self.region and m["region"] != self.region:  # no region: startup refuses anyway
+            raise ValueError(f"BOT_USAGE_STREAM is in {m['region']}, but AWS_REGION is {self.region}: "
+                             "the bot reads the stream in its own region")
+        return self
+
+    @property
+    def usage_stream_name(self) -> str | None:
+        """The stream's name, whether BOT_USAGE_STREAM holds the name or the ARN."""
+        m = _STREAM_ARN.match(self.usage_stream or "")
+        return m["name"] if m else self.usage_stream
 
     @property
     def alarm_topic_arn(self) -> str | None:

@@ -44,6 +44,11 @@ What each statement is for, and why it is no narrower:
   and a task's injected environment never changes), see ``bot/db_secret.py``. The stack's
   secret is encrypted with the AWS managed key ``aws/secretsmanager``, which needs no
   ``kms:Decrypt`` grant.
+- **Kinesis** (the usage stream, only when ``BOT_USAGE_STREAM`` is set): ``DescribeStreamSummary``,
+  ``ListShards``, ``GetShardIterator`` and ``GetRecords`` on that stream — all four authorize
+  against the stream resource. Nothing that writes: CloudWatch Logs puts the records with a role
+  of its own (``deploy/usage-stream.yaml``). A stream encrypted with the AWS-managed key
+  ``alias/aws/kinesis`` needs no KMS permission; a customer key needs ``kms:Decrypt`` on it.
 - ``sts:GetCallerIdentity`` needs no permission at all (AWS always allows it); it is listed so
   the document names every call the bot makes.
 """
@@ -74,6 +79,11 @@ _LOG_GROUP = re.compile(r"[.\-_/#A-Za-z0-9]{1,512}", re.ASCII)
 _PATH = re.compile(r"/([\x21-\x7e]{0,510}/)?", re.ASCII)
 _SECRET = re.compile(
     r"arn:(aws(?:-[a-z]+)*):secretsmanager:[a-z0-9-]+:\d{12}:secret:[A-Za-z0-9/_+=.@!-]{1,512}", re.ASCII)
+_STREAM_NAME = re.compile(r"[A-Za-z0-9_.-]{1,128}", re.ASCII)
+_STREAM_ARN = re.compile(r"arn:aws(-[a-z]+)*:kinesis:[a-z0-9-]+:\d{12}:stream/[A-Za-z0-9_.-]{1,128}",
+                         re.ASCII)
+STREAM_READ_ACTIONS = ["kinesis:DescribeStreamSummary", "kinesis:GetRecords", "kinesis:GetShardIterator",
+                       "kinesis:ListShards"]
 
 
 def partition_of(region: str | None) -> str:
@@ -105,12 +115,14 @@ def _check_arn(arn: str, service: str, what: str) -> str:
 def bot_policy(region: str | None = None, account_id: str | None = None,
                topic_arn: str | Sequence[str] | None = None, queue_arn: str | None = None, *,
                log_group: str | None = None, principal_path: str = "/",
-               partition: str | None = None, database_secret: str | None = None) -> dict[str, Any]:
+               partition: str | None = None, database_secret: str | None = None,
+               usage_stream: str | None = None) -> dict[str, Any]:
     """The bot's identity policy. Unknown region/account/topic/queue/log group become ``*``.
 
     ``topic_arn`` may list several topics (``BOT_SNS_TOPIC_ARNS``: all are confirmed, alarms may
     notify any of them); ``queue_arn`` also takes the queue URL (``BOT_SQS_QUEUE_URL``);
-    ``database_secret`` (``BOT_DATABASE_SECRET``) adds reading that one secret.
+    ``database_secret`` (``BOT_DATABASE_SECRET``) adds reading that one secret;
+    ``usage_stream`` (``BOT_USAGE_STREAM``, a name or an ARN) adds the Kinesis read statement.
     Bad values raise ValueError with a one-line reason.
     """
     if region is not None and not _REGION.fullmatch(region):
@@ -133,10 +145,30 @@ def bot_policy(region: str | None = None, account_id: str | None = None,
         raise ValueError(f"{principal_path!r} is not an IAM path (/ or /a/b/)")
     if database_secret is not None and not _SECRET.fullmatch(database_secret):
         raise ValueError(f"{database_secret!r} is not a Secrets Manager secret ARN")
-    return _document(
-        partition=partition or partition_of(region), region=region or "*", account=account_id or "*",
+    part = partition or partition_of(region)
+    doc = _document(
+        partition=part, region=region or "*", account=account_id or "*",
         topics=topics, queue=queue, log_group=log_group, principal_path=principal_path,
         database_secret=database_secret)
+    if usage_stream is not None:
+        doc["Statement"].append(stream_statement(
+            stream_arn(usage_stream, partition=part, region=region or "*", account=account_id or "*")))
+    return doc
+
+
+def stream_arn(stream: str, *, partition: str, region: str, account: str) -> str:
+    """The usage stream's ARN from BOT_USAGE_STREAM (an ARN as is; a name in this region/account)."""
+    stream = stream.strip()
+    if _STREAM_ARN.fullmatch(stream):
+        return stream
+    if not _STREAM_NAME.fullmatch(stream):
+        raise ValueError(f"{stream!r} is not a Kinesis stream name or ARN")
+    return f"arn:{partition}:kinesis:{region}:{account}:stream/{stream}"
+
+
+def stream_statement(resource: Any) -> dict[str, Any]:
+    """Read the usage stream (the bot never writes to it)."""
+    return _allow("KinesisReadUsageStream", list(STREAM_READ_ACTIONS), resource)
 
 
 def _document(*, partition: str, region: str, account: str, topics: Sequence[str], queue: str | None,
@@ -261,6 +293,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--log-group")
     parser.add_argument("--principal-path", default="/")
     parser.add_argument("--database-secret", help="Secrets Manager ARN of the database password")
+    parser.add_argument("--usage-stream", help="BOT_USAGE_STREAM: a Kinesis stream name or ARN")
     parser.add_argument("--cfn", action="store_true", help="the CloudFormation form the template embeds")
     args = parser.parse_args(argv)
     if args.cfn:
@@ -269,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         policy = bot_policy(args.region, args.account_id, args.topic_arn, args.queue,
                             log_group=args.log_group, principal_path=args.principal_path,
-                            database_secret=args.database_secret)
+                            database_secret=args.database_secret, usage_stream=args.usage_stream)
     except ValueError as exc:
         print(f"iam-policy: {exc}", file=sys.stderr)
         return 2

@@ -444,3 +444,24 @@ class GatewayRequest(Base):
     cost_micro_usd: Mapped[int] = mapped_column(BigInteger, default=0)
     counted_by: Mapped[str] = mapped_column(String(8))  # gateway | profile (its AIP meter counts it)
     received_at: Mapped[datetime] = mapped_column(index=True)
+
+
+class StreamCheckpoint(Base):
+    """How far the usage stream has been read, per shard: committed with the ledger rows it
+    produced, so a record is counted exactly when its shard's checkpoint moves past it."""
+
+    __tablename__ = "stream_checkpoints"
+    stream: Mapped[str] = mapped_column(String(128), primary_key=True)  # the stream's name
+    shard_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    sequence: Mapped[str | None] = mapped_column(String(128))  # last record applied; None: none yet
+    finished: Mapped[bool] = mapped_column(Boolean, default=False)  # a closed shard read to its end
+    updated_at: Mapped[datetime]
+
+
+class StreamEvent(Base):
+    """Log event ids already counted from the usage stream (CloudWatch Logs may deliver an event
+    twice); kept for a retention window, then pruned."""
+
+    __tablename__ = "stream_events"
+    event_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    seen_at: Mapped[datetime] = mapped_column(index=True)

@@ -15,6 +15,7 @@ from jobs import (
     flush_outbox,
     prices_refresh,
     reconcile,
+    usage_stream,
     usage_sync,
 )
 
@@ -28,4 +29,5 @@ JOBS: dict[str, Callable[[Services], Any]] = {
     prices_refresh.NAME: prices_refresh.run,
     bill_reconcile.NAME: bill_reconcile.run,
     audit_checkpoint.NAME: audit_checkpoint.run,
+    usage_stream.NAME: usage_stream.run,  # one pass over BOT_USAGE_STREAM (usage_sync reads it too)
 }

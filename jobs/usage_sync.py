@@ -1,4 +1,5 @@
-"""usage_sync: CloudWatch (and invocation logs) → ledger, every BOT_SYNC_SECONDS; then enforce."""
+"""usage_sync: the usage stream (when set), CloudWatch and invocation logs → ledger, every
+BOT_SYNC_SECONDS; then enforce."""
 
 from __future__ import annotations
 

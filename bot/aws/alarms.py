@@ -17,8 +17,9 @@ What CloudWatch can express (PutMetricAlarm, botocore's service model and the Cl
   boundary instead of sliding.
 - A metric-math alarm holds at most 20 ``MetricDataQuery`` entries: at most 10 that fetch a
   metric (``MetricStat``) and at most 10 expressions. The limit that binds is the 10 metrics:
-  ``tokens`` needs two per AIP (input + output), so one alarm covers at most 5 AIPs for
-  ``tokens`` and 10 for the other metrics. Metrics Insights queries (one query over many AIPs)
+  ``tokens`` needs four per AIP (input, output, cache read, cache write) and ``input_tokens``
+  three, so one alarm covers at most 2 AIPs for ``tokens``, 3 for ``input_tokens`` and 10 for
+  the other metrics. Metrics Insights queries (one query over many AIPs)
   only look back 3 hours in an alarm, and SEARCH is not allowed in alarms, so neither helps.
 
 Splitting the AIPs over several alarms is *not* done: each alarm would see only part of the sum,
@@ -48,10 +49,12 @@ MAX_EVALUATION_SECONDS = 7 * 86_400  # Period x EvaluationPeriods, for periods o
 DELETE_BATCH = 100  # DeleteAlarms takes at most 100 names a call
 EXPRESSION_ID = "total"
 
-# Limit metric -> the AWS/Bedrock metrics whose sum it is. cost_usd has no alarm (a Budget instead).
+# Limit metric -> the AWS/Bedrock metrics whose sum it is, as the ledger counts it (`tokens` and
+# `input_tokens` include the prompt-cache tokens). cost_usd has no alarm (a Budget instead).
 ALARM_METRICS: dict[str, tuple[str, ...]] = {
-    "tokens": ("InputTokenCount", "OutputTokenCount"),
-    "input_tokens": ("InputTokenCount",),
+    "tokens": ("InputTokenCount", "OutputTokenCount", "CacheReadInputTokenCount",
+               "CacheWriteInputTokenCount"),
+    "input_tokens": ("InputTokenCount", "CacheReadInputTokenCount", "CacheWriteInputTokenCount"),
     "output_tokens": ("OutputTokenCount",),
     "requests": ("Invocations",),
 }

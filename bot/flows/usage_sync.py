@@ -11,13 +11,17 @@ is open while AWS answers:
 
 A failure anywhere writes nothing of that reader and leaves its cursor, so the next sync
 reads the same hours again; the failing step is audited (`runner.step` / `runner.call`).
+
+With BOT_USAGE_STREAM set the stream is read first (bot/flows/usage_stream.py); both pollers
+then only count the hours before the stream's handover hour (`until`), and an hourly
+cross-check compares CloudWatch with what the stream counted (docs/usage-stream.md).
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from sqlalchemy.orm import Session
 
@@ -26,6 +30,7 @@ from bot.aws.metrics import CloudWatchMetrics
 from bot.aws.profiles import ProfilesBackend
 from bot.clock import Clock
 from bot.db import Database
+from bot.flows import usage_stream
 from bot.flows.runner import Outcome, attempt, call, step
 from bot.pricing import PriceTable
 from bot.runtime import Services
@@ -42,8 +47,15 @@ ACTOR = Actor.system(NAME)
 
 def run(s: Services, discover: bool = True) -> Outcome[SyncResult]:
     """The CloudWatch sync, then the invocation logs when a log group is configured (each
-    with its own cursor: one failing does not stop the other)."""
-    out = attempt(lambda: sync_usage(s.db, s.clock, s.metrics, s.profiles, s.prices, discover=discover))
+    with its own cursor: one failing does not stop the other), the stream first when set."""
+    streaming = bool(s.settings.aws.usage_stream)
+    until: datetime | None = None
+    if streaming:
+        until = usage_stream.consume_for_sync(s)
+    else:
+        usage_stream.forget(s)
+    out = attempt(lambda: sync_usage(s.db, s.clock, s.metrics, s.profiles, s.prices,
+                                     discover=discover, until=until))
     if out.ok:
         r = out.value
         log.info("usage_sync: %d active, %d backfilled, %d ledger rows, calls %s",
@@ -51,16 +63,18 @@ def run(s: Services, discover: bool = True) -> Outcome[SyncResult]:
     else:
         log.warning("usage_sync failed: %s", out.message)
     if s.settings.aws.invocation_log_group:
-        run_logs(s)
+        run_logs(s, until)
+    if streaming:
+        usage_stream.cross_check(s)
     return out
 
 
-def run_logs(s: Services) -> Outcome[LogsSyncResult]:
-    """Callers without an AIP, from model-invocation logs."""
+def run_logs(s: Services, until: datetime | None = None) -> Outcome[LogsSyncResult]:
+    """Callers without an AIP, from model-invocation logs (hours before `until` only)."""
     aws = s.settings.aws
     group = aws.invocation_log_group or ""
     out = attempt(lambda: sync_logs(s.db, s.clock, s.logs_insights, group, aws.metadata_keys, s.prices,
-                                    gateway_principals=s.settings.bot.gateway_principals))
+                                    gateway_principals=s.settings.bot.gateway_principals, until=until))
     if out.ok:
         r = out.value
         log.info("invocation logs: %s, %d ledger rows, %d unattributed requests", r.status,
@@ -72,11 +86,11 @@ def run_logs(s: Services) -> Outcome[LogsSyncResult]:
 
 def sync_usage(db: Database, clock: Clock, metrics: CloudWatchMetrics,
                backend: ProfilesBackend | None, prices: PriceTable,
-               discover: bool = True) -> SyncResult:
+               discover: bool = True, until: datetime | None = None) -> SyncResult:
     """Read the current and previous hour (or since the last sync) into the ledger; a
     profile never synced before, adopted ones included, is backfilled from the start of
     the previous month."""
-    plan = step(db, clock, ACTOR, NAME, "usage", lambda session: usage.plan_sync(session, clock))
+    plan = step(db, clock, ACTOR, NAME, "usage", lambda session: usage.plan_sync(session, clock, until))
 
     def read() -> tuple[list[Tagged], Readings]:
         found = profiles.find_tagged(backend, plan.known_arns) if (discover and backend) else []
@@ -94,13 +108,13 @@ def sync_usage(db: Database, clock: Clock, metrics: CloudWatchMetrics,
 def sync_logs(db: Database, clock: Clock, insights: LogsInsights, log_group: str,
               metadata_keys: Sequence[str], prices: PriceTable, *,
               min_interval: timedelta = timedelta(0), max_hours: int = MAX_HOURS,
-              gateway_principals: Sequence[str] = ()) -> LogsSyncResult:
-    """Read the unsynced whole hours of the invocation logs into the ledger; calls made by
-    `gateway_principals` are skipped (the gateway reports them through /v1/usage)."""
+              gateway_principals: Sequence[str] = (), until: datetime | None = None) -> LogsSyncResult:
+    """Read the unsynced whole hours of the invocation logs into the ledger (before `until`);
+    calls made by `gateway_principals` are skipped (the gateway reports them through /v1/usage)."""
     action = f"{NAME}.logs"
     plan = step(db, clock, ACTOR, action, log_group, lambda session: logs_usage.plan_logs(
         session, clock, metadata_keys, min_interval=min_interval, max_hours=max_hours,
-        gateway_principals=gateway_principals))
+        gateway_principals=gateway_principals, until=until))
     if plan.skip:
         return plan.skipped()
     read = call(db, clock, ACTOR, action, log_group,

@@ -119,7 +119,7 @@ def home_view(report: UsageReport | None, periods: list[UsageReport], pending: l
         return View(type="home", blocks=blocks).to_dict()
     for p in periods:
         t = p.totals
-        blocks.append(section(f"*{p.label}*: {t.input_tokens:,} tokens in, {t.output_tokens:,} out, "
+        blocks.append(section(f"*{p.label}*: {t.all_input_tokens:,} tokens in, {t.output_tokens:,} out, "
                                f"{t.requests:,} requests"))
     if report.limits:
         lines = "\n".join(limit_line(s, tz) for s in report.limits)

@@ -100,7 +100,7 @@ def digest_text(d: DigestData) -> str:
 def digest_blocks(d: DigestData, tz: ZoneInfo) -> Reply:
     t, p = d.totals, d.previous
     fields = [
-        MarkdownTextObject(text=f"*Tokens in*\n{format_tokens(t.input_tokens)}"),
+        MarkdownTextObject(text=f"*Tokens in*\n{format_tokens(t.all_input_tokens)}"),
         MarkdownTextObject(text=f"*Tokens out*\n{format_tokens(t.output_tokens)}"),
         MarkdownTextObject(text=f"*Est. cost*\n{format_usd(t.cost_micro_usd)}"),
         MarkdownTextObject(text=f"*Requests*\n{format_tokens(t.requests)}"),

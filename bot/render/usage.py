@@ -16,7 +16,15 @@ from slack_sdk.models.blocks import (
 from bot.quantities import format_tokens, format_usd
 from bot.render.billing import bill_line, unpriced_line
 from bot.render.text import METRIC_LABEL, bar, metric_value, plain, trend, when
+from bot.services.ledger import Totals
 from bot.services.usage import LimitStatus, UsageReport
+
+
+def tokens_in(t: Totals) -> str:
+    """Input as limits count it: cache reads and writes included, and said so."""
+    cached = t.cache_read_tokens + t.cache_write_tokens
+    text = format_tokens(t.all_input_tokens)
+    return f"{text} (incl. {format_tokens(cached)} cache)" if cached else text
 
 
 def limit_line(s: LimitStatus, tz: ZoneInfo) -> str:
@@ -33,7 +41,7 @@ def limit_line(s: LimitStatus, tz: ZoneInfo) -> str:
 def usage_blocks(r: UsageReport, tz: ZoneInfo) -> list[dict[str, Any]]:
     t, p = r.totals, r.previous
     fields = [
-        MarkdownTextObject(text=f"*Tokens in*\n{format_tokens(t.input_tokens)}"),
+        MarkdownTextObject(text=f"*Tokens in*\n{tokens_in(t)}"),
         MarkdownTextObject(text=f"*Tokens out*\n{format_tokens(t.output_tokens)}"),
         MarkdownTextObject(text=f"*Requests*\n{format_tokens(t.requests)}"),
         MarkdownTextObject(text=f"*Est. cost*\n{format_usd(t.cost_micro_usd)}"),
@@ -72,6 +80,6 @@ def usage_text(r: UsageReport) -> str:
     """The notification fallback text (and what a screen reader says)."""
     unpriced = (f" (+{format_tokens(r.totals.unpriced_tokens)} unpriced tokens)"
                 if r.totals.unpriced_tokens else "")
-    return (f"{r.subject.name} {r.label}: {format_tokens(r.totals.input_tokens)} in, "
+    return (f"{r.subject.name} {r.label}: {format_tokens(r.totals.all_input_tokens)} in, "
             f"{format_tokens(r.totals.output_tokens)} out, {format_usd(r.totals.cost_micro_usd)}"
             + unpriced)

@@ -68,7 +68,7 @@ from bot.quantities import Window, window_bounds
 from bot.services import billing, unpriced
 from bot.services import raises as raise_service
 from bot.services.billing import DayBill
-from bot.services.ledger import HOUR, Totals
+from bot.services.ledger import ALL_INPUT_SQL, HOUR, Totals
 from bot.services.raises import RaiseView
 from bot.services.unpriced import UnpricedSummary
 from bot.services.usage import LimitStatus, _forecast
@@ -188,8 +188,15 @@ _FLOAT_EXACT = 2**53
 
 def _part_sums(dialect: str, exact: bool) -> list[ColumnElement[Any]]:
     if dialect == "postgresql" and not exact:
-        return [func.sum(cast(getattr(Usage, c), Double)) for c in _COLS]
-    return [cast(func.sum(getattr(Usage, c)), BigInteger) for c in _COLS]
+        return [func.sum(cast(_column(c), Double)) for c in _COLS]
+    return [cast(func.sum(_column(c)), BigInteger) for c in _COLS]
+
+
+def _column(name: str) -> ColumnElement[Any]:
+    """What is summed for a _COLS entry: "input_tokens" is all input, cache tokens included
+    (`ledger.ALL_INPUT_SQL`), so the digest's Totals carry it as input and `tokens` and an
+    `input_tokens` limit come out as everywhere else."""
+    return ALL_INPUT_SQL if name == "input_tokens" else getattr(Usage, name)
 
 
 # An interval only limits need is read for their meters. On PostgreSQL, when those are few,

@@ -14,6 +14,9 @@ from sqlalchemy.orm import Session
 from bot.models import Meter, Usage
 
 HOUR = timedelta(hours=1)
+# The same definitions as `Totals`, for sums done in SQL: the one place `tokens` is defined.
+ALL_INPUT_SQL = Usage.input_tokens + Usage.cache_read_tokens + Usage.cache_write_tokens
+TOKENS_SQL = ALL_INPUT_SQL + Usage.output_tokens
 _VALUE_COLS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens",
                "requests", "cost_micro_usd", "unpriced_tokens", "unpriced_requests")
 
@@ -50,12 +53,19 @@ class Totals:
     unpriced_requests: int = 0
 
     @property
+    def all_input_tokens(self) -> int:
+        """Input as the model read it: fresh input plus tokens read from and written to the
+        prompt cache (each billed at its own rate, all of them input)."""
+        return self.input_tokens + self.cache_read_tokens + self.cache_write_tokens
+
+    @property
     def tokens(self) -> int:
-        return self.input_tokens + self.output_tokens
+        """What a `tokens` limit counts: input + output + cache read + cache write."""
+        return self.all_input_tokens + self.output_tokens
 
     def metric(self, name: str) -> int:
-        """The value a limit on `name` is measured against."""
-        return {"tokens": self.tokens, "input_tokens": self.input_tokens,
+        """The value a limit on `name` is measured against (`input_tokens` includes cache tokens)."""
+        return {"tokens": self.tokens, "input_tokens": self.all_input_tokens,
                 "output_tokens": self.output_tokens, "requests": self.requests,
                 "cost_usd": self.cost_micro_usd}[name]
 
@@ -72,6 +82,31 @@ def upsert(session: Session, rows: Sequence[LedgerRow], now: datetime) -> int:
     stmt = insert(Usage)
     stmt = stmt.on_conflict_do_update(index_elements=["meter_id", "hour"],
                                       set_={c: stmt.excluded[c] for c in (*_VALUE_COLS, "updated_at")})
+    values = [{"meter_id": r.meter_id, "hour": r.hour, "updated_at": now,
+               **{c: getattr(r, c) for c in _VALUE_COLS}} for r in rows]
+    session.connection().execute(stmt, values)
+    return len(rows)
+
+
+def add(session: Session, rows: Sequence[LedgerRow], now: datetime) -> int:
+    """Add (meter, hour) increments to what the ledger holds: for meters fed one event at a
+    time — the usage stream and the gateway's /v1/usage — where each row is new usage, not a
+    re-read of the same hour.
+
+    Unlike `upsert`, running it twice counts twice: the caller makes it exactly-once (the
+    stream's checkpoint and seen-event ids, the gateway's request id, commit in the same
+    transaction). Rows for the same (meter, hour) must be merged first (one statement cannot
+    update a row twice).
+    """
+    if not rows:
+        return 0
+    insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
+    stmt = insert(Usage)
+    table = Usage.__table__
+    stmt = stmt.on_conflict_do_update(
+        index_elements=["meter_id", "hour"],
+        set_={**{c: table.c[c] + stmt.excluded[c] for c in _VALUE_COLS},
+              "updated_at": stmt.excluded.updated_at})
     values = [{"meter_id": r.meter_id, "hour": r.hour, "updated_at": now,
                **{c: getattr(r, c) for c in _VALUE_COLS}} for r in rows]
     session.connection().execute(stmt, values)
@@ -99,26 +134,9 @@ def daily_series(session: Session, subject_ids: Iterable[int], start: datetime,
                  end: datetime) -> list[tuple[datetime, int, int]]:
     """(hour, tokens, micro-usd) rows for charts and trends."""
     ids = list(subject_ids)
-    q = (select(Usage.hour, func.sum(Usage.input_tokens + Usage.output_tokens),
+    q = (select(Usage.hour, func.sum(TOKENS_SQL),
                 func.sum(Usage.cost_micro_usd))
          .join(Meter, Meter.id == Usage.meter_id)
          .where(Meter.subject_id.in_(ids), Usage.hour >= start, Usage.hour < end)
          .group_by(Usage.hour).order_by(Usage.hour))
     return [(h, int(t or 0), int(c or 0)) for h, t, c in session.execute(q)]
-
-
-def add(session: Session, rows: Sequence[LedgerRow], now: datetime) -> int:
-    """Insert or *add to* (meter, hour) rows: for meters fed one event at a time (the gateway's
-    /v1/usage), where each call is new usage rather than a re-read of the same hour."""
-    if not rows:
-        return 0
-    insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
-    stmt = insert(Usage)
-    stmt = stmt.on_conflict_do_update(
-        index_elements=["meter_id", "hour"],
-        set_={**{c: getattr(Usage, c) + stmt.excluded[c] for c in _VALUE_COLS},
-              "updated_at": stmt.excluded.updated_at})
-    values = [{"meter_id": r.meter_id, "hour": r.hour, "updated_at": now,
-               **{c: getattr(r, c) for c in _VALUE_COLS}} for r in rows]
-    session.connection().execute(stmt, values)
-    return len(rows)

@@ -124,7 +124,7 @@ class LogsPlan:
     read_end: datetime  # hours before this are re-read whole and overwritten
     keys: tuple[str, ...]
     cursor: datetime | None
-    skip: bool = False  # ran less than `min_interval` ago
+    skip: bool = False  # ran less than `min_interval` ago, or nothing before the handover
     # BOT_GATEWAY_PRINCIPALS as (account, user|role, name): their calls are counted by /v1/usage
     gateway: frozenset[tuple[str, str, str]] = frozenset()
 
@@ -148,11 +148,13 @@ class LogsRead:
 
 def plan_logs(session: Session, clock: Clock, metadata_keys: Sequence[str], *,
               min_interval: timedelta = timedelta(0), max_hours: int = MAX_HOURS,
-              gateway_principals: Sequence[str] = ()) -> LogsPlan:
+              gateway_principals: Sequence[str] = (), until: datetime | None = None) -> LogsPlan:
     """The window: from the previous hour (or the cursor after a gap, never before the
     previous month) to now; a gap longer than `max_hours` is read `max_hours` at a time.
     `min_interval` lets a deployment run this collector less often than the CloudWatch sync
-    (each run is billed per GB scanned)."""
+    (each run is billed per GB scanned). With `until` (the usage stream's handover hour) only
+    hours before it are read: the stream counts the rest (docs/usage-stream.md).
+    """
     keys = insights_query.validate_metadata_keys(metadata_keys)
     if max_hours < 2:
         raise ValueError("max_hours must be >= 2 (the previous and the current hour)")
@@ -165,6 +167,10 @@ def plan_logs(session: Session, clock: Clock, metadata_keys: Sequence[str], *,
     end, read_end = now, this_hour + HOUR
     if read_end - start > max_hours * HOUR:
         end = read_end = start + max_hours * HOUR
+    if until is not None:
+        if start >= until:
+            return LogsPlan(now, start, end, read_end, tuple(keys), cur.position if cur else None, True)
+        end, read_end = min(end, until), min(read_end, until)
     skip = bool(cur is not None and min_interval and now - cur.updated_at < min_interval)
     return LogsPlan(now, start, end, read_end, tuple(keys), cur.position if cur else None, skip,
                     gateway_identities(gateway_principals))
@@ -196,7 +202,7 @@ def record_logs(session: Session, clock: Clock, plan: LogsPlan, read: LogsRead,
         log.warning("invocation-log query returned %d rows (the limit): read up to %s, the rest "
                     "next sync", len(rows), read_end.isoformat())
 
-    attribution = _Attribution(session, clock, keys)
+    attribution = Attribution(session, clock, keys)
     aips = _known_aips(session)
     gateway = plan.gateway
     per_model: dict[tuple[int, datetime, str], _Sums] = {}
@@ -318,7 +324,7 @@ class _Linked:
     subject_kind: str
 
 
-class _Attribution:
+class Attribution:
     """Row → meter, per the precedence in the module doc. Loaded once per sync."""
 
     def __init__(self, session: Session, clock: Clock, keys: Sequence[str]) -> None:
@@ -334,7 +340,12 @@ class _Attribution:
             m = _IAM.match(arn)
             if m:
                 self.linked[(m["account"], m["kind"], m["name"].lower())] = _Linked(arn, subject_id, kind)
-        self.meters: dict[tuple[str, int], int] = {}
+        # Existing principal meters, so a hit costs no query (ensure_meter for the rest, which
+        # also re-points a meter whose principal moved to another subject).
+        self.meters: dict[tuple[str, int], int] = {
+            (key, subject_id): meter_id for key, subject_id, meter_id in session.execute(
+                select(Meter.key, Meter.subject_id, Meter.id).where(Meter.kind == "principal",
+                                                                    Meter.subject_id.is_not(None)))}
         self.members: dict[int, dict[str, int]] = {}
 
     def meter_for(self, arn: str, metadata: Mapping[str, str | None]) -> int | None:

@@ -17,7 +17,7 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from bot.aws.metrics import ALL_METRICS, TOKEN_METRICS, CloudWatchMetrics, HourlyUsage
+from bot.aws.metrics import ALL_METRICS, CloudWatchMetrics, HourlyUsage
 from bot.clock import Clock
 from bot.errors import Denied, NotFound
 from bot.models import Limit, Meter, Profile, Revocation, Subject, SyncCursor
@@ -62,6 +62,7 @@ class SyncPlan:
     backfilled: frozenset[str]  # profile ids read from `start` when ListMetrics lists them
     new: frozenset[str]  # of those, created in the last day: read whether listed or not
     fresh: tuple[str, ...]  # never backfilled: read from the start of the previous month
+    stop: datetime  # hours are read up to here: now, or the usage stream's handover hour
 
     @property
     def recently_active(self) -> bool:
@@ -79,7 +80,9 @@ class Readings:
     calls: dict[str, int]  # this sync's API calls, by operation
 
 
-def plan_sync(session: Session, clock: Clock) -> SyncPlan:
+def plan_sync(session: Session, clock: Clock, until: datetime | None = None) -> SyncPlan:
+    """With `until` (the usage stream's handover hour) only hours before it are read and
+    written: from then on the stream counts AIP calls (docs/usage-stream.md)."""
     now = clock()
     cur = session.get(SyncCursor, CURSOR)
     start = floor_hour(now) - HOUR
@@ -91,7 +94,8 @@ def plan_sync(session: Session, clock: Clock) -> SyncPlan:
     return SyncPlan(now, start, frozenset(arn for arn, *_ in rows),
                     frozenset(pid for pid, _ in done),
                     frozenset(pid for pid, created in done if now - created < NEW_PROFILE),
-                    tuple(pid for _, pid, backfilled, _ in rows if backfilled is None))
+                    tuple(pid for _, pid, backfilled, _ in rows if backfilled is None),
+                    now if until is None else min(now, until))
 
 
 def read_metrics(plan: SyncPlan, metrics: CloudWatchMetrics,
@@ -99,21 +103,26 @@ def read_metrics(plan: SyncPlan, metrics: CloudWatchMetrics,
     """The CloudWatch calls of a plan (no session: called with no transaction open).
 
     `adopting`: ids of AIPs about to be adopted, backfilled like never-synced profiles.
+    Only hours before `plan.stop` are read (the usage stream counts the rest).
     """
     calls_before = Counter(metrics.calls)
-    listed = metrics.active_model_ids(recently_active=plan.recently_active)
-    wanted = {pid: names for pid, names in listed.items() if pid in plan.backfilled}
-    # ListMetrics can take up to 15 minutes to list a metric it has never seen: profiles
-    # created in the last day are read whether listed or not, so their first breach counts.
-    for pid in sorted(plan.new):
-        wanted.setdefault(pid, frozenset(TOKEN_METRICS))
-    usage = metrics.hourly(wanted, plan.start, plan.now) if wanted else []
+    wanted: dict[str, frozenset[str]] = {}
+    if plan.start < plan.stop:
+        listed = metrics.active_model_ids(recently_active=plan.recently_active)
+        wanted = {pid: names for pid, names in listed.items() if pid in plan.backfilled}
+        # ListMetrics can take up to 15 minutes to list a metric it has never seen: profiles
+        # created in the last day are read whether listed or not (cache tokens included, since
+        # `tokens` counts them), so their first breach counts.
+        for pid in sorted(plan.new):
+            wanted.setdefault(pid, frozenset(ALL_METRICS))
+    usage = metrics.hourly(wanted, plan.start, plan.stop) if wanted else []
     fresh = plan.fresh + tuple(pid for pid in adopting if pid not in plan.fresh)
     if fresh:
         # The last 3 hours say nothing about last month: ask for every metric, cache
         # tokens included (a one-off cost per profile).
         backfill = {pid: frozenset(ALL_METRICS) for pid in fresh}
-        usage += metrics.hourly(backfill, backfill_start(plan.now), plan.now)
+        if plan.stop > backfill_start(plan.now):
+            usage += metrics.hourly(backfill, backfill_start(plan.now), plan.stop)
     return Readings(usage, len(wanted), fresh, dict(Counter(metrics.calls) - calls_before))
 
 

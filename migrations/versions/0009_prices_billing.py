@@ -1,11 +1,11 @@
 """prices from the AWS Price List API, billed costs from Cost Explorer, unpriced usage
 
 Revision ID: 0009
-Revises: 0007
+Revises: 0008
 Create Date: 2026-12-01 10:00:00
 
-(Built as 0006 on issue-17; renumbered 0009 at integration. Chained after 0004 until the
-usage-stream migration 0008 is merged, then after 0008.)
+(Built as 0006 on issue-17; renumbered 0009 at integration and chained after the usage-stream
+migration 0008.)
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from alembic import op
 import bot.models
 
 revision = "0009"
-down_revision = "0007"
+down_revision = "0008"
 branch_labels = None
 depends_on = None
 

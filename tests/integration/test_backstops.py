@@ -123,12 +123,12 @@ def test_a_24h_token_limit_gets_one_alarm_on_its_aips(world: World) -> None:
     name = f"bedrock-bot-limit-{lid}"
     assert result == BackstopResult([name], None, [], changes={name: "created"})
     alarm = world.cw_alarms()[f"bedrock-bot-limit-{lid}"]
-    assert metric_pairs(alarm) == [("alice0000001", "InputTokenCount", 86_400),
-                                   ("alice0000001", "OutputTokenCount", 86_400),
-                                   ("alice0000002", "InputTokenCount", 86_400),
-                                   ("alice0000002", "OutputTokenCount", 86_400)]
+    # tokens = input + output + cache read + cache write, as the bot's own count
+    assert metric_pairs(alarm) == [(aip, name, 86_400) for aip in ("alice0000001", "alice0000002")
+                                   for name in ("InputTokenCount", "OutputTokenCount",
+                                                "CacheReadInputTokenCount", "CacheWriteInputTokenCount")]
     total = alarm["Metrics"][-1]
-    assert total["Expression"] == "SUM([m0,m1,m2,m3])" and total["ReturnData"] is True
+    assert total["Expression"] == "SUM([m0,m1,m2,m3,m4,m5,m6,m7])" and total["ReturnData"] is True
     assert alarm["Threshold"] == 5_000_000.0
     assert alarm["ComparisonOperator"] == "GreaterThanOrEqualToThreshold"
     assert alarm["EvaluationPeriods"] == 1 and alarm["TreatMissingData"] == "notBreaching"
@@ -172,19 +172,19 @@ def test_a_7d_request_limit_sums_a_week(world: World) -> None:
     assert metric_pairs(alarm) == [("carol0000001", "Invocations", 604_800)]
 
 
-def test_six_aips_need_twelve_metrics_so_no_alarm_and_the_old_one_goes(world: World) -> None:
+def test_three_aips_need_twelve_metrics_so_no_alarm_and_the_old_one_goes(world: World) -> None:
     for i in range(2):
         world.aip("alice", f"alice000000{i}")
     lid = world.limit("alice", "5M", Window.H24)
     assert world.sync(lid).alarms == [f"bedrock-bot-limit-{lid}"]
-    for i in range(2, 6):  # four more provisioned: the alarm would now miss part of the sum
+    for i in range(2, 3):  # one more provisioned: the alarm would now miss part of the sum
         world.aip("alice", f"alice000000{i}")
 
     result = world.sync(lid)
 
     assert result.alarms == [] and result.deleted == [f"bedrock-bot-limit-{lid}"]
     [note] = result.notes
-    assert "needs 12 metrics (6 inference profiles x 2)" in note and "at most 10" in note
+    assert "needs 12 metrics (3 inference profiles x 4)" in note and "at most 10" in note
     assert "bot's own evaluation" in note
     assert world.cw_alarms() == {}
 
@@ -196,8 +196,10 @@ def test_a_team_limit_watches_the_members_aips_too(world: World) -> None:
     lid = world.limit("team-eng", "2M", Window.H24, metric=Metric.INPUT)
     world.sync(lid)
     alarm = world.cw_alarms()[f"bedrock-bot-limit-{lid}"]
-    assert [p[:2] for p in metric_pairs(alarm)] == [("alice0000001", "InputTokenCount"),
-                                                   ("teameng00001", "InputTokenCount")]
+    cache = ("CacheReadInputTokenCount", "CacheWriteInputTokenCount")  # input includes cache tokens
+    assert [p[:2] for p in metric_pairs(alarm)] == [
+        ("alice0000001", "InputTokenCount"), *(("alice0000001", c) for c in cache),
+        ("teameng00001", "InputTokenCount"), *(("teameng00001", c) for c in cache)]
     with world.db.session_scope() as s:
         alice = directory.get(s, SubjectRef(name="alice"))
         assert [limit.id for limit in backstops.affected_limits(s, alice.id)] == [lid]

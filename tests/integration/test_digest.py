@@ -238,6 +238,30 @@ def test_day_starts_step_whole_local_days_across_dst() -> None:
     assert digest_day(utc(11, 3, 3), NY) == date(2026, 11, 1)  # 22:00 on the 2nd in New York
 
 
+def test_cache_tokens_count_in_tokens_wherever_the_digest_shows_them(db: Database,
+                                                                    clock: FixedClock) -> None:
+    """tokens = input + output + cache read + cache write; an input limit counts cache tokens."""
+    with db.session_scope() as s:
+        fay = _user(s, clock, "fay", "UFAY0001")
+        m = directory.ensure_meter(s, clock, "profile", "fayaip000001", fay.id).id
+        ledger.upsert(s, [LedgerRow(m, utc(11, 24, 9), 100, 20, 5000, 300, 2, 99)], clock())
+        _limit(s, fay, "tokens", 6000, "month")
+        _limit(s, fay, "input_tokens", 6000, "week")
+    d = digest(db)
+    assert d.totals.tokens == 100 + 20 + 5000 + 300
+    [row] = d.subjects
+    assert row.totals.tokens == 5420 and row.totals.metric("input_tokens") == 5400
+    assert d.chart.totals[-1] == 5420
+    with db.session_scope() as s:
+        fay_row = directory.get(s, SubjectRef(name="fay"))
+        statuses = {(r.status.metric, r.status.used) for r in d.at_risk}
+        for limit in s.scalars(select(Limit).where(Limit.subject_id == fay_row.id)):
+            assert (limit.metric, limit_status(s, limit, fay_row, NOW, UTC_ZONE, 0).used) in statuses
+    assert statuses == {("tokens", 5420), ("input_tokens", 5400)}
+    with db.session_scope() as s:
+        assert ledger.daily_series(s, [fay_row.id], utc(11, 24), utc(11, 25))[0][1] == 5420
+
+
 def test_empty_database(db: Database) -> None:
     d = digest(db)
     assert (d.totals, d.previous, d.top, d.at_risk, d.revocations, d.requests) == (

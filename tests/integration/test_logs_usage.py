@@ -254,7 +254,7 @@ def test_a_linked_principal_calling_a_foundation_model_meters_to_its_subject(
         "complete", 3, 2, 3)
     assert (result.start, result.end, result.cursor) == (NINE, T0, TEN)
     assert result.calls == {"StartQuery": 1, "GetQueryResults": 1} and result.bytes_scanned > 0
-    assert usage_tokens(db, clock, "alice") == 1500 + 300 + 4000 + 800
+    assert usage_tokens(db, clock, "alice") == 1500 + 300 + 4000 + 800 + 64  # cache read is a token too
     # only whole hours are asked for: from the top of the previous hour to now
     assert logs.window() == (NINE, T0) and logs.queries[0]["startTime"] % 3600 == 0
     assert logs.queries[0]["queryString"] == build_query(KEYS)

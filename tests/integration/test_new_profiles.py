@@ -25,6 +25,7 @@ class UnlistedMetrics:
     def __init__(self) -> None:
         self.calls: Counter[str] = Counter()
         self.asked: list[set[str]] = []
+        self.metrics: list[set[str]] = []
 
     def active_model_ids(self, recently_active: bool = True) -> dict[str, frozenset[str]]:
         self.calls["ListMetrics"] += 1
@@ -34,6 +35,7 @@ class UnlistedMetrics:
                end: datetime) -> list[HourlyUsage]:
         self.calls["GetMetricData"] += 1
         self.asked.append(set(wanted))
+        self.metrics.append({name for names in wanted.values() for name in names})
         hour = end.replace(minute=0, second=0, microsecond=0)
         return [HourlyUsage(pid, hour, input_tokens=500, output_tokens=50, invocations=2) for pid in wanted]
 
@@ -47,6 +49,9 @@ def test_new_profile_is_read_before_list_metrics_lists_it(db: Database, clock: F
     clock.advance(minutes=5)
     sync_usage(db, clock, metrics, backend, prices)
     assert metrics.asked[-1] == {p.profile_id}
+    # `tokens` counts cache tokens: a new profile is read with the cache metrics too.
+    assert metrics.metrics[-1] == {"InputTokenCount", "OutputTokenCount", "Invocations",
+                                   "CacheReadInputTokenCount", "CacheWriteInputTokenCount"}
     clock.advance(days=2)  # no longer new: only what ListMetrics lists is read
     sync_usage(db, clock, metrics, backend, prices)
     assert len(metrics.asked) == 2  # nothing listed, nothing new: no GetMetricData at all

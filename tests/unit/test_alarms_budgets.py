@@ -127,11 +127,16 @@ def test_build_alarm_for_a_24h_token_limit_is_exact() -> None:
         "AlarmActions": [TOPIC],
         "OKActions": [TOPIC],
         "Metrics": [
+            # tokens = input + output + cache read + cache write, as the bot counts them
             stat("m0", "InputTokenCount", "aaaaaaaaaaaa"),
             stat("m1", "OutputTokenCount", "aaaaaaaaaaaa"),
-            stat("m2", "InputTokenCount", "bbbbbbbbbbbb"),
-            stat("m3", "OutputTokenCount", "bbbbbbbbbbbb"),
-            {"Id": "total", "Expression": "SUM([m0,m1,m2,m3])",
+            stat("m2", "CacheReadInputTokenCount", "aaaaaaaaaaaa"),
+            stat("m3", "CacheWriteInputTokenCount", "aaaaaaaaaaaa"),
+            stat("m4", "InputTokenCount", "bbbbbbbbbbbb"),
+            stat("m5", "OutputTokenCount", "bbbbbbbbbbbb"),
+            stat("m6", "CacheReadInputTokenCount", "bbbbbbbbbbbb"),
+            stat("m7", "CacheWriteInputTokenCount", "bbbbbbbbbbbb"),
+            {"Id": "total", "Expression": "SUM([m0,m1,m2,m3,m4,m5,m6,m7])",
              "Label": "tokens of alice over 24h (limit 12)", "ReturnData": True},
         ],
         "EvaluationPeriods": 1,
@@ -144,7 +149,6 @@ def test_build_alarm_for_a_24h_token_limit_is_exact() -> None:
 
 
 @pytest.mark.parametrize(("metric", "names"), [
-    ("input_tokens", ["InputTokenCount"]),
     ("output_tokens", ["OutputTokenCount"]),
     ("requests", ["Invocations"]),
 ])
@@ -154,6 +158,13 @@ def test_build_alarm_single_metric_limits_over_7d(metric: str, names: list[str])
     assert spec["Metrics"][:-1] == [stat("m0", names[0], "aaaaaaaaaaaa", period=604_800)]
     assert spec["Metrics"][-1]["Expression"] == "SUM([m0])"  # brackets: a time series, not a scalar
     assert spec["Threshold"] == 1000.0
+
+
+def test_an_input_limit_alarm_counts_cache_tokens_as_input() -> None:
+    spec = build_alarm(4, ["aaaaaaaaaaaa"], "input_tokens", 1000, "24h", TOPIC)
+    assert [q["MetricStat"]["Metric"]["MetricName"] for q in spec["Metrics"][:-1]] == [
+        "InputTokenCount", "CacheReadInputTokenCount", "CacheWriteInputTokenCount"]
+    assert spec["Metrics"][-1]["Expression"] == "SUM([m0,m1,m2])"
 
 
 @pytest.mark.parametrize(("args", "message"), [
@@ -176,8 +187,9 @@ def test_build_alarm_refuses_what_one_alarm_cannot_be(args: tuple[Any, ...], mes
     ("requests", "month", 1, "calendar month"),
     ("tokens", "30d", 1, "longer than the 7 days"),
     ("tokens", "24h", 0, "no inference profile"),
-    ("tokens", "24h", 6, "needs 12 metrics (6 inference profiles x 2)"),
-    ("input_tokens", "7d", 11, "needs 11 metrics"),
+    ("tokens", "24h", 3, "needs 12 metrics (3 inference profiles x 4)"),
+    ("input_tokens", "7d", 4, "needs 12 metrics (4 inference profiles x 3)"),
+    ("requests", "7d", 11, "needs 11 metrics"),
 ])
 def test_plan_alarms_falls_back_with_a_note(metric: str, window: str, n: int, note: str) -> None:
     specs, why = plan_alarms(5, AIPS[:n], metric, 100, window, TOPIC)
@@ -193,11 +205,14 @@ def test_plan_alarms_never_splits_a_sum() -> None:
 
 
 def test_plan_alarms_up_to_the_metric_limit() -> None:
-    specs, why = plan_alarms(5, AIPS[:5], "tokens", 100, "24h", TOPIC)
+    specs, why = plan_alarms(5, AIPS[:2], "tokens", 100, "24h", TOPIC)
     assert why is None and len(specs) == 1
-    assert sum("MetricStat" in q for q in specs[0]["Metrics"]) == MAX_METRIC_STATS
+    assert sum("MetricStat" in q for q in specs[0]["Metrics"]) == 8  # 4 metrics x 2 AIPs
+    specs, why = plan_alarms(5, AIPS[:3], "input_tokens", 100, "24h", TOPIC)
+    assert why is None and sum("MetricStat" in q for q in specs[0]["Metrics"]) == 9
     specs, why = plan_alarms(5, AIPS[:10], "requests", 100, "7d", TOPIC)
     assert why is None and len(specs) == 1
+    assert sum("MetricStat" in q for q in specs[0]["Metrics"]) == MAX_METRIC_STATS
 
 
 def test_plan_alarms_leaves_cost_to_budgets() -> None:
@@ -206,7 +221,7 @@ def test_plan_alarms_leaves_cost_to_budgets() -> None:
 
 def test_duplicate_profiles_count_once() -> None:
     specs, _ = plan_alarms(5, ["aaaaaaaaaaaa", "aaaaaaaaaaaa"], "tokens", 100, "24h", TOPIC)
-    assert len(specs[0]["Metrics"]) == 3
+    assert len(specs[0]["Metrics"]) == 5  # four metrics of one AIP, one expression
 
 
 _METRIC_ID = re.compile(r"^[a-z][A-Za-z0-9_]*$")
@@ -238,7 +253,7 @@ def test_every_planned_alarm_respects_cloudwatch(metric: str, window: str, n: in
 
 def test_alarm_spec_is_valid_for_the_real_service_model() -> None:
     """Stubber validates the request against botocore's PutMetricAlarm model."""
-    spec = build_alarm(12, AIPS[:5], "tokens", 5_000_000, "24h", TOPIC, subject="team-eng")
+    spec = build_alarm(12, AIPS[:2], "tokens", 5_000_000, "24h", TOPIC, subject="team-eng")
     client = cw_client()
     with Stubber(client) as stub:
         stub.add_response("put_metric_alarm", {}, spec)

@@ -28,6 +28,7 @@ from bot.iam_policy import (
     CFN_TOPIC,
     bot_policy,
     cfn_policy,
+    stream_statement,
     to_json,
 )
 
@@ -282,6 +283,65 @@ def test_fargate_resources_exist_only_with_run_on_fargate(template: dict[str, An
     for needed in ("ImageUri", "DomainName", "CertificateArn", "VpcId", "PublicSubnetIds",
                    "PrivateSubnetIds", "SlackSecretArn", "BotServicePrincipal"):
         assert needed in asserted, needed
+
+
+# ================================================================== the usage stream
+
+STREAM_TEMPLATE = ROOT / "deploy" / "usage-stream.yaml"
+
+
+@pytest.fixture(scope="module")
+def stream_template() -> dict[str, Any]:
+    loaded: dict[str, Any] = yaml.load(STREAM_TEMPLATE.read_text(), Loader=_CfnLoader)
+    return loaded
+
+
+def test_the_usage_stream_template_is_cfn_lint_clean() -> None:
+    proc = subprocess.run([_cfn_lint_path(), "--include-checks", "I", "--", str(STREAM_TEMPLATE)],
+                          capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 0, f"cfn-lint exit {proc.returncode}:\n{proc.stdout}{proc.stderr}"
+
+
+def test_the_bots_stream_permission_is_what_iam_policy_prints(stream_template: dict[str, Any]) -> None:
+    (policy,) = _of_type(stream_template, "AWS::IAM::Policy").values()
+    assert policy["Condition"] == "AttachToBot" and policy["Properties"]["Roles"] == [{"Ref": "BotRoleName"}]
+    (statement,) = policy["Properties"]["PolicyDocument"]["Statement"]
+    assert statement == stream_statement({"Fn::GetAtt": ["UsageStream", "Arn"]})
+    region, account = "eu-west-1", "210987654321"
+    arn = f"arn:aws:kinesis:{region}:{account}:stream/stack-UsageStream-1A2B"
+    deployed = _resolve(statement, {"UsageStream.Arn": arn})
+    printed = bot_policy(region, account, usage_stream="stack-UsageStream-1A2B")["Statement"][-1]
+    assert deployed == printed
+
+
+def test_cloudwatch_logs_may_only_put_records_into_the_stream(stream_template: dict[str, Any]) -> None:
+    resources = stream_template["Resources"]
+    role = resources["SubscriptionRole"]["Properties"]
+    assert role["Path"] == BOT_PATH  # out of the bot's reach too
+    (trust,) = role["AssumeRolePolicyDocument"]["Statement"]
+    assert trust["Principal"] == {"Service": "logs.amazonaws.com"} and trust["Action"] == "sts:AssumeRole"
+    assert trust["Condition"] == {"StringLike": {"aws:SourceArn": {
+        "Fn::Sub": "arn:${AWS::Partition}:logs:${AWS::Region}:${AWS::AccountId}:*"}}}
+    (policy,) = role["Policies"]
+    (put,) = policy["PolicyDocument"]["Statement"]
+    assert put["Action"] == "kinesis:PutRecord" and put["Resource"] == {"Fn::GetAtt": ["UsageStream", "Arn"]}
+    sub = resources["UsageSubscription"]["Properties"]
+    assert sub["DestinationArn"] == {"Fn::GetAtt": ["UsageStream", "Arn"]}
+    assert sub["RoleArn"] == {"Fn::GetAtt": ["SubscriptionRole", "Arn"]}
+    assert sub["LogGroupName"] == {"Ref": "InvocationLogGroupName"}
+    pattern = stream_template["Parameters"]["FilterPattern"]["Default"]
+    assert pattern == '{ $.schemaType = "ModelInvocationLog" }'
+
+
+def test_the_stream_is_provisioned_encrypted_and_named_in_the_outputs(
+        stream_template: dict[str, Any]) -> None:
+    stream = stream_template["Resources"]["UsageStream"]["Properties"]
+    assert stream["StreamModeDetails"] == {"StreamMode": "PROVISIONED"}
+    assert stream["StreamEncryption"] == {"EncryptionType": "KMS", "KeyId": "alias/aws/kinesis"}
+    assert stream_template["Parameters"]["RetentionHours"]["Default"] == 24
+    outputs = stream_template["Outputs"]
+    assert outputs["UsageStreamName"]["Value"] == {"Ref": "UsageStream"}
+    assert "BOT_USAGE_STREAM" in outputs["UsageStreamName"]["Description"]
 
 
 # ================================================================== Dockerfile

@@ -38,6 +38,8 @@ TOPIC = f"arn:aws:sns:{REGION}:{ACCOUNT}:bedrock-bot-alarms"
 QUEUE = f"arn:aws:sqs:{REGION}:{ACCOUNT}:bedrock-bot-events"
 LOG_GROUP = "/aws/bedrock/modelinvocations"
 DB_SECRET = f"arn:aws:secretsmanager:{REGION}:{ACCOUNT}:secret:rds!db-1a2b3c4d-5e6f-AbCdEf"
+STREAM = "bedrock-usage"
+STREAM_ARN = f"arn:aws:kinesis:{REGION}:{ACCOUNT}:stream/{STREAM}"
 
 AIP = f"arn:aws:bedrock:{REGION}:{ACCOUNT}:application-inference-profile/a1b2c3d4e5f6"
 MODEL = f"arn:aws:bedrock:{REGION}::foundation-model/anthropic.claude-3-haiku-20240307-v1:0"
@@ -55,7 +57,13 @@ OURS = {"aws:ResourceTag/managed-by": "bedrock-bot"}
 
 
 def concrete() -> dict[str, Any]:
-    return bot_policy(REGION, ACCOUNT, TOPIC, QUEUE, log_group=LOG_GROUP, database_secret=DB_SECRET)
+    return bot_policy(REGION, ACCOUNT, TOPIC, QUEUE, log_group=LOG_GROUP, database_secret=DB_SECRET,
+                      usage_stream=STREAM)
+
+
+def generic(service: str) -> dict[str, Any]:
+    """Nothing known; the Kinesis statement exists only with a stream configured."""
+    return bot_policy(usage_stream=STREAM) if service == "kinesis" else bot_policy()
 
 
 # ------------------------------------------------------------------ parliament
@@ -68,7 +76,9 @@ def _findings(policy: dict[str, Any], community: bool = False) -> list[str]:
 
 POLICIES = {
     "generic": bot_policy(),
+    "generic, with a usage stream": bot_policy(usage_stream=STREAM),
     "concrete": concrete(),
+    "stream by ARN": bot_policy(REGION, ACCOUNT, usage_stream=STREAM_ARN),
     "queue-url, two topics, principal path": bot_policy(
         "eu-west-1", ACCOUNT, [f"arn:aws:sns:eu-west-1:{ACCOUNT}:a", f"arn:aws:sns:eu-west-1:{ACCOUNT}:b"],
         f"https://sqs.eu-west-1.amazonaws.com/{ACCOUNT}/events", principal_path="/bedrock-users/"),
@@ -223,6 +233,11 @@ CALLS: dict[tuple[str, str], list[Need]] = {
     ("ce", "get_cost_and_usage"): [Need("ce:GetCostAndUsage", "*")],
     # bot/db_secret.py (only with BOT_DATABASE_SECRET)
     ("secretsmanager", "get_secret_value"): [Need("secretsmanager:GetSecretValue", DB_SECRET)],
+    # bot/aws/usage_stream.py (BOT_USAGE_STREAM)
+    ("kinesis", "describe_stream_summary"): [Need("kinesis:DescribeStreamSummary", STREAM_ARN)],
+    ("kinesis", "list_shards"): [Need("kinesis:ListShards", STREAM_ARN)],
+    ("kinesis", "get_shard_iterator"): [Need("kinesis:GetShardIterator", STREAM_ARN)],
+    ("kinesis", "get_records"): [Need("kinesis:GetRecords", STREAM_ARN)],
 }
 # Calls the bot makes only when configured to; the generic policy (nothing configured) has no grant.
 CONFIGURED_ONLY = {("secretsmanager", "get_secret_value")}
@@ -252,7 +267,7 @@ def test_every_call_is_allowed_by_the_concrete_policy(service: str, method: str)
 
 @pytest.mark.parametrize(("service", "method"), sorted(CALLS))
 def test_every_call_is_allowed_by_the_generic_policy(service: str, method: str) -> None:
-    policy = bot_policy()
+    policy = generic(service)
     for need in CALLS[(service, method)]:
         expected = (service, method) not in CONFIGURED_ONLY
         assert allowed(policy, need.action, need.resource, need.context) is expected, f"{need}"
@@ -409,7 +424,8 @@ def test_to_json_round_trips() -> None:
 
 def test_module_main_prints_the_policy_and_the_cfn_form(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--region", REGION, "--account-id", ACCOUNT, "--topic-arn", TOPIC, "--queue", QUEUE,
-                 "--log-group", LOG_GROUP, "--database-secret", DB_SECRET]) == 0
+                 "--log-group", LOG_GROUP, "--database-secret", DB_SECRET,
+                 "--usage-stream", STREAM]) == 0
     assert json.loads(capsys.readouterr().out) == concrete()
     assert main(["--cfn"]) == 0
     assert json.loads(capsys.readouterr().out) == cfn_policy()
@@ -452,3 +468,18 @@ def test_cfn_form_has_no_bare_placeholders() -> None:
         return [node] if isinstance(node, str) and "${" in node else []
     assert not bare(cfn_policy())
     assert any("${AWS::Partition}" in s for s in _strings(cfn_policy()))
+
+
+def test_the_usage_stream_adds_only_reads_on_that_stream() -> None:
+    without = bot_policy(REGION, ACCOUNT)
+    assert "kinesis" not in json.dumps(without)
+    (statement,) = [st for st in concrete()["Statement"] if st["Sid"] == "KinesisReadUsageStream"]
+    assert statement["Resource"] == STREAM_ARN
+    assert sorted(statement["Action"]) == ["kinesis:DescribeStreamSummary", "kinesis:GetRecords",
+                                           "kinesis:GetShardIterator", "kinesis:ListShards"]
+    for action in ("kinesis:PutRecord", "kinesis:DeleteStream", "kinesis:GetRecords"):
+        other = f"arn:aws:kinesis:{REGION}:{ACCOUNT}:stream/someone-elses"
+        assert not allowed(concrete(), action, other)
+    assert not allowed(concrete(), "kinesis:PutRecord", STREAM_ARN)
+    with pytest.raises(ValueError, match="not a Kinesis stream"):
+        bot_policy(usage_stream="bad name!")
