@@ -9,6 +9,7 @@ to the clicker: ephemerally for message buttons, by DM for App Home buttons and 
 from __future__ import annotations
 
 from collections.abc import Callable
+from concurrent.futures import Executor
 from typing import Any
 
 from slack_bolt import Ack, App, Respond
@@ -22,6 +23,7 @@ from bot.render.enforcement import REQUEST_RESTORE
 from bot.runtime import Services
 from bot.services.directory import Actor
 from bot.slack.notifier import safe
+from handlers.answers_pool import hand_off
 from handlers.replies import answering
 
 Tell = Callable[[str], None]
@@ -66,10 +68,16 @@ def _empty_reason(ack: Ack, view: dict[str, Any]) -> bool:
     return True
 
 
-def register(app: App, s: Services) -> None:
+def register(app: App, s: Services, answers: Executor) -> None:
     def run(body: dict[str, Any], respond: Respond | None, noun: str, raw: Any,
             work: Callable[[Actor, int], str | None]) -> None:
-        """The shared path of every click: a numeric id, the flow, one answer."""
+        """The shared path of every click, after the ack: on the answer pool, so that a click's
+        flow (database, IAM) never holds a listener thread that another ack needs."""
+        hand_off(answers, lambda: _settle(body, respond, noun, raw, work), f"{noun} click")
+
+    def _settle(body: dict[str, Any], respond: Respond | None, noun: str, raw: Any,
+                work: Callable[[Actor, int], str | None]) -> None:
+        """A numeric id, the flow, one answer."""
         actor = _actor(body)
         tell = _teller(s, body, respond, actor)
         item = parse_id(raw)
@@ -128,11 +136,15 @@ def register(app: App, s: Services) -> None:
         user = str(event.get("user") or "")
         if event.get("tab", "home") != "home" or not user:
             return
-        try:
-            data = flow.home_view(s, Actor.slack(user))
-        except BotError:
-            return
-        client.views_publish(user_id=user, view=ui.home_view(*data, tz=s.tz))
+        hand_off(answers, lambda: _publish_home(s, client, user), "home tab")
+
+
+def _publish_home(s: Services, client: WebClient, user: str) -> None:
+    try:
+        data = flow.home_view(s, Actor.slack(user))
+    except BotError:
+        return
+    client.views_publish(user_id=user, view=ui.home_view(*data, tz=s.tz))
 
 
 def _open(_: Any) -> None:
