@@ -11,6 +11,9 @@ makes it. The variant comes from BENCH_SERVE_VARIANT:
   the request thread and the 200 goes out as it returns, without Bolt's 10 ms polling for the ack. Only
   sound when every listener hands its work off the same way (handlers/approvals.py does not yet).
 
+- `before`: 8fafb28's handlers (the baseline of issue 19): the `/bedrock` listener computes its answer
+  in Bolt's listener thread, on a pool of 32, before it returns.
+
 Usage (what the bench runs):  BENCH_SERVE_VARIANT=handoff python bench/serve_variant.py serve …
 """
 
@@ -28,6 +31,7 @@ import slack_bolt.app.app as bolt_app
 from slack_bolt import Ack, App, Respond
 from slack_sdk import WebClient
 
+import handlers.app as app_module
 import handlers.slash as commands
 from bot.runtime import Services
 from handlers.main import main
@@ -46,7 +50,7 @@ def _pool32() -> None:
 def _handoff() -> None:
     pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="answer")
 
-    def register(app: App, services: Services) -> None:
+    def register(app: App, services: Services, answers: object = None) -> None:
         @app.command("/bedrock")
         def bedrock(ack: Ack, body: dict[str, Any], respond: Respond, client: WebClient) -> None:
             ack()
@@ -72,7 +76,20 @@ def _inline() -> None:
     bolt_app.App.__init__ = init  # type: ignore[method-assign]
 
 
-VARIANTS = {"pool32": _pool32, "handoff": _handoff, "inline": _inline}
+def _before() -> None:
+    def register(app: App, services: Services, answers: object = None) -> None:
+        @app.command("/bedrock")
+        def bedrock(ack: Ack, body: dict[str, Any], respond: Respond, client: WebClient) -> None:
+            ack()
+            text, blocks = commands.answer(services, client, str(body.get("user_id", "")),
+                                           str(body.get("text", "")))
+            respond(text=text, blocks=blocks, response_type="ephemeral")
+
+    commands.register = register  # type: ignore[assignment]
+    app_module.listener_pool = lambda: ThreadPoolExecutor(max_workers=32, thread_name_prefix="bolt")
+
+
+VARIANTS = {"pool32": _pool32, "handoff": _handoff, "inline": _inline, "before": _before}
 
 if __name__ == "__main__":
     VARIANTS[os.environ["BENCH_SERVE_VARIANT"]]()

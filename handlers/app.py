@@ -17,6 +17,7 @@ from bot.runtime import Services
 from bot.slack.notifier import NullNotifier, SlackNotifier
 from bot.slack.outbox import OutboxNotifier
 from handlers import approvals, errors, raises, slash
+from handlers.answers_pool import answer_pool
 
 
 def slack_client(settings: Settings) -> WebClient:
@@ -29,16 +30,19 @@ def slack_client(settings: Settings) -> WebClient:
 
 
 def listener_pool() -> ThreadPoolExecutor:
-    """Bolt acks from the listener's thread; with its default pool of 5, an ack queues behind
-    other commands' answers. A wider pool keeps acks in milliseconds under bursts."""
-    return ThreadPoolExecutor(max_workers=32, thread_name_prefix="bolt")
+    """Bolt acks from the listener's thread. Listeners only ack and hand their work to the answer
+    pool, so they hold a thread for well under a millisecond; 16 (serve's request threads) is
+    enough that an ack never queues for one."""
+    return ThreadPoolExecutor(max_workers=16, thread_name_prefix="bolt")
 
 
 def create_app(settings: Settings, services: Services, client: WebClient | None = None,
-               listener_executor: Executor | None = None) -> App:
+               listener_executor: Executor | None = None,
+               answer_executor: Executor | None = None) -> App:
     """The Bolt app with every listener and the one error handler behind them.
 
-    `listener_executor` runs the listeners (tests pass one they can wait on)."""
+    `listener_executor` runs the listeners up to their ack, `answer_executor` the work after it
+    (tests pass executors they can wait on)."""
     client = client or slack_client(settings)
     if isinstance(services.notifier, NullNotifier):
         services.notifier = OutboxNotifier(SlackNotifier(client), services.db, services.clock)
@@ -47,7 +51,8 @@ def create_app(settings: Settings, services: Services, client: WebClient | None 
               ignoring_self_events_enabled=False,
               listener_executor=listener_executor or listener_pool())
     errors.register(app, services)
-    slash.register(app, services)
-    approvals.register(app, services)
-    raises.register(app, services)
+    answers = answer_executor or answer_pool()
+    slash.register(app, services, answers)
+    approvals.register(app, services, answers)
+    raises.register(app, services, answers)
     return app

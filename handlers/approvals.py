@@ -9,6 +9,7 @@ to the clicker: ephemerally for message buttons, by DM for App Home buttons and 
 from __future__ import annotations
 
 from collections.abc import Callable
+from concurrent.futures import Executor
 from typing import Any
 
 from slack_bolt import Ack, App, Respond
@@ -22,6 +23,7 @@ from bot.render.enforcement import REQUEST_RESTORE
 from bot.runtime import Services
 from bot.services.directory import Actor
 from bot.slack.notifier import safe
+from handlers.answers_pool import hand_off
 from handlers.replies import answering
 
 Tell = Callable[[str], None]
@@ -85,24 +87,17 @@ def run_click(s: Services, body: dict[str, Any], respond: Respond | None, action
             tell(note)
 
 
-def register(app: App, s: Services) -> None:
+def click_handler(s: Services, answers: Executor) -> Callable[..., None]:
+    """`run_click` after the ack, on the answer pool: a click's flow (database, IAM) never
+    holds a listener thread that another ack needs."""
     def run(body: dict[str, Any], respond: Respond | None, action: str, noun: str, raw: Any,
             work: Callable[[Actor, int], str | None]) -> None:
-        """The shared path of every click: a numeric id, the flow, one answer, and an audit
-        row for whatever went wrong (the flow audits its own refusals)."""
-        actor = _actor(body)
-        tell = _teller(s, body, respond, actor)
-        item = parse_id(raw)
-        if item is None:
-            audit_refusal(s.db, s.clock, actor, action, "slack",
-                          f"a payload that does not name a {noun}: {str(raw)[:40]!r}")
-            tell(f"⚠️ that button does not name a {noun}")
-            return
-        with answering(tell, lambda reason: audit_refusal(
-                s.db, s.clock, actor, action, f"{noun}:{item}", reason, "error")):
-            note = work(actor, item)
-            if note:
-                tell(note)
+        hand_off(answers, lambda: run_click(s, body, respond, action, noun, raw, work), f"{noun} click")
+    return run
+
+
+def register(app: App, s: Services, answers: Executor) -> None:
+    run = click_handler(s, answers)
 
     @app.action(REQUEST_RESTORE)
     def request_restore(ack: Ack, body: dict[str, Any], client: WebClient, respond: Respond) -> None:
@@ -149,11 +144,15 @@ def register(app: App, s: Services) -> None:
         user = str(event.get("user") or "")
         if event.get("tab", "home") != "home" or not user:
             return
-        try:
-            data = flow.home_view(s, Actor.slack(user))
-        except BotError:
-            return
-        client.views_publish(user_id=user, view=ui.home_view(*data, tz=s.tz))
+        hand_off(answers, lambda: _publish_home(s, client, user), "home tab")
+
+
+def _publish_home(s: Services, client: WebClient, user: str) -> None:
+    try:
+        data = flow.home_view(s, Actor.slack(user))
+    except BotError:
+        return
+    client.views_publish(user_id=user, view=ui.home_view(*data, tz=s.tz))
 
 
 def _open(_: Any) -> None:

@@ -7,6 +7,7 @@ The modal's amount is validated with the limit grammar before the modal closes.
 
 from __future__ import annotations
 
+from concurrent.futures import Executor
 from datetime import timedelta
 from typing import Any
 
@@ -17,7 +18,7 @@ from bot.flows import raises as flow
 from bot.quantities import Amount, QuantityError, parse_amount, parse_duration
 from bot.render import raises as ui
 from bot.runtime import Services
-from handlers.approvals import button_value, run_click
+from handlers.approvals import button_value, click_handler
 
 
 def _values(view: dict[str, Any]) -> dict[str, Any]:
@@ -56,11 +57,12 @@ def parse_modal(view: dict[str, Any]) -> tuple[Amount, timedelta | None, str] | 
     return amount, duration, reason
 
 
-def register(app: App, s: Services) -> None:
+def register(app: App, s: Services, answers: Executor) -> None:
+    run = click_handler(s, answers)
     @app.action(ui.REQUEST_MORE)
     def request_more(ack: Ack, body: dict[str, Any], client: WebClient, respond: Respond) -> None:
         ack()
-        run_click(s, body, respond, "raise.open", "limit", button_value(body), lambda actor, limit_id: _open(
+        run(body, respond, "raise.open", "limit", button_value(body), lambda actor, limit_id: _open(
             client.views_open(trigger_id=body["trigger_id"],
                               view=ui.modal(flow.check_can_ask(s, actor, limit_id)))))
 
@@ -72,13 +74,13 @@ def register(app: App, s: Services) -> None:
             return
         ack()
         amount, duration, reason = parsed
-        run_click(s, body, None, "raise.request", "limit", view.get("private_metadata"),
+        run(body, None, "raise.request", "limit", view.get("private_metadata"),
                   lambda actor, limit_id: flow.file_request(s, actor, limit_id, amount, duration, reason))
 
     def decider(decision: str) -> Any:
         def decide(ack: Ack, body: dict[str, Any], respond: Respond) -> None:
             ack()
-            run_click(s, body, respond, f"raise.{decision}", "raise request", button_value(body),
+            run(body, respond, f"raise.{decision}", "raise request", button_value(body),
                       lambda actor, req_id: flow.decide(s, actor, req_id, decision))
         return decide
 

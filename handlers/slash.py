@@ -1,7 +1,9 @@
-"""`/bedrock`: ack at once, then parse → flow → render (bot.slash.registry) → respond()."""
+"""`/bedrock`: ack at once in Bolt's listener thread, then parse → flow → render
+(bot.slash.registry) → respond() on the answer pool (handlers/answers_pool.py)."""
 
 from __future__ import annotations
 
+from concurrent.futures import Executor
 from typing import Any
 
 from slack_bolt import Ack, App, Respond
@@ -15,6 +17,7 @@ from bot.runtime import Services
 from bot.services.directory import Actor
 from bot.slash import registry
 from bot.slash.answers import Request
+from handlers.answers_pool import hand_off
 from handlers.replies import answering
 
 
@@ -39,9 +42,14 @@ def answer(services: Services, client: WebClient, user_id: str, text: str) -> Re
     return messages.text_reply(replies[0])
 
 
-def register(app: App, services: Services) -> None:
+def register(app: App, services: Services, answers: Executor) -> None:
     @app.command("/bedrock")
     def bedrock(ack: Ack, body: dict[str, Any], respond: Respond, client: WebClient) -> None:
         ack()
-        text, blocks = answer(services, client, str(body.get("user_id", "")), str(body.get("text", "")))
-        respond(text=text, blocks=blocks, response_type="ephemeral")
+        user, text = str(body.get("user_id", "")), str(body.get("text", ""))
+
+        def work() -> None:
+            reply, blocks = answer(services, client, user, text)
+            respond(text=reply, blocks=blocks, response_type="ephemeral")
+
+        hand_off(answers, work, "/bedrock")

@@ -29,8 +29,9 @@ ALERTS = "CALERTS01"
 
 
 class ListenerPool(ThreadPoolExecutor):
-    """Bolt's listener pool, remembering what it ran: a test waits until every listener has
-    finished (`settle`) instead of sleeping to prove that something did not happen."""
+    """Bolt's listener pool and the answer pool (the harness passes it as both), remembering what
+    it ran: a test waits until every listener and answer has finished (`settle`) instead of
+    sleeping to prove that something did not happen."""
 
     def __init__(self) -> None:
         super().__init__(max_workers=32, thread_name_prefix="bolt")
@@ -122,7 +123,8 @@ def running_bot(db: Database, clock: FixedClock, **extra: str) -> Iterator[Harne
         with db.session_scope() as session:
             directory.bootstrap_admins(session, clock, settings.bot.admins)
         listeners = ListenerPool()
-        app = create_app(settings, services, slack_client(settings), listener_executor=listeners)
+        app = create_app(settings, services, slack_client(settings), listener_executor=listeners,
+                         answer_executor=listeners)
         try:
             yield Harness(settings, services, app, slack, listeners)
         finally:
