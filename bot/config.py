@@ -21,6 +21,7 @@ WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", 
 _SLACK_ID = re.compile(r"^[UW][A-Z0-9]{2,}\Z")
 _METADATA_KEY = re.compile(r"^[A-Za-z0-9_]{1,64}\Z")
 _TOPIC_ARN = re.compile(r"^arn:aws[a-z-]*:sns:[a-z0-9-]+:\d{12}:[A-Za-z0-9_-]{1,256}\Z")
+_SCP_TARGET = re.compile(r"\d{12}|ou-[0-9a-z]{4,32}-[a-z0-9]{8,32}|r-[0-9a-z]{4,32}")
 
 
 def _split_csv(value: object) -> list[str]:
@@ -80,6 +81,11 @@ class AwsSettings(BaseSettings):
     sns_cert_dir: str | None = Field(None, validation_alias="BOT_SNS_CERT_DIR")
     sqs_queue_url: str | None = Field(None, validation_alias="BOT_SQS_QUEUE_URL")
     dry_run: bool = Field(False, validation_alias="BOT_DRY_RUN")
+    # How IAM Identity Center sessions are blocked (docs/enforcement.md): `tags` once the
+    # baseline permission set (`bedrock-bot iam-policy --permission-set`) is in place, `scp`
+    # when the bot may manage an SCP in AWS Organizations, `none`: reported as not blocked.
+    sso_method: Literal["tags", "scp", "none"] = Field("none", validation_alias="BOT_SSO_METHOD")
+    scp_target: str | None = Field(None, validation_alias="BOT_SCP_TARGET")
 
     _split = field_validator("metadata_keys", "sns_topic_arns", mode="before")(
         classmethod(lambda cls, v: _split_csv(v))
@@ -91,6 +97,13 @@ class AwsSettings(BaseSettings):
         for key in v:
             if not _METADATA_KEY.match(key):
                 raise ValueError(f"{key!r} is not a requestMetadata key (letters, digits, _; ≤64)")
+        return v
+
+    @field_validator("scp_target")
+    @classmethod
+    def _valid_target(cls, v: str | None) -> str | None:
+        if v is not None and not _SCP_TARGET.fullmatch(v):
+            raise ValueError(f"BOT_SCP_TARGET must be an account id, an OU id or a root id: {v!r}")
         return v
 
     @field_validator("alarm_topic_arn_raw")

@@ -51,7 +51,7 @@ def revoke_manual(s: Services, actor: Actor, ref: SubjectRef, note: str) -> Revo
 
 def _undo(s: Services, plan: DenyPlan, deny: DenyOutcome) -> None:
     """Take off the denies this attempt wrote, so IAM and the database agree (no row)."""
-    failed = access.remove_deny(s.access, plan.subject_name, deny.changed)
+    failed = access.remove_deny(s.access, plan.subject_name, deny.changed, deny.credentials, plan.aips)
     if failed:  # reconcile removes a deny no revocation explains
         log.warning("could not undo a partial revoke of %s: %s", plan.subject_name, failed)
 
@@ -109,11 +109,12 @@ def restore_planned(s: Services, actor: Actor, plan: access.RestorePlan, note: s
     """A person's restore is all or nothing: the denies come off first; when IAM refuses one,
     those already deleted are put back and the refusal names the AWS error."""
     target = f"subject:{plan.subject_name}"
-    failed = access.remove_deny(s.access, plan.subject_name, list(plan.clear))
+    failed = access.remove_deny(s.access, plan.subject_name, list(plan.clear),
+                                {arn: list(ids) for arn, ids in plan.deny.credentials}, plan.deny.aips)
     if failed:
         removed = tuple(p for p in plan.clear if p not in failed and p in plan.deny.principals)
         access.apply_deny(s.access, DenyPlan(plan.deny.subject_id, plan.subject_name, removed,
-                                             plan.deny.resources))
+                                             plan.deny.resources, plan.deny.aips))
         arn, code = next(iter(failed.items()))
         error = AwsError("DeleteUserPolicy" if ":user/" in arn else "DeleteRolePolicy", code,
                          f"could not remove the deny from {arn}; nothing was changed")
@@ -137,7 +138,7 @@ def finish_restore(s: Services, actor: Actor, lifts: list[Lift], note: str) -> l
 def clear(s: Services, actor: Actor, lifts: list[Lift]) -> None:
     """Delete the denies of recorded lifts; a failure is audited (reconcile retries it)."""
     for x in lifts:
-        failed = access.remove_deny(s.access, x.subject_name, x.principals)
+        failed = access.remove_deny(s.access, x.subject_name, x.principals, x.credentials, x.aips)
         if failed:
             with s.db.session_scope() as session:
                 audit.record(session, s.clock, actor.label, "access.restore", f"revocation:{x.view.id}",
