@@ -16,13 +16,14 @@ from datetime import datetime
 
 from sqlalchemy.orm import Session
 
+from bot.aws.enforcement import enforcer
 from bot.errors import AwsError
 from bot.flows import tell
 from bot.flows.runner import audit_refusal, step
 from bot.models import Revocation, Subject
 from bot.runtime import Services
 from bot.services import access, audit
-from bot.services.access import DenyOutcome, DenyPlan, Lift, RevocationView
+from bot.services.access import DenyOutcome, DenyPlan, Lift, RevocationView, SubjectCheck
 from bot.services.directory import Actor, SubjectRef
 
 log = logging.getLogger(__name__)
@@ -165,3 +166,32 @@ def _subject(session: Session, plan: DenyPlan) -> Subject:
     subject = session.get(Subject, plan.subject_id)
     assert subject is not None, "subjects are never deleted"
     return subject
+
+
+def unlink(s: Services, actor: Actor, ref: SubjectRef, arn: str) -> access.UnlinkPlan:
+    """`/bedrock unlink`: take off what the bot's revocations put on the principal (each
+    holder's deny, its session entry, its API keys back on), then delete the link. All or
+    nothing: when AWS refuses, the link stays and the reply names the error."""
+    target = str(ref)
+    plan = step(s.db, s.clock, actor, "principal.unlink", target,
+                lambda session: access.plan_unlink(session, actor, ref, arn))
+    for i, holder in enumerate(plan.held_by):
+        keys = {plan.arn: list(plan.credentials)} if i == 0 else {}
+        failed = access.remove_deny(s.access, holder, [plan.arn], keys, plan.aips)
+        if failed:
+            error = AwsError("Release", failed[plan.arn],
+                             f"could not take {holder}'s block off {plan.arn}; it stays linked")
+            audit_refusal(s.db, s.clock, actor, "principal.unlink", target, str(error), error.outcome)
+            raise error
+    step(s.db, s.clock, actor, "principal.unlink", target,
+         lambda session: access.record_unlink(session, s.clock, actor, plan))
+    return plan
+
+
+def check(s: Services, actor: Actor, ref: SubjectRef | None) -> list[SubjectCheck]:
+    """`/bedrock check` and `bedrock-bot check-access`: what a revoke would do, principal by
+    principal, read-only (no AWS call: the method follows from the kind and the settings)."""
+    found = step(s.db, s.clock, actor, "access.check", str(ref or "everyone"),
+                 lambda session: access.plan_check(session, actor, ref))
+    enf = enforcer(s.access)
+    return [SubjectCheck(name, tuple((arn, enf.method(arn)) for arn in arns)) for name, arns in found]

@@ -12,9 +12,10 @@ from slack_sdk.models.blocks import (
     MarkdownTextObject,
 )
 
+from bot.aws.principals import KIND_LABEL
 from bot.render.blocks import Reply, section
 from bot.render.text import METRIC_LABEL, bar, escape, metric_value, when
-from bot.services.access import RevocationView
+from bot.services.access import RevocationView, SubjectCheck
 from bot.services.enforce import Breach, Warning
 from bot.services.usage import LimitStatus
 
@@ -39,10 +40,36 @@ def warning_message(w: Warning, tz: ZoneInfo) -> Reply:
     return f"{w.subject.name} is at {w.status.percent:.0f}% of a limit", [section(text).to_dict()]
 
 
+def headline(r: RevocationView) -> str:
+    """Never "revoked" when nothing was blocked (docs/enforcement.md, "Honest outcomes")."""
+    if r.blocked:
+        return "⛔ *Access revoked*"
+    return "⚠️ *Revocation recorded, access NOT blocked*"
+
+
+def not_blocked_lines(r: RevocationView) -> list[str]:
+    """"⚠ alice: SSO session — no method configured; see docs/enforcement.md", one a principal."""
+    lines = [f"⚠ {r.subject.name}: {b.label} `{escape(b.arn)}` — {escape(b.reason)}" for b in r.not_blocked]
+    if not r.blocks:
+        lines.append(f"⚠ {r.subject.name}: no principal is linked — link one with `/bedrock link`")
+    return lines
+
+
+def block_summary(r: RevocationView) -> str:
+    """The reply to `/bedrock revoke`: per principal the method, and what is left open."""
+    done = [b for b in r.blocks if b.blocked]
+    head = (f"⛔ Revoked `{r.subject.name}`" if r.blocked else
+            f"⚠️ `{r.subject.name}` is NOT blocked (the revocation is recorded and retried each "
+            "enforce run)")
+    lines = [head + (f": {len(done)} principal(s) blocked" if done else ".")]
+    lines += [f"• {b.label} `{escape(b.arn)}`: {b.method}" for b in done]
+    return "\n".join(lines + not_blocked_lines(r))
+
+
 def breach_message(b: Breach, tz: ZoneInfo) -> Reply:
     r = b.revocation
     dry = " (dry run: IAM was not changed)" if r.dry_run else ""
-    text = (f"⛔ *Access revoked*{dry}: {r.subject.mention}\n{_usage_line(b.status, tz)}\n"
+    text = (f"{headline(r)}{dry}: {r.subject.mention}\n{_usage_line(b.status, tz)}\n"
             f"Access comes back automatically when the window ends, or an admin approves a "
             f"restore request.")
     blocks: list[Any] = [section(text), _principals(r), restore_button(r.id)]
@@ -53,7 +80,7 @@ def manual_revoke_message(r: RevocationView, actor_id: str | None) -> Reply:
     by = f"<@{actor_id}>" if actor_id else r.revoked_by
     dry = " (dry run: IAM was not changed)" if r.dry_run else ""
     note = f"\nReason: {escape(r.note)}" if r.note else ""
-    text = f"⛔ *Access revoked*{dry}: {r.subject.mention}, by {by}.{note}"
+    text = f"{headline(r)}{dry}: {r.subject.mention}, by {by}.{note}"
     blocks: list[Any] = [section(text), _principals(r), restore_button(r.id)]
     return f"Bedrock access revoked for {r.subject.name}", [b.to_dict() for b in blocks]
 
@@ -72,7 +99,23 @@ def _principals(r: RevocationView) -> ContextBlock:
     if not r.principals:
         text = "No IAM principals are linked yet: link them with `/bedrock link`."
     else:
-        shown = ", ".join(f"`{p}`" for p in r.principals[:10])
-        more = f" and {len(r.principals) - 10} more" if len(r.principals) > 10 else ""
-        text = f"Deny policy `bedrock-bot-deny-{r.subject.name}` on {shown}{more}"
-    return ContextBlock(elements=[MarkdownTextObject(text=text[:2900])])
+        done = [b for b in r.blocks if b.blocked] if r.blocks else []
+        shown = ", ".join(f"`{b.arn}` ({b.method})" for b in done[:10]) if r.blocks else \
+            ", ".join(f"`{p}`" for p in r.principals[:10])
+        more = f" and {len(done) - 10} more" if len(done) > 10 else ""
+        text = f"Blocked: {shown}{more}" if shown else ""
+        text = "\n".join([t for t in [text, *not_blocked_lines(r)] if t])
+    return ContextBlock(elements=[MarkdownTextObject(text=text[:2900] or "—")])
+
+
+def check_text(checks: list[SubjectCheck]) -> str:
+    """`/bedrock check` / `bedrock-bot check-access`: principal, kind, method, blocks or not."""
+    lines: list[str] = []
+    for c in checks:
+        verdict = "would be blocked" if c.blockable else "would NOT be fully blocked"
+        lines.append(f"*{c.subject}*: {verdict}" if c.methods else f"*{c.subject}*: no principal linked")
+        for arn, m in c.methods:
+            ok = "✅" if m.would_block else "⚠"
+            missing = f" — missing: {m.missing}" if m.missing else ""
+            lines.append(f"  {ok} `{arn}` {KIND_LABEL.get(m.kind, m.kind)} → {m.method}{missing}")
+    return "\n".join(lines) or "no subjects"

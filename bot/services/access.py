@@ -15,7 +15,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from bot.aws.access import IamAccess
-from bot.aws.enforcement import Block, enforcer
+from bot.aws.enforcement import Block, Method, enforcer
 from bot.clock import Clock
 from bot.errors import AwsError, BadInput
 from bot.models import Limit, LimitException, Profile, Revocation, Subject
@@ -346,3 +346,61 @@ def hold_off(session: Session, clock: Clock, actor: Actor, rev: Revocation,
 
 def is_revoked(session: Session, subject_id: int) -> bool:
     return bool(active(session, subject_id))
+
+
+@dataclass(frozen=True)
+class UnlinkPlan:
+    """A principal to unlink, and the subjects whose revocation put a block on it."""
+
+    subject_name: str
+    arn: str
+    kind: str
+    held_by: tuple[str, ...]  # subject names with an active revocation covering it
+    credentials: tuple[str, ...]  # its API keys the bot deactivated
+    aips: tuple[str, ...]
+
+
+def plan_unlink(session: Session, actor: Actor, ref: directory.SubjectRef, arn: str) -> UnlinkPlan:
+    subject, principal = directory.find_principal(session, actor, ref, arn)
+    revs = list(session.scalars(select(Revocation).where(Revocation.state == "active")))
+    holders = [r for r in revs if principal.arn in (r.principals or [])]
+    names = sorted({s.name for r in holders if (s := session.get(Subject, r.subject_id)) is not None})
+    keys = sorted({k for r in holders for k in (r.enforcement or {}).get(principal.arn, {}).get(
+        "credentials", [])})
+    # SSO sessions blocked by tags: the tags belong to the subject's AIPs, which stay revoked
+    # while the subject is; unlinking one session does not flip them back.
+    return UnlinkPlan(subject.name, principal.arn, principal.kind, tuple(names), tuple(keys), ())
+
+
+def record_unlink(session: Session, clock: Clock, actor: Actor, plan: UnlinkPlan) -> bool:
+    """Delete the link and forget the principal on the subjects' revocations (a later
+    restore must not touch it again: it may belong to someone else by then)."""
+    subject = directory.get(session, directory.SubjectRef(name=plan.subject_name))
+    holders = [s for name in plan.held_by
+               if (s := session.scalar(select(Subject).where(Subject.name == name))) is not None]
+    for holder in {subject.id, *[h.id for h in holders]}:
+        for rev in session.scalars(select(Revocation).where(Revocation.subject_id == holder)):
+            if plan.arn in (rev.principals or []):
+                rev.principals = [p for p in rev.principals if p != plan.arn]
+                rev.enforcement = {k: v for k, v in (rev.enforcement or {}).items() if k != plan.arn}
+    return directory.unlink_principal(session, clock, actor, subject, plan.arn,
+                                      bool(plan.held_by) if plan.held_by else None)
+
+
+def plan_check(session: Session, actor: Actor,
+               ref: directory.SubjectRef | None) -> list[tuple[str, list[str]]]:
+    """(subject, its bound principals) for one subject or, with no ref, every subject (admin)."""
+    directory.authorize(session, actor, "admin", "check")
+    subjects = [directory.get(session, ref)] if ref is not None else list(
+        session.scalars(select(Subject).order_by(Subject.name)))
+    return [(s.name, bound_principals(session, s)) for s in subjects]
+
+
+@dataclass(frozen=True)
+class SubjectCheck:
+    subject: str
+    methods: tuple[tuple[str, Method], ...]  # (principal ARN, how a revoke would block it)
+
+    @property
+    def blockable(self) -> bool:
+        return bool(self.methods) and all(m.would_block for _, m in self.methods)
