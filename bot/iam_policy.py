@@ -184,7 +184,8 @@ def _document(*, partition: str, region: str, account: str, topics: Sequence[str
         _allow("StsWhoAmI", ["sts:GetCallerIdentity"], "*"),
         # BOT_SSO_METHOD=scp only; effective only where Organizations policies can be managed
         # (the management account or a delegated administrator).
-        _allow("OrganizationsListPolicies", ["organizations:ListPolicies", "organizations:CreatePolicy"], "*"),
+        _allow("OrganizationsListPolicies",
+               ["organizations:ListPolicies", "organizations:CreatePolicy"], "*"),
         _allow("OrganizationsSessionsScp",
                ["organizations:DescribePolicy", "organizations:UpdatePolicy", "organizations:AttachPolicy"],
                [f"arn:{partition}:organizations::*:policy/o-*/service_control_policy/p-*",
