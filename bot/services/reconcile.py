@@ -75,7 +75,7 @@ IAM_ERROR = "iam_error"  # a principal's policies could not be read
 NOT_BLOCKABLE = "not_blocked"  # a revoked subject's principal no configured method can block
 PROFILES_ERROR = "profiles_error"  # the AIP list (or one AIP's tags) could not be read
 KINDS = (DENY_MISSING, DENY_ALTERED, DENY_STALE, DENY_UNKNOWN, PROFILE_MISSING, PROFILE_FOUND,
-         PROFILE_UNRECORDED, IAM_ERROR, PROFILES_ERROR)
+         PROFILE_UNRECORDED, IAM_ERROR, PROFILES_ERROR, NOT_BLOCKABLE)
 
 FAILED = "failed: "
 T = TypeVar("T")
