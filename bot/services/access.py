@@ -187,13 +187,16 @@ def record_reassert(session: Session, clock: Clock, plan: DenyPlan, out: DenyOut
     subject = session.get(Subject, plan.subject_id)
     if subject is None:
         return False
-    for rev in active(session, subject.id):
+    revs = active(session, subject.id)
+    known = {arn for rev in revs for arn, e in (rev.enforcement or {}).items() if e.get("blocked") is False}
+    for rev in revs:
         rev.principals = sorted(set(rev.principals or []) | set(out.principals))
         rev.enforcement = merge_enforcement(rev.enforcement or {}, out.record())
     label = f"{subject.kind}:{subject.name}"
-    if out.not_blocked:
+    newly = {arn: why for arn, why in out.not_blocked.items() if arn not in known}
+    if newly:  # once per principal, not every run (reconcile reports it hourly)
         audit.record(session, clock, "system:enforce", "access.reassert", label,
-                     {"not_blocked": out.not_blocked}, outcome="error")
+                     {"not_blocked": newly}, outcome="error")
     if out.changed:
         audit.record(session, clock, "system:enforce", "access.reassert", label, {"principals": out.changed})
     if out.failed:

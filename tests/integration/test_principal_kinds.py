@@ -149,3 +149,24 @@ def test_check_names_kind_method_and_what_is_missing(
     assert [(c.subject, c.blockable) for c in everyone] == [("alice", True), ("carol", True)]
     with pytest.raises(Exception, match="admin"):
         access_flow.check(s, Actor.slack("UCAROL01"), SubjectRef(name="alice"))
+
+
+def test_reassert_blocks_a_session_linked_after_the_revoke_and_reports_unblockable_once(
+        db: Database, clock: FixedClock, iam: Any) -> None:
+    role_id = iam.get_role(RoleName="data-science")["Role"]["RoleId"]
+    s = services(db, clock, iam)
+    directory_flow.link(s, ADMIN, ALICE, sts(SSO_ROLE, "alice@example.com"))
+    directory_flow.link(s, ADMIN, ALICE, f"arn:aws:iam::{ACCOUNT}:user/alice")
+    iam.create_user(UserName="alice")
+    access_flow.revoke_manual(s, ADMIN, SubjectRef(name="alice"), "")
+    directory_flow.link(s, ADMIN, ALICE, sts("data-science", "alice"))
+    assert access_flow.reassert(s) == ["alice"]
+    raw = iam.get_role_policy(RoleName="data-science", PolicyName=SESSIONS_POLICY)["PolicyDocument"]
+    assert (raw if isinstance(raw, dict) else json.loads(raw)) == sessions_document([f"{role_id}:alice"])
+    assert access_flow.reassert(s) == []
+    # the SSO session was reported by the revoke itself; re-assert does not repeat it each run
+    assert not [e for e in audits(db, "access.reassert") if "not_blocked" in json.loads(e.details)]
+    with db.session_scope() as session:
+        [rev] = session.scalars(select(Revocation))
+        assert rev.enforcement[sts("data-science", "alice")] == {
+            "kind": "session", "method": "session-deny", "blocked": True}
