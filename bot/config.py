@@ -27,6 +27,7 @@ _SECRET_ARN = re.compile(
     r"^arn:aws[a-z-]*:secretsmanager:[a-z0-9-]+:\d{12}:secret:[A-Za-z0-9/_+=.@!-]{1,512}\Z")
 REGION_HINT = ("no AWS region: set one with `export AWS_REGION=eu-west-1` (or AWS_DEFAULT_REGION, "
                "or `region` in your AWS profile)")
+_SCP_TARGET = re.compile(r"\d{12}|ou-[0-9a-z]{4,32}-[a-z0-9]{8,32}|r-[0-9a-z]{4,32}")
 
 
 def _split_csv(value: object) -> list[str]:
@@ -89,6 +90,11 @@ class AwsSettings(BaseSettings):
     sqs_queue_url: str | None = Field(None, validation_alias="BOT_SQS_QUEUE_URL")
     database_secret: str | None = Field(None, validation_alias="BOT_DATABASE_SECRET")
     dry_run: bool = Field(False, validation_alias="BOT_DRY_RUN")
+    # How IAM Identity Center sessions are blocked (docs/enforcement.md): `tags` once the
+    # baseline permission set (`bedrock-bot iam-policy --permission-set`) is in place, `scp`
+    # when the bot may manage an SCP in AWS Organizations, `none`: reported as not blocked.
+    sso_method: Literal["tags", "scp", "none"] = Field("none", validation_alias="BOT_SSO_METHOD")
+    scp_target: str | None = Field(None, validation_alias="BOT_SCP_TARGET")
 
     _split = field_validator("metadata_keys", "sns_topic_arns", mode="before")(
         classmethod(lambda cls, v: _split_csv(v))
@@ -124,6 +130,13 @@ class AwsSettings(BaseSettings):
         if v is not None and not _SECRET_ARN.match(v.strip()):
             raise ValueError(f"not a Secrets Manager secret ARN: {v!r}")
         return v.strip() if v else None
+
+    @field_validator("scp_target")
+    @classmethod
+    def _valid_target(cls, v: str | None) -> str | None:
+        if v is not None and not _SCP_TARGET.fullmatch(v):
+            raise ValueError(f"BOT_SCP_TARGET must be an account id, an OU id or a root id: {v!r}")
+        return v
 
     @field_validator("alarm_topic_arn_raw")
     @classmethod
