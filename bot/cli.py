@@ -50,9 +50,12 @@ def cmd_manifest(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_iam_policy(args: argparse.Namespace, settings: Settings) -> int:
     from bot.config import REGION_HINT
-    from bot.iam_policy import bot_policy, to_json
+    from bot.iam_policy import bot_policy, partition_of, permission_set_policy, to_json
 
     aws = settings.aws
+    if args.permission_set:  # no ARN of this account: the partition is all it names
+        print(to_json(permission_set_policy(partition_of(aws.region))), end="")
+        return 0
     if not aws.region:  # every ARN names the region: never guess one
         print(f"iam-policy: {REGION_HINT}", file=sys.stderr)
         return 2
@@ -65,6 +68,19 @@ def cmd_iam_policy(args: argparse.Namespace, settings: Settings) -> int:
         return 2
     print(to_json(policy), end="")
     return 0
+
+
+def cmd_check_access(args: argparse.Namespace, settings: Settings) -> int:
+    """Every subject: each principal, its kind, how a revoke would block it, what is missing.
+    Exit 1 when some principal could not be blocked."""
+    from bot.flows.access import check
+    from bot.render.enforcement import check_text
+    from bot.runtime import build_services
+    from bot.services.directory import Actor
+
+    checks = check(build_services(settings), Actor(cli_actor()), None)
+    print(check_text(checks))
+    return 0 if all(c.blockable or not c.methods for c in checks) else 1
 
 
 def _safe_url(url: str) -> str:
@@ -96,7 +112,12 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]
     policy.add_argument("--account-id", help="12-digit account id (default: any)")
     policy.add_argument("--principal-path", default="/",
                         help="IAM path of the users/roles the bot may deny (GovernedPrincipalPath)")
+    policy.add_argument("--permission-set", action="store_true",
+                        help="print the baseline IAM Identity Center permission-set policy for "
+                             "BOT_SSO_METHOD=tags instead")
     policy.set_defaults(func=cmd_iam_policy, needs_database=False)
+    sub.add_parser("check-access", help="how a revoke would block each subject's principals"
+                   ).set_defaults(func=cmd_check_access)
     from bot.cli_prices import add_parser as add_prices
 
     add_prices(sub)

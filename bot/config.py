@@ -34,6 +34,8 @@ _STREAM_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,128}\Z")
 _STREAM_ARN = re.compile(
     r"^arn:aws[a-z-]*:kinesis:(?P<region>[a-z0-9-]+):\d{12}:stream/(?P<name>[A-Za-z0-9_.-]{1,128})\Z")
 
+_SCP_TARGET = re.compile(r"\d{12}|ou-[0-9a-z]{4,32}-[a-z0-9]{8,32}|r-[0-9a-z]{4,32}")
+
 
 def _split_csv(value: object) -> list[str]:
     if value is None:
@@ -97,6 +99,12 @@ class AwsSettings(BaseSettings):
     dry_run: bool = Field(False, validation_alias="BOT_DRY_RUN")
     usage_stream: str | None = Field(None, validation_alias="BOT_USAGE_STREAM")
 
+    # How IAM Identity Center sessions are blocked (docs/enforcement.md): `tags` once the
+    # baseline permission set (`bedrock-bot iam-policy --permission-set`) is in place, `scp`
+    # when the bot may manage an SCP in AWS Organizations, `none`: reported as not blocked.
+    sso_method: Literal["tags", "scp", "none"] = Field("none", validation_alias="BOT_SSO_METHOD")
+    scp_target: str | None = Field(None, validation_alias="BOT_SCP_TARGET")
+
     _split = field_validator("metadata_keys", "sns_topic_arns", mode="before")(
         classmethod(lambda cls, v: _split_csv(v))
     )
@@ -131,6 +139,13 @@ class AwsSettings(BaseSettings):
         if v is not None and not _SECRET_ARN.match(v.strip()):
             raise ValueError(f"not a Secrets Manager secret ARN: {v!r}")
         return v.strip() if v else None
+
+    @field_validator("scp_target")
+    @classmethod
+    def _valid_target(cls, v: str | None) -> str | None:
+        if v is not None and not _SCP_TARGET.fullmatch(v):
+            raise ValueError(f"BOT_SCP_TARGET must be an account id, an OU id or a root id: {v!r}")
+        return v
 
     @field_validator("alarm_topic_arn_raw")
     @classmethod

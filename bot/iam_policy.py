@@ -65,6 +65,7 @@ from urllib.parse import urlsplit
 
 VERSION = "2012-10-17"
 DB_SECRET_SID = "SecretsReadDatabasePassword"
+ACCESS_TAG = "bedrock-bot:access"  # bot.aws.enforcement.ACCESS_TAG (bot.iam_policy imports nothing)
 NAME_PREFIX = "bedrock-bot-"  # alarms and budgets the bot makes
 MANAGED_BY_TAG = ("managed-by", "bedrock-bot")  # every AIP the bot makes carries it
 BOT_PATH = "/bedrock-bot/"  # the bot's own users/roles: never governed, never writable
@@ -194,14 +195,19 @@ def _document(*, partition: str, region: str, account: str, topics: Sequence[str
         _allow("BedrockCreateManagedProfiles", ["bedrock:CreateInferenceProfile"],
                [aip, f"arn:{partition}:bedrock:*::foundation-model/*", system_profiles], managed_request),
         _allow("BedrockTagManagedProfiles", ["bedrock:TagResource"], aip, managed_request),
+        _allow("BedrockFlipAccessTag", ["bedrock:TagResource"], aip,
+               {"ForAllValues:StringEquals": {"aws:TagKeys": [ACCESS_TAG]}}),
         _allow("BedrockReadProfiles", ["bedrock:GetInferenceProfile"], [aip, system_profiles]),
         _allow("BedrockReadTags", ["bedrock:ListTagsForResource"], f"{bedrock}:{account}:*"),
         _allow("BedrockDeleteManagedProfiles", ["bedrock:DeleteInferenceProfile"], aip,
                {"StringEquals": {f"aws:ResourceTag/{tag_key}": tag_value}}),
-        _allow("IamUserDenyPolicies", ["iam:PutUserPolicy", "iam:DeleteUserPolicy", "iam:GetUserPolicy",
-                                       "iam:ListUserPolicies"], f"{iam}:user{principal_path}*"),
-        _allow("IamRoleDenyPolicies", ["iam:PutRolePolicy", "iam:DeleteRolePolicy", "iam:GetRolePolicy",
-                                       "iam:ListRolePolicies"], f"{iam}:role{principal_path}*"),
+        _allow("IamUserDenyPolicies",
+               ["iam:PutUserPolicy", "iam:DeleteUserPolicy", "iam:GetUserPolicy", "iam:ListUserPolicies",
+                "iam:ListServiceSpecificCredentials", "iam:UpdateServiceSpecificCredential"],
+               f"{iam}:user{principal_path}*"),
+        _allow("IamRoleDenyPolicies",
+               ["iam:PutRolePolicy", "iam:DeleteRolePolicy", "iam:GetRolePolicy", "iam:ListRolePolicies",
+                "iam:GetRole"], f"{iam}:role{principal_path}*"),
         {"Sid": "ProtectBotPrincipals", "Effect": "Deny",
          "Action": ["iam:PutUserPolicy", "iam:DeleteUserPolicy", "iam:PutRolePolicy", "iam:DeleteRolePolicy"],
          "Resource": [f"{iam}:user{BOT_PATH}*", f"{iam}:role{BOT_PATH}*"]},
@@ -222,10 +228,42 @@ def _document(*, partition: str, region: str, account: str, topics: Sequence[str
         _allow("LogsStopQueries", ["logs:StopQuery"], "*"),
         _allow("StsWhoAmI", ["sts:GetCallerIdentity"], "*"),
         _allow("BillingReadPricesAndCosts", ["pricing:GetProducts", "ce:GetCostAndUsage"], "*"),
+        # BOT_SSO_METHOD=scp only; effective only where Organizations policies can be managed
+        # (the management account or a delegated administrator).
+        _allow("OrganizationsListPolicies",
+               ["organizations:ListPolicies", "organizations:CreatePolicy"], "*"),
+        _allow("OrganizationsSessionsScp",
+               ["organizations:DescribePolicy", "organizations:UpdatePolicy", "organizations:AttachPolicy"],
+               [f"arn:{partition}:organizations::*:policy/o-*/service_control_policy/p-*",
+                f"arn:{partition}:organizations::*:account/o-*/*",
+                f"arn:{partition}:organizations::*:ou/o-*/ou-*",
+                f"arn:{partition}:organizations::*:root/o-*/r-*"]),
     ]
     if database_secret:
         statements.append(_allow(DB_SECRET_SID, ["secretsmanager:GetSecretValue"], database_secret))
     return {"Version": VERSION, "Statement": statements}
+
+
+def permission_set_policy(partition: str = "aws") -> dict[str, Any]:
+    """The baseline inline policy of an Identity Center permission set for BOT_SSO_METHOD=tags.
+
+    Inference only through an application inference profile tagged ``bedrock-bot:access=allowed``
+    whose ``user`` tag equals the caller's ``bedrock-user`` principal tag (an Identity Center
+    attribute for access control); a foundation model only when reached through an inference
+    profile (``bedrock:InferenceProfileArn`` present). Revoking flips the tag to ``revoked``: no
+    Allow matches any more. Nothing here allows batch jobs, API keys or bedrock-mantle.
+    """
+    return {"Version": VERSION, "Statement": [
+        {"Sid": "InvokeOwnAllowedProfiles", "Effect": "Allow",
+         "Action": ["bedrock:InvokeModel", "bedrock:InvokeModelWithResponseStream"],
+         "Resource": f"arn:{partition}:bedrock:*:*:application-inference-profile/*",
+         "Condition": {"StringEquals": {f"aws:ResourceTag/{ACCESS_TAG}": "allowed",
+                                        "aws:ResourceTag/user": "${aws:PrincipalTag/bedrock-user}"}}},
+        {"Sid": "FoundationModelsOnlyThroughProfiles", "Effect": "Allow",
+         "Action": ["bedrock:InvokeModel", "bedrock:InvokeModelWithResponseStream"],
+         "Resource": f"arn:{partition}:bedrock:*::foundation-model/*",
+         "Condition": {"Null": {"bedrock:InferenceProfileArn": "false"}}},
+    ]}
 
 
 def _allow(sid: str, actions: list[str], resource: str | list[str],

@@ -86,6 +86,8 @@ class Principal(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     arn: Mapped[str] = mapped_column(String(2048), unique=True)
     subject_id: Mapped[int] = mapped_column(ForeignKey("subjects.id", ondelete="CASCADE"), index=True)
+    # user | apikey | role | session | sso (bot/aws/principals.py): decides how it is blocked
+    kind: Mapped[str] = mapped_column(String(8), default="user")
     created_by: Mapped[str] = mapped_column(String(128))
     created_at: Mapped[datetime]
 
@@ -191,6 +193,9 @@ class Revocation(Base):
     restored_at: Mapped[datetime | None]
     # Every principal the deny was put on, so a lift also reaches one unbound meanwhile.
     principals: Mapped[list[str]] = mapped_column(default=list)
+    # What took effect beyond the principals: per ARN its method, whether it blocked, and the
+    # API keys the bot deactivated (reactivated exactly on restore).
+    enforcement: Mapped[dict[str, Any]] = mapped_column(default=dict)
 
 
 class RestoreRequest(Base):

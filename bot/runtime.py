@@ -9,10 +9,10 @@ from functools import cached_property
 from typing import Any
 
 from bot.aws import clients
-from bot.aws.access import IamAccess
 from bot.aws.alarms import Alarms
 from bot.aws.budgets import Budgets
 from bot.aws.cost_explorer import CostExplorer
+from bot.aws.enforcement import Enforcer
 from bot.aws.logs import LogsInsights
 from bot.aws.metrics import CloudWatchMetrics
 from bot.aws.price_list import PriceList
@@ -75,8 +75,10 @@ class Services:
         return CloudWatchMetrics(self.aws_client("cloudwatch"))
 
     @cached_property
-    def access(self) -> IamAccess:
-        return IamAccess(self.aws_client("iam"), dry_run=self.settings.aws.dry_run)
+    def access(self) -> Enforcer:
+        aws = self.settings.aws
+        return Enforcer(self.aws_client("iam"), dry_run=aws.dry_run, sso_method=aws.sso_method,
+                        client=self.aws_client, scp_target=aws.scp_target)
 
     def sns_verifier(self, max_age: timedelta | None = DEFAULT_MAX_AGE) -> SnsVerifier:
         """HTTP deliveries are fresh; the SQS poller passes max_age=None (queued messages wait)."""

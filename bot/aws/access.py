@@ -30,7 +30,21 @@ from bot.aws.clients import aws_error
 from bot.errors import AwsError
 
 POLICY_PREFIX = "bedrock-bot-deny-"
-DENY_ACTIONS = ("bedrock:InvokeModel", "bedrock:InvokeModelWithResponseStream")
+# Every inference entry point (Service Authorization Reference, docs/enforcement.md):
+# InvokeModel also governs Converse and StartAsyncInvoke, InvokeModelWithResponseStream
+# ConverseStream; batch jobs, Bedrock API keys and the bedrock-mantle endpoint have their own.
+DENY_ACTIONS = (
+    "bedrock:InvokeModel",
+    "bedrock:InvokeModelWithResponseStream",
+    "bedrock:CreateModelInvocationJob",
+    "bedrock:CallWithBearerToken",
+    "bedrock-mantle:CreateInference",
+    "bedrock-mantle:CallWithBearerToken",
+)
+# IAM Identity Center roles: AWS refuses any write to them ("this role is only modifiable by
+# AWS"); moto does not, so the bot refuses them itself.
+SSO_ROLE_PREFIX = "AWSReservedSSO_"
+SSO_ROLE_PATH = "/aws-reserved/sso.amazonaws.com/"
 SID = "BedrockBotDeny"
 # IAM's aggregate inline-policy size quotas per principal (characters, whitespace excluded).
 INLINE_LIMITS = {"user": 2048, "role": 10240, "group": 5120}
@@ -60,6 +74,24 @@ class PrincipalRef:
     kind: str  # "user" | "role"
     name: str  # the last path segment: what UserName / RoleName take
     arn: str
+    path: str = "/"
+
+    @property
+    def aws_managed(self) -> bool:
+        """An IAM Identity Center role: never writable by anyone but AWS."""
+        return self.kind == "role" and is_sso_role(self.name, self.path)
+
+
+def is_sso_role(name: str, path: str = "/") -> bool:
+    return name.startswith(SSO_ROLE_PREFIX) or path.startswith(SSO_ROLE_PATH)
+
+
+def refuse_aws_managed(ref: PrincipalRef, op: str) -> None:
+    """AWS answers UnmodifiableEntity for any write to an Identity Center role; so do we,
+    before calling (moto would accept the write)."""
+    if ref.aws_managed:
+        raise AwsError(op, "UnmodifiableEntity",
+                       f"{ref.arn} is an IAM Identity Center role: it is only modifiable by AWS")
 
 
 def parse_principal(arn: str) -> PrincipalRef:
@@ -92,7 +124,7 @@ def parse_principal(arn: str) -> PrincipalRef:
         raise ValueError(f"{shown!r}: {name!r} is not a valid IAM {kind} name")
     if path and (not _PATH_CHARS.fullmatch(path) or "" in path.split("/") or len(path) > 510):
         raise ValueError(f"{shown!r}: {path!r} is not a valid IAM path")
-    return PrincipalRef(kind=kind, name=name, arn=text)
+    return PrincipalRef(kind=kind, name=name, arn=text, path=f"/{path}/" if path else "/")
 
 
 def policy_name(subject_name: str) -> str:
@@ -238,6 +270,7 @@ class IamAccess:
     def deny(self, principal_arn: str, subject_name: str, resources: Sequence[str] | None) -> DenyResult:
         """Deny Bedrock invocation to the principal for this subject (idempotent)."""
         ref = parse_principal(principal_arn)
+        refuse_aws_managed(ref, "PutRolePolicy")
         name = policy_name(subject_name)
         api = _Api(self.iam, ref)
         limit = INLINE_LIMITS[ref.kind]
@@ -284,6 +317,7 @@ class IamAccess:
     def allow(self, principal_arn: str, subject_name: str) -> bool:
         """Remove this subject's deny from the principal; True when one was (would be) deleted."""
         ref = parse_principal(principal_arn)
+        refuse_aws_managed(ref, "DeleteRolePolicy")
         name = policy_name(subject_name)
         api = _Api(self.iam, ref)
         if self.dry_run:

@@ -18,13 +18,14 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from bot.aws.enforcement import enforcer
 from bot.errors import AwsError, BadInput
 from bot.flows import locks, tell
 from bot.flows.runner import audit_refusal, step
 from bot.models import Revocation, Subject
 from bot.runtime import Services
 from bot.services import access, audit, directory
-from bot.services.access import DenyOutcome, DenyPlan, Lift, RevocationView
+from bot.services.access import DenyOutcome, DenyPlan, Lift, RevocationView, SubjectCheck
 from bot.services.directory import Actor, SubjectRef
 
 log = logging.getLogger(__name__)
@@ -57,18 +58,18 @@ def revoke_manual(s: Services, actor: Actor, ref: SubjectRef, note: str) -> Revo
     return view
 
 
-def _resolve(s: Services, actor: Actor, verb: str, ref: SubjectRef) -> int:
+def _resolve(s: Services, actor: Actor, verb: str, ref: SubjectRef, action: str = "") -> int:
     """Authorize, then name the subject whose lock the change takes."""
     def find(session: Session) -> int:
         directory.authorize(session, actor, "admin", verb)
         return directory.get(session, ref).id
 
-    return step(s.db, s.clock, actor, f"access.{verb}", str(ref), find)
+    return step(s.db, s.clock, actor, action or f"access.{verb}", str(ref), find)
 
 
 def _undo(s: Services, plan: DenyPlan, deny: DenyOutcome) -> None:
     """Take off the denies this attempt wrote, so IAM and the database agree (no row)."""
-    failed = access.remove_deny(s.access, plan.subject_name, deny.changed)
+    failed = access.remove_deny(s.access, plan.subject_name, deny.changed, deny.credentials, plan.aips)
     if failed:  # reconcile removes a deny no revocation explains
         log.warning("could not undo a partial revoke of %s: %s", plan.subject_name, failed)
 
@@ -135,11 +136,12 @@ def restore_manual(s: Services, actor: Actor, ref: SubjectRef, note: str) -> lis
     with locks.subject(s.db, s.clock, subject_id):
         plan = step(s.db, s.clock, actor, "access.restore", target,
                     lambda session: access.plan_manual_restore(session, actor, ref))
-        failed = access.remove_deny(s.access, plan.subject_name, list(plan.clear))
+        failed = access.remove_deny(s.access, plan.subject_name, list(plan.clear),
+                                    {arn: list(ids) for arn, ids in plan.deny.credentials}, plan.deny.aips)
         if failed:
             removed = tuple(p for p in plan.clear if p not in failed and p in plan.deny.principals)
             access.apply_deny(s.access, DenyPlan(plan.deny.subject_id, plan.subject_name, removed,
-                                                 plan.deny.resources))
+                                                 plan.deny.resources, plan.deny.aips))
             arn, code = next(iter(failed.items()))
             error = AwsError("DeleteUserPolicy" if ":user/" in arn else "DeleteRolePolicy", code,
                              f"could not remove the deny from {arn}; nothing was changed")
@@ -156,7 +158,7 @@ def restore_manual(s: Services, actor: Actor, ref: SubjectRef, note: str) -> lis
 def clear(s: Services, actor: Actor, lifts: list[Lift]) -> None:
     """Delete the denies of recorded lifts; a failure is audited (reconcile retries it)."""
     for x in lifts:
-        failed = access.remove_deny(s.access, x.subject_name, x.principals)
+        failed = access.remove_deny(s.access, x.subject_name, x.principals, x.credentials, x.aips)
         if failed:
             with s.db.session_scope() as session:
                 audit.record(session, s.clock, actor.label, "access.restore", f"revocation:{x.view.id}",
@@ -165,7 +167,7 @@ def clear(s: Services, actor: Actor, lifts: list[Lift]) -> None:
 
 
 def reassert(s: Services) -> list[str]:
-    """Keep every active revocation's deny complete (see access.plan_reassert)."""
+    """Keep every active revocation's deny complete (see access.plan_reassert_one)."""
     if s.access.dry_run:  # nothing was written, so there is nothing to keep complete
         return []
     actor = Actor.system("enforce")
@@ -194,3 +196,34 @@ def _subject(session: Session, plan: DenyPlan) -> Subject:
     subject = session.get(Subject, plan.subject_id)
     assert subject is not None, "subjects are never deleted"
     return subject
+
+
+def unlink(s: Services, actor: Actor, ref: SubjectRef, arn: str) -> access.UnlinkPlan:
+    """`/bedrock unlink`: take off what the bot's revocations put on the principal (each
+    holder's deny, its session entry, its API keys back on), then delete the link. All or
+    nothing: when AWS refuses, the link stays and the reply names the error."""
+    target = str(ref)
+    subject_id = _resolve(s, actor, "unlink", ref, "principal.unlink")
+    with locks.subject(s.db, s.clock, subject_id):  # a revoke/restore of the subject waits
+        plan = step(s.db, s.clock, actor, "principal.unlink", target,
+                    lambda session: access.plan_unlink(session, actor, ref, arn))
+        for i, holder in enumerate(plan.held_by):
+            keys = {plan.arn: list(plan.credentials)} if i == 0 else {}
+            failed = access.remove_deny(s.access, holder, [plan.arn], keys, plan.aips)
+            if failed:
+                error = AwsError("Release", failed[plan.arn],
+                                 f"could not take {holder}'s block off {plan.arn}; it stays linked")
+                audit_refusal(s.db, s.clock, actor, "principal.unlink", target, str(error), error.outcome)
+                raise error
+        step(s.db, s.clock, actor, "principal.unlink", target,
+             lambda session: access.record_unlink(session, s.clock, actor, plan))
+    return plan
+
+
+def check(s: Services, actor: Actor, ref: SubjectRef | None) -> list[SubjectCheck]:
+    """`/bedrock check` and `bedrock-bot check-access`: what a revoke would do, principal by
+    principal, read-only (no AWS call: the method follows from the kind and the settings)."""
+    found = step(s.db, s.clock, actor, "access.check", str(ref or "everyone"),
+                 lambda session: access.plan_check(session, actor, ref))
+    enf = enforcer(s.access)
+    return [SubjectCheck(name, tuple((arn, enf.method(arn)) for arn in arns)) for name, arns in found]

@@ -12,11 +12,12 @@ from slack_sdk.models.blocks import (
     MarkdownTextObject,
 )
 
+from bot.aws.principals import KIND_LABEL
 from bot.quantities import format_duration
 from bot.render.blocks import Reply, section
 from bot.render.raises import request_more_button
-from bot.render.text import METRIC_LABEL, bar, code, metric_value, plain, when
-from bot.services.access import RevocationView
+from bot.render.text import METRIC_LABEL, bar, code, escape, metric_value, plain, when
+from bot.services.access import RevocationView, SubjectCheck
 from bot.services.enforce import Breach, GraceNotice, Warning
 from bot.services.usage import LimitStatus
 
@@ -63,10 +64,36 @@ def _spelled(short: str) -> str:
     return f"{n} {unit}{'' if n == 1 else 's'}"
 
 
+def headline(r: RevocationView) -> str:
+    """Never "revoked" when nothing was blocked (docs/enforcement.md, "Honest outcomes")."""
+    if r.blocked:
+        return "⛔ *Access revoked*"
+    return "⚠️ *Revocation recorded, access NOT blocked*"
+
+
+def not_blocked_lines(r: RevocationView) -> list[str]:
+    """"⚠ alice: SSO session — no method configured; see docs/enforcement.md", one a principal."""
+    lines = [f"⚠ {r.subject.name}: {b.label} {code(b.arn)} — {escape(b.reason)}" for b in r.not_blocked]
+    if not r.blocks:
+        lines.append(f"⚠ {r.subject.name}: no principal is linked — link one with `/bedrock link`")
+    return lines
+
+
+def block_summary(r: RevocationView) -> str:
+    """The reply to `/bedrock revoke`: per principal the method, and what is left open."""
+    done = [b for b in r.blocks if b.blocked]
+    head = (f"⛔ Revoked `{r.subject.name}`" if r.blocked else
+            f"⚠️ `{r.subject.name}` is NOT blocked (the revocation is recorded and retried each "
+            "enforce run)")
+    lines = [head + (f": {len(done)} principal(s) blocked" if done else ".")]
+    lines += [f"• {b.label} {code(b.arn)}: {b.method}" for b in done]
+    return "\n".join(lines + not_blocked_lines(r))
+
+
 def breach_message(b: Breach, tz: ZoneInfo) -> Reply:
     r = b.revocation
     dry = " (dry run: IAM was not changed)" if r.dry_run else ""
-    text = (f"⛔ *Access revoked*{dry}: {r.subject.mention}\n{_usage_line(b.status, tz)}\n"
+    text = (f"{headline(r)}{dry}: {r.subject.mention}\n{_usage_line(b.status, tz)}\n"
             f"Access comes back automatically when the window ends, or an admin approves a "
             f"restore request.")
     blocks: list[Any] = [section(text), _principals(r), restore_button(r.id)]
@@ -77,7 +104,7 @@ def manual_revoke_message(r: RevocationView, actor_id: str | None) -> Reply:
     by = f"<@{actor_id}>" if actor_id else r.revoked_by
     dry = " (dry run: IAM was not changed)" if r.dry_run else ""
     note = f"\nReason: {plain(r.note)}" if r.note else ""
-    text = f"⛔ *Access revoked*{dry}: {r.subject.mention}, by {by}.{note}"
+    text = f"{headline(r)}{dry}: {r.subject.mention}, by {by}.{note}"
     blocks: list[Any] = [section(text), _principals(r), restore_button(r.id)]
     return f"Bedrock access revoked for {r.subject.name}", [b.to_dict() for b in blocks]
 
@@ -96,7 +123,24 @@ def _principals(r: RevocationView) -> ContextBlock:
     if not r.principals:
         text = "No IAM principals are linked yet: link them with `/bedrock link`."
     else:
-        shown = ", ".join(code(p) for p in r.principals[:10])
-        more = f" and {len(r.principals) - 10} more" if len(r.principals) > 10 else ""
-        text = f"Deny policy `bedrock-bot-deny-{r.subject.name}` on {shown}{more}"
-    return ContextBlock(elements=[MarkdownTextObject(text=text[:2900])])
+        done = [b for b in r.blocks if b.blocked] if r.blocks else []
+        shown = ", ".join(f"{code(b.arn)} ({b.method})" for b in done[:10]) if r.blocks else \
+            ", ".join(code(p) for p in r.principals[:10])
+        count = len(done) if r.blocks else len(r.principals)
+        more = f" and {count - 10} more" if count > 10 else ""
+        text = f"Blocked: {shown}{more}" if shown else ""
+        text = "\n".join([t for t in [text, *not_blocked_lines(r)] if t])
+    return ContextBlock(elements=[MarkdownTextObject(text=text[:2900] or "—")])
+
+
+def check_text(checks: list[SubjectCheck]) -> str:
+    """`/bedrock check` / `bedrock-bot check-access`: principal, kind, method, blocks or not."""
+    lines: list[str] = []
+    for c in checks:
+        verdict = "would be blocked" if c.blockable else "would NOT be fully blocked"
+        lines.append(f"*{c.subject}*: {verdict}" if c.methods else f"*{c.subject}*: no principal linked")
+        for arn, m in c.methods:
+            ok = "✅" if m.would_block else "⚠"
+            missing = f" — missing: {escape(m.missing)}" if m.missing else ""
+            lines.append(f"  {ok} {code(arn)} {KIND_LABEL.get(m.kind, m.kind)} → {m.method}{missing}")
+    return "\n".join(lines) or "no subjects"

@@ -15,6 +15,7 @@ from bot.services.reconcile import (
     DENY_UNKNOWN,
     IAM_ERROR,
     KINDS,
+    NOT_BLOCKABLE,
     PROFILE_FOUND,
     PROFILE_MISSING,
     PROFILE_UNRECORDED,
@@ -32,6 +33,7 @@ TITLES = {
     PROFILE_FOUND: "Inference profile back in AWS",
     PROFILE_UNRECORDED: "Bot-managed inference profile not in the database",
     IAM_ERROR: "IAM could not be read",
+    NOT_BLOCKABLE: "Revoked, but no configured method can block this principal (docs/enforcement.md)",
     PROFILES_ERROR: "Inference profiles could not be checked",
 }
 MAX_LINES = 15  # per kind; the rest are counted (every drift is in the audit log)

@@ -7,13 +7,15 @@ the last one is lifted.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from bot.aws.access import IamAccess
+from bot.aws.enforcement import Block, Method, enforcer
 from bot.clock import Clock
 from bot.errors import AwsError, BadInput
 from bot.models import Limit, LimitException, Profile, Revocation, Subject
@@ -39,13 +41,23 @@ class RevocationView:
     principals: tuple[str, ...]
     affected_users: tuple[str, ...]  # Slack ids to DM
     dry_run: bool = False
+    blocks: tuple[Block, ...] = ()  # per principal: method and whether it took effect
+
+    @property
+    def blocked(self) -> bool:
+        """At least one principal is blocked, and none is left open by a missing method."""
+        return bool(self.blocks) and all(b.blocked for b in self.blocks)
+
+    @property
+    def not_blocked(self) -> tuple[Block, ...]:
+        return tuple(b for b in self.blocks if not b.blocked)
 
 
 def _view(session: Session, rev: Revocation, subject: Subject, principals: list[str],
-          dry_run: bool = False) -> RevocationView:
+          dry_run: bool = False, blocks: tuple[Block, ...] = ()) -> RevocationView:
     return RevocationView(rev.id, directory.info(subject), rev.reason, rev.note, rev.limit_id,
                           rev.window_end, rev.state, rev.revoked_by, rev.revoked_at, rev.restored_by,
-                          tuple(principals), tuple(affected_users(session, subject)), dry_run)
+                          tuple(principals), tuple(affected_users(session, subject)), dry_run, blocks)
 
 
 def affected_users(session: Session, subject: Subject) -> list[str]:
@@ -54,13 +66,16 @@ def affected_users(session: Session, subject: Subject) -> list[str]:
 
 
 def deny_resources(session: Session, subject: Subject) -> list[str] | None:
-    """What the deny covers: everything for a user (the base models too); a team's AIPs
-    and its members' for a team, or everything when there are none to name."""
-    if subject.kind == "user":
-        return None
+    """What the deny covers: all inference, for a user and for a team alike. A team deny that
+    named only the team's AIPs left its members free to call foundation models directly, so
+    a team limit did not limit the team; every member's principals now lose all inference."""
+    return None
+
+
+def subject_aips(session: Session, subject: Subject) -> list[str]:
+    """The AIPs of the subject (a team: its own and its members'): what the tag method flips."""
     ids = directory.covered_subject_ids(session, subject)
-    arns = list(session.scalars(select(Profile.arn).where(Profile.subject_id.in_(ids))))
-    return sorted(arns) or None
+    return sorted(session.scalars(select(Profile.arn).where(Profile.subject_id.in_(ids))))
 
 
 def bound_principals(session: Session, subject: Subject) -> list[str]:
@@ -81,12 +96,24 @@ class DenyPlan:
     subject_name: str
     principals: tuple[str, ...]
     resources: tuple[str, ...] | None  # None: everything
+    aips: tuple[str, ...] = ()  # the subject's AIPs (SSO sessions blocked by AIP tags)
+    credentials: tuple[tuple[str, tuple[str, ...]], ...] = ()  # API keys the bot turned off
 
 
 def plan_deny(session: Session, subject: Subject) -> DenyPlan:
     resources = deny_resources(session, subject)
     return DenyPlan(subject.id, subject.name, tuple(bound_principals(session, subject)),
-                    tuple(resources) if resources is not None else None)
+                    tuple(resources) if resources is not None else None,
+                    tuple(subject_aips(session, subject)), _credentials(session, subject))
+
+
+def _credentials(session: Session, subject: Subject) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    """API keys deactivated by any active revocation of the subject, by principal."""
+    found: dict[str, set[str]] = {}
+    for rev in active(session, subject.id):
+        for arn, entry in (rev.enforcement or {}).items():
+            found.setdefault(arn, set()).update(entry.get("credentials", []))
+    return tuple((arn, tuple(sorted(ids))) for arn, ids in sorted(found.items()) if ids)
 
 
 @dataclass(frozen=True)
@@ -94,29 +121,54 @@ class DenyOutcome:
     principals: list[str]  # every bound principal
     changed: list[str]  # written or changed now
     failed: dict[str, str]  # principal → AWS error code (deleted user, quota, AccessDenied …)
+    blocks: dict[str, Block] = field(default_factory=dict)  # principal → what its method did
+
+    @property
+    def not_blocked(self) -> dict[str, str]:
+        """Principals no configured method can block → why (never counted as revoked)."""
+        return {arn: b.reason for arn, b in self.blocks.items() if not b.blocked}
+
+    @property
+    def credentials(self) -> dict[str, list[str]]:
+        return {arn: list(b.credentials) for arn, b in self.blocks.items() if b.credentials}
+
+    def record(self) -> dict[str, Any]:
+        """What goes in `revocations.enforcement` and the audit row."""
+        return {arn: {"kind": b.kind, "method": b.method, "blocked": b.blocked,
+                      **({"reason": b.reason} if b.reason else {}),
+                      **({"credentials": list(b.credentials)} if b.credentials else {})}
+                for arn, b in self.blocks.items()}
 
 
 def apply_deny(iam: IamAccess, plan: DenyPlan) -> DenyOutcome:
-    """Put the subject's deny policy on every planned principal (idempotent). No session.
+    """Block every planned principal by its kind's method (idempotent). No session.
 
     One principal failing (deleted outside the bot, inline quota full) does not stop the
     others; the failure is returned, audited by the caller and retried on the next run."""
+    enf = enforcer(iam)
     out = DenyOutcome(list(plan.principals), [], {})
     for arn in plan.principals:
         try:
-            if iam.deny(arn, plan.subject_name, plan.resources).changed:
-                out.changed.append(arn)
+            block = enf.block(arn, plan.subject_name, plan.resources, plan.aips)
         except (AwsError, ValueError) as exc:
             out.failed[arn] = exc.code if isinstance(exc, AwsError) else "InvalidPrincipal"
+            continue
+        out.blocks[arn] = block
+        if block.changed:
+            out.changed.append(arn)
     return out
 
 
-def remove_deny(iam: IamAccess, subject_name: str, principals: list[str]) -> dict[str, str]:
-    """Delete the subject's deny from each principal (idempotent); failures by principal."""
+def remove_deny(iam: IamAccess, subject_name: str, principals: list[str],
+                credentials: dict[str, list[str]] | None = None,
+                aips: tuple[str, ...] = ()) -> dict[str, str]:
+    """Undo each principal's block (idempotent): deny deleted, session taken out of the role's
+    or the SCP's list, AIP tags set back, the API keys the bot deactivated reactivated."""
+    enf = enforcer(iam)
     failed: dict[str, str] = {}
     for arn in principals:
         try:
-            iam.allow(arn, subject_name)
+            enf.release(arn, subject_name, (credentials or {}).get(arn, []), aips)
         except (AwsError, ValueError) as exc:
             failed[arn] = exc.code if isinstance(exc, AwsError) else "InvalidPrincipal"
     return failed
@@ -140,9 +192,16 @@ def record_reassert(session: Session, clock: Clock, plan: DenyPlan, out: DenyOut
     subject = session.get(Subject, plan.subject_id)
     if subject is None:
         return False
-    for rev in active(session, subject.id):
+    revs = active(session, subject.id)
+    known = {arn for rev in revs for arn, e in (rev.enforcement or {}).items() if e.get("blocked") is False}
+    for rev in revs:
         rev.principals = sorted(set(rev.principals or []) | set(out.principals))
+        rev.enforcement = merge_enforcement(rev.enforcement or {}, out.record())
     label = f"{subject.kind}:{subject.name}"
+    newly = {arn: why for arn, why in out.not_blocked.items() if arn not in known}
+    if newly:  # once per principal, not every run (reconcile reports it hourly)
+        audit.record(session, clock, "system:enforce", "access.reassert", label,
+                     {"not_blocked": newly}, outcome="error")
     if out.changed:
         audit.record(session, clock, "system:enforce", "access.reassert", label, {"principals": out.changed})
     if out.failed:
@@ -150,6 +209,16 @@ def record_reassert(session: Session, clock: Clock, plan: DenyPlan, out: DenyOut
                      outcome="error")
     session.flush()
     return bool(out.changed)
+
+
+def merge_enforcement(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """The newest method/state per principal, keeping every API key ever deactivated."""
+    merged = {**old, **new}
+    for arn, entry in new.items():
+        keys = set(old.get(arn, {}).get("credentials", [])) | set(entry.get("credentials", []))
+        if keys:
+            merged[arn] = {**entry, "credentials": sorted(keys)}
+    return merged
 
 
 def principals_to_clear(session: Session, subject: Subject) -> list[str]:
@@ -168,13 +237,20 @@ def record_revocation(session: Session, clock: Clock, actor: Actor, subject: Sub
                      window_start=window[0] if window else None,
                      window_end=window[1] if window else None, state="active",
                      revoked_by=actor.label, revoked_at=clock(), principals=deny.principals)
+    held: dict[str, Any] = {}
+    for other in active(session, subject.id):  # the last one lifted must know every key turned off
+        held = merge_enforcement(held, other.enforcement or {})
+        other.enforcement = merge_enforcement(other.enforcement or {}, deny.record())
+    rev.enforcement = merge_enforcement(held, deny.record())
     session.add(rev)
     session.flush()
     audit.record(session, clock, actor.label, "access.revoke", f"{subject.kind}:{subject.name}",
                  {"revocation": rev.id, "reason": reason, "note": note[:500], "limit": limit_id,
-                  "principals": deny.principals, "dry_run": dry_run, "failed": deny.failed},
-                 outcome="error" if deny.failed else "ok")
-    return _view(session, rev, subject, deny.principals, dry_run)
+                  "principals": deny.principals, "dry_run": dry_run, "failed": deny.failed,
+                  "methods": {a: b.method for a, b in deny.blocks.items()},
+                  "not_blocked": deny.not_blocked},
+                 outcome="error" if deny.failed or deny.not_blocked else "ok")
+    return _view(session, rev, subject, deny.principals, dry_run, tuple(deny.blocks.values()))
 
 
 def check_manual_revoke(session: Session, actor: Actor, ref: directory.SubjectRef) -> Subject:
@@ -193,6 +269,8 @@ class Lift:
     view: RevocationView
     subject_name: str
     principals: list[str]
+    credentials: dict[str, list[str]] = field(default_factory=dict)  # API keys to turn back on
+    aips: tuple[str, ...] = ()
 
 
 def mark_lifted(session: Session, clock: Clock, actor: Actor, rev: Revocation, note: str = "",
@@ -202,13 +280,20 @@ def mark_lifted(session: Session, clock: Clock, actor: Actor, rev: Revocation, n
     assert subject is not None
     rev.state, rev.restored_by, rev.restored_at = "restored", actor.label, clock()
     session.flush()
+    credentials = {arn: list(ids) for arn, ids in _held_credentials(rev)}
     remaining = active(session, subject.id)
     principals = [] if remaining else principals_to_clear(session, subject)
     audit.record(session, clock, actor.label, "access.restore", f"{subject.kind}:{subject.name}",
                  {"revocation": rev.id, "reason": rev.reason, "note": note[:500],
                   "principals": principals, "still_revoked_by": [r.id for r in remaining],
                   "dry_run": dry_run})
-    return Lift(_view(session, rev, subject, principals, dry_run), subject.name, principals)
+    return Lift(_view(session, rev, subject, principals, dry_run), subject.name, principals,
+                {} if remaining else credentials, () if remaining else tuple(subject_aips(session, subject)))
+
+
+def _held_credentials(rev: Revocation) -> list[tuple[str, list[str]]]:
+    return [(arn, list(e["credentials"])) for arn, e in (rev.enforcement or {}).items()
+            if e.get("credentials")]
 
 
 @dataclass(frozen=True)
@@ -269,3 +354,61 @@ def hold_off(session: Session, clock: Clock, actor: Actor, rev: Revocation,
 
 def is_revoked(session: Session, subject_id: int) -> bool:
     return bool(active(session, subject_id))
+
+
+@dataclass(frozen=True)
+class UnlinkPlan:
+    """A principal to unlink, and the subjects whose revocation put a block on it."""
+
+    subject_name: str
+    arn: str
+    kind: str
+    held_by: tuple[str, ...]  # subject names with an active revocation covering it
+    credentials: tuple[str, ...]  # its API keys the bot deactivated
+    aips: tuple[str, ...]
+
+
+def plan_unlink(session: Session, actor: Actor, ref: directory.SubjectRef, arn: str) -> UnlinkPlan:
+    subject, principal = directory.find_principal(session, actor, ref, arn)
+    revs = list(session.scalars(select(Revocation).where(Revocation.state == "active")))
+    holders = [r for r in revs if principal.arn in (r.principals or [])]
+    names = sorted({s.name for r in holders if (s := session.get(Subject, r.subject_id)) is not None})
+    keys = sorted({k for r in holders for k in (r.enforcement or {}).get(principal.arn, {}).get(
+        "credentials", [])})
+    # SSO sessions blocked by tags: the tags belong to the subject's AIPs, which stay revoked
+    # while the subject is; unlinking one session does not flip them back.
+    return UnlinkPlan(subject.name, principal.arn, principal.kind, tuple(names), tuple(keys), ())
+
+
+def record_unlink(session: Session, clock: Clock, actor: Actor, plan: UnlinkPlan) -> bool:
+    """Delete the link and forget the principal on the subjects' revocations (a later
+    restore must not touch it again: it may belong to someone else by then)."""
+    subject = directory.get(session, directory.SubjectRef(name=plan.subject_name))
+    holders = [s for name in plan.held_by
+               if (s := session.scalar(select(Subject).where(Subject.name == name))) is not None]
+    for holder in {subject.id, *[h.id for h in holders]}:
+        for rev in session.scalars(select(Revocation).where(Revocation.subject_id == holder)):
+            if plan.arn in (rev.principals or []):
+                rev.principals = [p for p in rev.principals if p != plan.arn]
+                rev.enforcement = {k: v for k, v in (rev.enforcement or {}).items() if k != plan.arn}
+    return directory.unlink_principal(session, clock, actor, subject, plan.arn,
+                                      bool(plan.held_by) if plan.held_by else None)
+
+
+def plan_check(session: Session, actor: Actor,
+               ref: directory.SubjectRef | None) -> list[tuple[str, list[str]]]:
+    """(subject, its bound principals) for one subject or, with no ref, every subject (admin)."""
+    directory.authorize(session, actor, "admin", "check")
+    subjects = [directory.get(session, ref)] if ref is not None else list(
+        session.scalars(select(Subject).order_by(Subject.name)))
+    return [(s.name, bound_principals(session, s)) for s in subjects]
+
+
+@dataclass(frozen=True)
+class SubjectCheck:
+    subject: str
+    methods: tuple[tuple[str, Method], ...]  # (principal ARN, how a revoke would block it)
+
+    @property
+    def blockable(self) -> bool:
+        return bool(self.methods) and all(m.would_block for _, m in self.methods)

@@ -16,7 +16,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
-from bot.aws.access import parse_principal
+from bot.aws.principals import classify
 from bot.clock import Clock
 from bot.errors import BadInput, Denied, NotFound
 from bot.models import Admin, Meter, Principal, Subject, TeamMember
@@ -294,22 +294,50 @@ def link_principal(session: Session, clock: Clock, actor: Actor, ref: SubjectRef
                    arn: str) -> tuple[Subject, Principal]:
     authorize(session, actor, "admin", "link")
     try:
-        arn = parse_principal(arn).arn
+        linked = classify(arn)
     except ValueError as exc:
-        raise BadInput(f"{exc} (expected arn:aws:iam::123456789012:user/alice or …:role/name)") from exc
+        raise BadInput(f"{exc} (expected an IAM user or role ARN, or "
+                       "arn:aws:sts::123456789012:assumed-role/<role>/<session>)") from exc
+    arn = linked.arn
     subject = ensure(session, clock, actor, ref)
     existing = session.scalar(select(Principal).where(Principal.arn == arn))
     if existing is not None and existing.subject_id != subject.id:
         owner = session.get(Subject, existing.subject_id)
         raise BadInput(f"{arn} is already linked to {owner.name if owner else '?'}; unlink it first")
-    principal = existing or Principal(arn=arn, subject_id=subject.id, created_by=actor.label,
-                                      created_at=clock())
+    principal = existing or Principal(arn=arn, subject_id=subject.id, kind=linked.kind,
+                                      created_by=actor.label, created_at=clock())
     session.add(principal)
     ensure_meter(session, clock, "principal", arn, subject.id)
     session.flush()
     audit.record(session, clock, actor.label, "principal.link", f"{subject.kind}:{subject.name}",
-                 {"arn": arn})
+                 {"arn": arn, "kind": linked.kind})
     return subject, principal
+
+
+def find_principal(session: Session, actor: Actor, ref: SubjectRef, arn: str) -> tuple[Subject, Principal]:
+    """The linked principal `arn` of subject `ref`, for unlink (admin)."""
+    authorize(session, actor, "admin", "unlink")
+    subject = get(session, ref)
+    principal = session.scalar(select(Principal).where(Principal.arn == arn.strip()))
+    if principal is None or principal.subject_id != subject.id:
+        raise BadInput(f"{arn.strip()[:120]} is not linked to {subject.name}")
+    return subject, principal
+
+
+def unlink_principal(session: Session, clock: Clock, actor: Actor, subject: Subject, arn: str,
+                     released: bool | None) -> bool:
+    """Delete the link (its meter and usage stay with the subject: history is not rewritten).
+    `released`: whether a deny was taken off it first (None: it carried none). False when it
+    was already gone."""
+    principal = session.scalar(select(Principal).where(Principal.arn == arn,
+                                                       Principal.subject_id == subject.id))
+    if principal is None:
+        return False
+    session.delete(principal)
+    session.flush()
+    audit.record(session, clock, actor.label, "principal.unlink", f"{subject.kind}:{subject.name}",
+                 {"arn": arn, "kind": principal.kind, "deny_removed": released})
+    return True
 
 
 def principals_of(session: Session, subject_ids: list[int]) -> list[Principal]:

@@ -51,6 +51,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from bot.aws.access import POLICY_PREFIX, IamAccess, policy_name
+from bot.aws.enforcement import enforcer
+from bot.aws.principals import kind_of
 from bot.aws.profiles import MANAGED_BY_KEY, MANAGED_BY_VALUE, InferenceProfileInfo, ProfilesBackend
 from bot.clock import Clock
 from bot.errors import AwsError
@@ -70,9 +72,10 @@ PROFILE_MISSING = "profile_missing"
 PROFILE_FOUND = "profile_found"
 PROFILE_UNRECORDED = "profile_unrecorded"
 IAM_ERROR = "iam_error"  # a principal's policies could not be read
+NOT_BLOCKABLE = "not_blocked"  # a revoked subject's principal no configured method can block
 PROFILES_ERROR = "profiles_error"  # the AIP list (or one AIP's tags) could not be read
 KINDS = (DENY_MISSING, DENY_ALTERED, DENY_STALE, DENY_UNKNOWN, PROFILE_MISSING, PROFILE_FOUND,
-         PROFILE_UNRECORDED, IAM_ERROR, PROFILES_ERROR)
+         PROFILE_UNRECORDED, IAM_ERROR, PROFILES_ERROR, NOT_BLOCKABLE)
 
 FAILED = "failed: "
 T = TypeVar("T")
@@ -135,6 +138,7 @@ class RevokedDeny:
     subject: SubjectRow
     principals: tuple[str, ...]
     resources: tuple[str, ...] | None  # None: everything
+    aips: tuple[str, ...] = ()  # the subject's AIPs (SSO sessions blocked by tags)
 
 
 @dataclass(frozen=True)
@@ -166,7 +170,8 @@ def read_state(session: Session) -> DbState:
         if subject.id in revoked_ids:
             resources = access.deny_resources(session, subject)
             revoked.append(RevokedDeny(rows[subject.id], tuple(access.bound_principals(session, subject)),
-                                       tuple(resources) if resources is not None else None))
+                                       tuple(resources) if resources is not None else None,
+                                       tuple(access.subject_aips(session, subject))))
     arns = set(session.scalars(select(Principal.arn)))
     for recorded in session.scalars(select(Revocation.principals)):
         arns.update(a for a in (recorded or []) if isinstance(a, str) and a)
@@ -254,6 +259,9 @@ def _assert_denies(run: _Run, deny: RevokedDeny) -> None:
     iam, subject = run.iam, deny.subject
     for arn in deny.principals:
         run.checked.add(arn)
+        if not _inline(arn):
+            _assert_other(run, deny, arn)
+            continue
         present = _try(iam.has_deny, arn, subject.name)
         if isinstance(present, AwsError):  # could not even look
             _failed(run, IAM_ERROR, subject, arn, present)
@@ -280,6 +288,35 @@ def _assert_denies(run: _Run, deny: RevokedDeny) -> None:
     run.found.principals.append((subject.id, deny.principals))
 
 
+def _inline(arn: str) -> bool:
+    """Blocked by the per-subject inline deny (users, own roles, API-key users)."""
+    return kind_of(arn) in ("user", "role", "apikey")
+
+
+def _assert_other(run: _Run, deny: RevokedDeny, arn: str) -> None:
+    """A session (role policy condition), an SSO session (AIP tags or SCP): report what is not
+    blocked, put back a block that is missing."""
+    enf, subject = enforcer(run.iam), deny.subject
+    method = enf.method(arn)
+    if not method.would_block:
+        run.drift(Drift(NOT_BLOCKABLE, subject.name, arn, "reported", method.missing),
+                  subject.label, principal=arn, method=method.method)
+        return
+    present = _try(enf.is_blocked, arn, subject.name, deny.aips)
+    if isinstance(present, AwsError):
+        _failed(run, IAM_ERROR, subject, arn, present)
+        return
+    if present is not False or not run.still_revoked(subject.id, True):
+        return
+    done = _try(enf.block, arn, subject.name, deny.resources, deny.aips)
+    if isinstance(done, AwsError):
+        _failed(run, DENY_MISSING, subject, arn, done)
+        return
+    action = "would be restored (dry run)" if run.iam.dry_run else "restored"
+    run.drift(Drift(DENY_MISSING, subject.name, arn, action, method.method), subject.label,
+              principal=arn, method=method.method, dry_run=run.iam.dry_run)
+
+
 def _take_back(run: _Run, subject: SubjectRow, arn: str) -> None:
     """Undo a put that a restore overtook (the restore's own delete may have come first)."""
     removed = _try(run.iam.allow, arn, subject.name)
@@ -293,8 +330,8 @@ def _remove_stale(run: _Run, state: DbState) -> None:
     by_policy = {policy_name(s.name): s for s in state.subjects}
     revoked = {d.subject.id for d in state.revoked}
     for arn in state.known_principals:
-        if arn in run.failed_principals:
-            continue  # already reported for this run; tried again on the next
+        if arn in run.failed_principals or not _inline(arn):
+            continue  # reported already (tried again next run); sessions: see docs/enforcement.md
         run.checked.add(arn)
         found = _try(iam.denied_subjects, arn)
         if isinstance(found, AwsError):

@@ -12,6 +12,7 @@ from typing import Any
 
 from bot.flows import access, approvals, digest, directory, limits, profiles, raises, reports
 from bot.flows.digest import DigestError
+from bot.render import enforcement as alerts
 from bot.render import messages
 from bot.render.blocks import Reply
 from bot.render.text import code, when
@@ -130,8 +131,19 @@ def revoke(req: Request, cmd: g.Command) -> Reply:
     c = _cmd(cmd, g.SubjectCommand)
     assert c.subject is not None
     view = access.revoke_manual(req.services, req.actor, c.subject, c.reason)
-    count = len(view.principals)
-    return messages.text_reply(f"⛔ Revoked `{view.subject.name}` on {count} IAM principal(s).")
+    return messages.text_reply(alerts.block_summary(view))
+
+
+def unlink(req: Request, cmd: g.Command) -> Reply:
+    c = _cmd(cmd, g.Link)
+    plan = access.unlink(req.services, req.actor, req.named(c.subject), c.arn)
+    freed = f"; {', '.join(plan.held_by)}'s block taken off it" if plan.held_by else ""
+    return messages.text_reply(f"✅ Unlinked {code(plan.arn)} from `{plan.subject_name}`{freed}.")
+
+
+def check(req: Request, cmd: g.Command) -> Reply:
+    c = _cmd(cmd, g.SubjectCommand)
+    return messages.text_reply(alerts.check_text(access.check(req.services, req.actor, req.named(c.subject))))
 
 
 def restore(req: Request, cmd: g.Command) -> Reply:

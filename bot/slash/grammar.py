@@ -357,6 +357,18 @@ def link_args(name: str, args: list[str]) -> Command:
     return Link(name, parse_subject(args[0], name), args[1])
 
 
+def unlink_args(name: str, args: list[str]) -> Command:
+    if len(args) != 2:
+        raise _bad(name, "a subject and the one linked ARN to remove are needed")
+    return Link(name, parse_subject(args[0], name), args[1])
+
+
+def check_args(name: str, args: list[str]) -> Command:
+    if len(args) != 1:
+        raise _bad(name, "one subject is needed")
+    return SubjectCommand(name, parse_subject(args[0], name))
+
+
 def team_args(name: str, args: list[str]) -> Command:
     if len(args) < 3 or args[1].lower() not in ("add", "remove"):
         raise _bad(name, "say which team, add or remove, and who")

@@ -63,9 +63,16 @@ SUBCOMMANDS: dict[str, Subcommand] = {c.name: c for c in (
     Subcommand("profiles", "/bedrock profiles [subject]",
                "List inference profiles and the ARN to call them with.", g.optional_subject,
                answers.list_profiles),
-    Subcommand("link", "/bedrock link @user <iam-user-or-role-arn>",
-               "Bind an IAM user or role to a user, so revocation and log metering reach it (admin).",
-               g.link_args, answers.link),
+    Subcommand("link", "/bedrock link @user <principal-arn>",
+               "Bind a principal to a user, so revocation and log metering reach it (admin): an IAM "
+               "user or role, a Bedrock API key's IAM user, or one session of a shared or SSO role "
+               "(arn:aws:sts::<account>:assumed-role/<role>/<session>).", g.link_args, answers.link),
+    Subcommand("unlink", "/bedrock unlink <subject> <principal-arn>",
+               "Remove a linked principal (admin); a block the bot put on it is taken off first.",
+               g.unlink_args, answers.unlink),
+    Subcommand("check", "/bedrock check <subject>",
+               "Each linked principal, its kind, how a revoke would block it and what is missing "
+               "(admin).", g.check_args, answers.check),
     Subcommand("team", "/bedrock team <team-name> add|remove @user …",
                "Add or remove team members (admin); the team is created when first named.",
                g.team_args, answers.team),

@@ -1,7 +1,7 @@
 """temporary limit raises, raise requests and a grace period on limits
 
 Revision ID: 0012
-Revises: 0010
+Revises: 0011
 Create Date: 2026-12-03 12:00:00.000000
 
 `raise_requests` (ask for more on one limit; decided once), `limit_raises` (a limit's
@@ -16,7 +16,7 @@ from alembic import op
 from bot.models import UTCDateTime
 
 revision = "0012"
-down_revision = "0010"
+down_revision = "0011"
 branch_labels = None
 depends_on = None
 

@@ -97,3 +97,41 @@ def test_run_job_flush_outbox_sends_what_is_queued(
         assert "sent=1" in capsys.readouterr().out
     else:
         assert sent == [] and sent_at is None
+
+
+def test_check_access_lists_every_subject_and_fails_on_an_unblockable_one(
+        tmp_path: object, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+        clock: FixedClock) -> None:
+    from bot.services import directory
+    from bot.services.directory import Actor, SubjectRef
+
+    url = f"sqlite:///{tmp_path}/cli.db"
+    monkeypatch.setenv("DATABASE_URL", url)
+    monkeypatch.chdir(str(tmp_path))
+    assert main(["migrate"]) == 0
+    db = Database(url)
+    admin = Actor("cli:test")
+    with db.session_scope() as s:
+        directory.link_principal(s, clock, admin, SubjectRef(name="alice"),
+                                 "arn:aws:iam::123456789012:user/alice")
+        directory.link_principal(s, clock, admin, SubjectRef(name="bob"),
+                                 "arn:aws:sts::123456789012:assumed-role/AWSReservedSSO_Dev_0a1b/bob")
+    assert main(["check-access"]) == 1
+    out = capsys.readouterr().out
+    assert "*alice*: would be blocked" in out and "inline-deny" in out
+    assert "*bob*: would NOT be fully blocked" in out and "missing: no method configured" in out
+    monkeypatch.setenv("BOT_SSO_METHOD", "tags")
+    assert main(["check-access"]) == 0
+    assert "aip-tags" in capsys.readouterr().out
+
+
+def test_iam_policy_permission_set(monkeypatch: pytest.MonkeyPatch, tmp_path: object,
+                                   capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    monkeypatch.setenv("DATABASE_URL", f"sqlite:///{tmp_path}/cli.db")
+    monkeypatch.chdir(str(tmp_path))
+    assert main(["iam-policy", "--permission-set"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert [s["Sid"] for s in doc["Statement"]] == ["InvokeOwnAllowedProfiles",
+                                                   "FoundationModelsOnlyThroughProfiles"]

@@ -575,7 +575,7 @@ def test_dry_run_does_not_reassert_every_run(db: Database, clock: FixedClock, ia
 # ---------------------------------------------------------------- team revocation
 
 
-def test_team_breach_denies_the_team_aips_to_every_member(db: Database, clock: FixedClock, iam: Any) -> None:
+def test_team_breach_denies_all_inference_to_every_member(db: Database, clock: FixedClock, iam: Any) -> None:
     w = make_world(db, clock, iam)
     w.user("alice", "UALICE01")
     w.user("bob", "UBOB0001")
@@ -614,11 +614,14 @@ def test_team_breach_denies_the_team_aips_to_every_member(db: Database, clock: F
         assert doc is not None, user
         [stmt] = doc["Statement"]
         assert stmt["Effect"] == "Deny"
-        assert stmt["Resource"] == sorted([team_aip, alice_aip])
-        assert w.policies(user) == ["bedrock-bot-deny-team-eng"]  # no user-wide deny
+        # All inference, not only the team's AIPs: a member could otherwise call the
+        # foundation model directly and the team limit would not limit the team (issue 14).
+        assert stmt["Resource"] == "*"
+        assert w.policies(user) == ["bedrock-bot-deny-team-eng"]  # the team's deny, not the user's
     with db.session_scope() as s:
-        assert access.deny_resources(s, directory.get(s, SubjectRef(name="team-eng"))) == sorted(
-            [team_aip, alice_aip])
+        team = directory.get(s, SubjectRef(name="team-eng"))
+        assert access.deny_resources(s, team) is None
+        assert access.subject_aips(s, team) == sorted([team_aip, alice_aip])
 
     clock.at = datetime(2026, 11, 26, 0, 5, tzinfo=UTC)
     r = w.run()

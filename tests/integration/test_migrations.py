@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import create_engine, inspect
+from sqlalchemy import create_engine, inspect, text
 
 from bot.aws.local_registry import TABLE
 from bot.aws.profiles import LocalProfiles
@@ -117,3 +117,31 @@ def test_0004_keeps_a_registry_that_holds_profiles(empty_url: str) -> None:
         assert registry.list_application() == [replace(made, tags=None)]
     finally:
         db.dispose()
+
+
+def test_0011_classifies_existing_principals_and_downgrades(empty_url: str) -> None:
+    """Before 0011 only IAM users and roles could be linked: each row gets its kind."""
+    upgrade(empty_url, "0004")
+    eng = create_engine(empty_url)
+    arns = {f"arn:aws:iam::{ACCOUNT}:user/alice": "user",
+            f"arn:aws:iam::{ACCOUNT}:role/team/ml-training": "role",
+            f"arn:aws:iam::{ACCOUNT}:user/BedrockAPIKey_x1": "apikey",
+            f"arn:aws:iam::{ACCOUNT}:user/Bedrock-APIKey-not": "user"}
+    try:
+        with eng.begin() as conn:
+            conn.execute(text("INSERT INTO subjects (id, kind, name, created_by, created_at) VALUES "
+                              "(1, 'user', 'alice', 'test', :t)"), {"t": T0})
+            for i, arn in enumerate(arns, start=1):
+                conn.execute(text("INSERT INTO principals (id, arn, subject_id, created_by, created_at) "
+                                  "VALUES (:i, :a, 1, 'test', :t)"), {"i": i, "a": arn, "t": T0})
+        upgrade(empty_url)
+        with eng.connect() as conn:
+            got = dict(conn.execute(text("SELECT arn, kind FROM principals")).all())
+            assert got == arns
+            assert conn.execute(text("SELECT count(*) FROM revocations")).scalar_one() == 0
+        downgrade(empty_url, "0004")
+        with eng.connect() as conn:
+            assert "kind" not in {c["name"] for c in inspect(conn).get_columns("principals")}
+            assert conn.execute(text("SELECT count(*) FROM principals")).scalar_one() == 4
+    finally:
+        eng.dispose()

@@ -19,6 +19,7 @@ from moto import mock_aws
 from sqlalchemy import delete, select
 
 from bot.aws.access import IamAccess, deny_document, policy_name
+from bot.aws.enforcement import SESSIONS_POLICY
 from bot.aws.local_registry import LocalInferenceProfile
 from bot.aws.profiles import LocalProfiles
 from bot.clock import FixedClock
@@ -34,6 +35,7 @@ from bot.services.reconcile import (
     DENY_STALE,
     DENY_UNKNOWN,
     IAM_ERROR,
+    NOT_BLOCKABLE,
     PROFILE_FOUND,
     PROFILE_MISSING,
     PROFILE_UNRECORDED,
@@ -425,3 +427,35 @@ def test_message_stays_within_slack_limits() -> None:
     flat = json.dumps(blocks)
     assert "more (`/bedrock audit`)" in flat and "something_new" in flat
     assert "<@U123>" not in flat and "&lt;@U123&gt;" in flat  # no pings from AWS-side text
+
+
+def _session_world(world: World, role: str, path: str = "/") -> str:
+    trust = json.dumps({"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "sts:AssumeRole",
+                        "Principal": {"AWS": f"arn:aws:iam::{ACCOUNT}:root"}}]})
+    world.iam.create_role(RoleName=role, Path=path, AssumeRolePolicyDocument=trust)
+    arn = f"arn:aws:sts::{ACCOUNT}:assumed-role/{role}/alice"
+    with world.db.session_scope() as s:
+        directory.bootstrap_admins(s, world.clock, ["UADMIN01"])
+        directory.link_principal(s, world.clock, ADMIN, SubjectRef(name="alice", slack_user_id=ALICE), arn)
+    return arn
+
+
+def test_a_session_entry_removed_by_hand_is_put_back(world: World) -> None:
+    arn = _session_world(world, "data-science")
+    world.revoke("alice")
+    world.iam.delete_role_policy(RoleName="data-science", PolicyName=SESSIONS_POLICY)
+    report = world.run()
+    assert kinds(report) == [(DENY_MISSING, "alice", "restored")]
+    assert report.drifts[0].target == arn
+    assert world.iam.list_role_policies(RoleName="data-science")["PolicyNames"] == [SESSIONS_POLICY]
+    assert world.run().drifts == []  # in place now: nothing more
+    world.verify()
+
+
+def test_an_sso_session_no_method_can_block_is_reported_each_run(world: World) -> None:
+    _session_world(world, "AWSReservedSSO_Dev_0a1b", "/aws-reserved/sso.amazonaws.com/")
+    world.revoke("alice")
+    for _ in range(2):
+        report = world.run()
+        assert kinds(report) == [(NOT_BLOCKABLE, "alice", "reported")]
+    assert world.iam.list_role_policies(RoleName="AWSReservedSSO_Dev_0a1b")["PolicyNames"] == []

@@ -24,7 +24,6 @@ from bot.aws.access import (
     POLICY_PREFIX,
     DenyResult,
     IamAccess,
-    PrincipalRef,
     _parse_document,
     deny_document,
     document_size,
@@ -41,7 +40,9 @@ NAME_RE = re.compile(r"^[\w+=,.@-]{1,128}$", re.ASCII)
 WILDCARD_DOC = {
     "Version": "2012-10-17",
     "Statement": [{"Sid": "BedrockBotDeny", "Effect": "Deny",
-                   "Action": ["bedrock:InvokeModel", "bedrock:InvokeModelWithResponseStream"],
+                   "Action": ["bedrock:InvokeModel", "bedrock:InvokeModelWithResponseStream",
+                              "bedrock:CreateModelInvocationJob", "bedrock:CallWithBearerToken",
+                              "bedrock-mantle:CreateInference", "bedrock-mantle:CallWithBearerToken"],
                    "Resource": "*"}],
 }
 
@@ -137,11 +138,11 @@ def test_denied_subjects_ignores_foreign_policies(iam: Any) -> None:
 
 
 def test_size_fallback_to_wildcard(iam: Any) -> None:
-    # ~1,900 characters of other inline policies: 20 AIP ARNs cannot fit next to them, "*" can.
+    # ~1,750 characters of other inline policies: 20 AIP ARNs cannot fit next to them, "*" can.
     iam.put_user_policy(UserName="alice", PolicyName="p1", PolicyDocument=filler(1000, 1))
-    iam.put_user_policy(UserName="alice", PolicyName="p2", PolicyDocument=filler(881, 2))
-    assert document_size(deny_document(AIPS)) + 1881 > INLINE_LIMITS["user"]
-    assert document_size(WILDCARD_DOC) + 1881 == INLINE_LIMITS["user"]  # exactly at the quota
+    iam.put_user_policy(UserName="alice", PolicyName="p2", PolicyDocument=filler(746, 2))
+    assert document_size(deny_document(AIPS)) + 1746 > INLINE_LIMITS["user"]
+    assert document_size(WILDCARD_DOC) + 1746 == INLINE_LIMITS["user"]  # exactly at the quota
 
     result = IamAccess(iam).deny(ALICE_ARN, "alice", AIPS)
     assert result.fell_back_to_wildcard and result.changed and result.resources == ("*",)
@@ -172,7 +173,7 @@ def test_even_wildcard_does_not_fit(iam: Any) -> None:
 
 
 def test_dry_run_writes_nothing(iam: Any) -> None:
-    iam.put_user_policy(UserName="alice", PolicyName="p1", PolicyDocument=filler(1880, 1))
+    iam.put_user_policy(UserName="alice", PolicyName="p1", PolicyDocument=filler(1745, 1))
     dry = IamAccess(iam, dry_run=True)
     result = dry.deny(ALICE_ARN, "alice", AIPS)
     assert result.dry_run and result.changed and result.fell_back_to_wildcard  # computed all the same
@@ -301,7 +302,8 @@ def test_connection_failure_is_aws_error() -> None:
 ])
 def test_parse_principal_accepts(arn: str, kind: str, name: str) -> None:
     ref = parse_principal(arn)
-    assert ref == PrincipalRef(kind=kind, name=name, arn=arn.strip())
+    assert (ref.kind, ref.name, ref.arn) == (kind, name, arn.strip())
+    assert ref.aws_managed == ("AWSReservedSSO_" in arn)
 
 
 @pytest.mark.parametrize(("arn", "reason"), [

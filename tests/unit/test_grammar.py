@@ -82,3 +82,13 @@ def test_parser_never_crashes(text: str) -> None:
         parse(text)
     except BadInput as exc:
         assert exc.usage
+
+
+def test_unlink_and_check() -> None:
+    arn = "arn:aws:sts::123456789012:assumed-role/data-science/alice"
+    assert parse(f"unlink alice {arn}") == c.Link("unlink", SubjectRef(name="alice"), arn)
+    assert parse("check <@U0ALICE01|alice>") == c.SubjectCommand(
+        "check", SubjectRef(name="alice", slack_user_id="U0ALICE01"))
+    for bad in ("unlink alice", "check", "check alice bob"):
+        with pytest.raises(BadInput):
+            parse(bad)

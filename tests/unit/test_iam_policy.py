@@ -48,6 +48,8 @@ SYSTEM_PROFILE = (f"arn:aws:bedrock:{REGION}:{ACCOUNT}:inference-profile/"
 USER = f"arn:aws:iam::{ACCOUNT}:user/alice"
 USER_WITH_PATH = f"arn:aws:iam::{ACCOUNT}:user/teams/ml/bob"
 ROLE = f"arn:aws:iam::{ACCOUNT}:role/ml-training"
+SCP = "arn:aws:organizations::111111111111:policy/o-a1b2c3d4e5/service_control_policy/p-a1b2c3d4"
+SCP_ACCOUNT = f"arn:aws:organizations::111111111111:account/o-a1b2c3d4e5/{ACCOUNT}"
 ALARM = f"arn:aws:cloudwatch:{REGION}:{ACCOUNT}:alarm:bedrock-bot-limit-7"
 BUDGET = f"arn:aws:budgets::{ACCOUNT}:budget/bedrock-bot-limit-7"
 OTHER_BUDGET = f"arn:aws:budgets::{ACCOUNT}:budget/finance-monthly"
@@ -198,6 +200,17 @@ CALLS: dict[tuple[str, str], list[Need]] = {
        for kind, arns in (("user", (USER, USER_WITH_PATH)), ("role", (ROLE,)))},
     ("iam", "list_user_policies"): [Need("iam:ListUserPolicies", USER)],
     ("iam", "list_role_policies"): [Need("iam:ListRolePolicies", ROLE)],
+    # bot/aws/enforcement.py: shared-role sessions, API keys, SSO sessions (tags, SCP)
+    ("iam", "get_role"): [Need("iam:GetRole", ROLE)],
+    ("iam", "list_service_specific_credentials"): [Need("iam:ListServiceSpecificCredentials", USER)],
+    ("iam", "update_service_specific_credential"): [Need("iam:UpdateServiceSpecificCredential", USER)],
+    ("bedrock", "tag_resource"): [Need("bedrock:TagResource", AIP, {"aws:TagKeys": ["bedrock-bot:access"]})],
+    ("organizations", "list_policies"): [Need("organizations:ListPolicies", "*")],
+    ("organizations", "create_policy"): [Need("organizations:CreatePolicy", "*")],
+    ("organizations", "describe_policy"): [Need("organizations:DescribePolicy", SCP)],
+    ("organizations", "update_policy"): [Need("organizations:UpdatePolicy", SCP)],
+    ("organizations", "attach_policy"): [Need("organizations:AttachPolicy", SCP),
+                                         Need("organizations:AttachPolicy", SCP_ACCOUNT)],
     # bot/aws/metrics.py
     ("cloudwatch", "get_metric_data"): [Need("cloudwatch:GetMetricData", "*")],
     ("cloudwatch", "list_metrics"): [Need("cloudwatch:ListMetrics", "*")],
