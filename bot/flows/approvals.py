@@ -7,13 +7,13 @@ returns what to tell the person (or raises BotError, already audited, with the r
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import timedelta
 
 from sqlalchemy.orm import Session
 
 from bot.errors import BadInput
 from bot.flows import access as access_flow
 from bot.flows import locks, tell
+from bot.flows.filing import post_for_decision, request_ttl
 from bot.flows.runner import step
 from bot.render import approvals as ui
 from bot.render.text import plain
@@ -44,14 +44,14 @@ def check_decider(s: Services, actor: Actor, request_id: int) -> RequestView:
 def file_request(s: Services, actor: Actor, revocation_id: int, reason: str) -> str:
     return _filed(s, actor, step(s.db, s.clock, actor, "request.create", f"revocation:{revocation_id}",
                                  lambda session: restore_requests.create(
-                                     session, s.clock, actor, revocation_id, reason, _ttl(s))))
+                                     session, s.clock, actor, revocation_id, reason, request_ttl(s))))
 
 
 def file_request_for(s: Services, actor: Actor, ref: SubjectRef, reason: str) -> str:
     """`/bedrock restore <subject> <reason>` by someone who may not restore directly."""
     return _filed(s, actor, step(s.db, s.clock, actor, "request.create", str(ref),
                                  lambda session: restore_requests.create_for_subject(
-                                     session, s.clock, actor, ref, reason, _ttl(s))))
+                                     session, s.clock, actor, ref, reason, request_ttl(s))))
 
 
 @dataclass(frozen=True)
@@ -76,7 +76,7 @@ def restore(s: Services, actor: Actor, ref: SubjectRef, note: str,
                 return None
             if not note.strip():
                 raise BadInput(OWN_ACCESS)
-        return restore_requests.create_for_subject(session, s.clock, actor, ref, note, _ttl(s))
+        return restore_requests.create_for_subject(session, s.clock, actor, ref, note, request_ttl(s))
 
     filed = step(s.db, s.clock, actor, "access.restore", str(ref), file_unless_admin)
     if filed is not None:
@@ -103,23 +103,10 @@ def _break_glass(s: Services, actor: Actor, ref: SubjectRef, reason: str) -> Non
                                        f"for `{name}`: {plain(reason)}")
 
 
-def _ttl(s: Services) -> timedelta:
-    return timedelta(hours=s.settings.bot.request_ttl_hours)
-
-
 def _filed(s: Services, actor: Actor, created: tuple[RequestView, bool]) -> str:
-    """Post a new request for approval (after its commit); what to tell the requester."""
     req, is_new = created
-    channel = s.settings.bot.alert_channel
-    if is_new and channel:
-        text, blocks = ui.request_message(req, s.tz)
-        ts = safe(s.notifier.post, channel, text, blocks)
-        if ts:
-            with s.db.session_scope() as session:
-                restore_requests.record_message(session, req.id, channel, ts)
-    note = FILED if is_new else ALREADY
-    safe(s.notifier.dm, actor.slack_user_id or "", note)
-    return note
+    return post_for_decision(s, actor, req.id, is_new, ui.request_message(req, s.tz),
+                             restore_requests.record_message, FILED, ALREADY)
 
 
 def decide(s: Services, actor: Actor, request_id: int, decision: str, note: str = "") -> str | None:

@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 
 from bot.flows import limits as limits_flow
 from bot.flows import locks
+from bot.flows.filing import post_for_decision, request_ttl
 from bot.flows.runner import step
 from bot.quantities import Amount, Metric, Window
 from bot.render import raises as ui
@@ -37,7 +38,7 @@ def file_request(s: Services, actor: Actor, limit_id: int, amount: Amount, durat
     """The Request more modal, submitted."""
     created = step(s.db, s.clock, actor, "raise_request.create", f"limit:{limit_id}",
                    lambda session: raise_requests.create(session, s.clock, actor, limit_id, amount, duration,
-                                                         reason, _ttl(s)))
+                                                         reason, request_ttl(s)))
     return _filed(s, actor, created)
 
 
@@ -47,27 +48,16 @@ def request_more(s: Services, actor: Actor, amount: Amount, metric: Metric, wind
     def work(session: Session) -> tuple[RaiseRequestView, bool]:
         limit_id = raise_requests.own_limit(session, s.clock, s.tz, s.week_start, actor, amount, metric,
                                             window)
-        return raise_requests.create(session, s.clock, actor, limit_id, amount, duration, reason, _ttl(s))
+        return raise_requests.create(session, s.clock, actor, limit_id, amount, duration, reason,
+                                     request_ttl(s))
 
     return _filed(s, actor, step(s.db, s.clock, actor, "raise_request.create", actor.label, work))
 
 
-def _ttl(s: Services) -> timedelta:
-    return timedelta(hours=s.settings.bot.request_ttl_hours)
-
-
 def _filed(s: Services, actor: Actor, created: tuple[RaiseRequestView, bool]) -> str:
     req, is_new = created
-    channel = s.settings.bot.alert_channel
-    if is_new and channel:
-        text, blocks = ui.request_message(req, s.tz)
-        ts = safe(s.notifier.post, channel, text, blocks)
-        if ts:
-            with s.db.session_scope() as session:
-                raise_requests.record_message(session, req.id, channel, ts)
-    note = FILED if is_new else ALREADY
-    safe(s.notifier.dm, actor.slack_user_id or "", note)
-    return note
+    return post_for_decision(s, actor, req.id, is_new, ui.request_message(req, s.tz),
+                             raise_requests.record_message, FILED, ALREADY)
 
 
 def decide(s: Services, actor: Actor, request_id: int, decision: str) -> str | None:
