@@ -54,6 +54,7 @@ class ConsumeResult:
     before_handover: int = 0
     unattributed: int = 0
     unattributed_tokens: int = 0
+    skipped_gateway: int = 0
     not_invocation: int = 0
     malformed_records: int = 0
     conflicts: int = 0  # pages dropped because another consumer had moved the checkpoint
@@ -66,7 +67,7 @@ class ConsumeResult:
 
     def add(self, batch: BatchResult) -> None:
         for name in ("records", "events", "counted", "duplicates", "before_handover", "unattributed",
-                     "unattributed_tokens", "not_invocation", "malformed_records"):
+                     "unattributed_tokens", "skipped_gateway", "not_invocation", "malformed_records"):
             setattr(self, name, getattr(self, name) + getattr(batch, name))
         self.strangers.update(batch.strangers)
 
@@ -154,7 +155,8 @@ class StreamConsumer:
             with s.db.session_scope() as session:
                 batch = stream_usage.apply_batch(
                     session, s.clock, self.name, shard.id, after, page.records,
-                    metadata_keys=aws.metadata_keys, prices=s.prices, handover_at=result.handover)
+                    metadata_keys=aws.metadata_keys, prices=s.prices, handover_at=result.handover,
+                    gateway_principals=s.settings.bot.gateway_principals)
             if not batch.applied:
                 result.conflicts += 1
                 self.positions.pop(shard.id, None)  # re-read from the database's checkpoint

@@ -59,7 +59,7 @@ from bot.models import Meter, Profile, StreamCheckpoint, StreamEvent, SyncCursor
 from bot.pricing import PriceTable
 from bot.services import directory, ledger
 from bot.services.ledger import HOUR, LedgerRow, floor_hour
-from bot.services.logs_usage import Attribution
+from bot.services.logs_usage import Attribution, gateway_identities, identity_of
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +81,7 @@ class BatchResult:
     before_handover: int = 0  # logged before the handover hour: polling counts them
     unattributed: int = 0
     unattributed_tokens: int = 0
+    skipped_gateway: int = 0  # made by a BOT_GATEWAY_PRINCIPALS principal: /v1/usage counts them
     not_invocation: int = 0  # log events that are not invocation records
     malformed_records: int = 0  # Kinesis records that are not subscription records
     control_messages: int = 0
@@ -164,7 +165,8 @@ def mark_finished(session: Session, clock: Clock, stream: str, shard_id: str, ex
 
 def apply_batch(session: Session, clock: Clock, stream: str, shard_id: str, expected: str | None,
                 records: Sequence[StreamRecord], *, metadata_keys: Sequence[str],
-                prices: PriceTable, handover_at: datetime) -> BatchResult:
+                prices: PriceTable, handover_at: datetime,
+                gateway_principals: Sequence[str] = ()) -> BatchResult:
     """Count `records` (read from `shard_id` just after `expected`) into the ledger: see module doc."""
     cp = _locked_checkpoint(session, clock, stream, shard_id)
     if cp.sequence != expected:
@@ -174,7 +176,7 @@ def apply_batch(session: Session, clock: Clock, stream: str, shard_id: str, expe
     fresh = _first_seen(session, [c.event_id for c in calls], clock())
     result.duplicates += len(calls) - len(fresh)
     now = clock()
-    resolver = _Resolver(session, clock, metadata_keys)
+    resolver = _Resolver(session, clock, metadata_keys, gateway_identities(gateway_principals))
     sums = _attribute([c for c in calls if c.event_id in fresh], resolver, floor_hour(now), result)
     result.ledger_rows = ledger.add(session, _ledger_rows(sums, prices), now)
     if records:
@@ -190,6 +192,9 @@ def _attribute(calls: Iterable[Invocation], resolver: _Resolver, this_hour: date
     """Sums per (meter, hour, model priced as): input, output, cache read, cache write, calls."""
     sums: dict[tuple[int, datetime, str], list[int]] = {}
     for call in calls:
+        if resolver.by_gateway(call):
+            result.skipped_gateway += 1
+            continue
         target = resolver.meter_for(call)
         if target is None:
             result.unattributed += 1
@@ -279,8 +284,9 @@ def dedupe_retention(stream_retention_hours: int) -> timedelta:
 class _Resolver:
     """Call → (meter id, the model id it is priced as). Loaded once per batch."""
 
-    def __init__(self, session: Session, clock: Clock, keys: Sequence[str]) -> None:
-        self.session, self.clock = session, clock
+    def __init__(self, session: Session, clock: Clock, keys: Sequence[str],
+                 gateway: frozenset[tuple[str, str, str]] = frozenset()) -> None:
+        self.session, self.clock, self.gateway = session, clock, gateway
         self.attribution = Attribution(session, clock, keys)
         self.keys = list(keys)
         # AIP ARN and id → (id, model it copies, subject): plain rows, no ORM objects to build.
@@ -292,6 +298,13 @@ class _Resolver:
         self.existing: dict[str, tuple[int, int | None]] = {
             key: (meter_id, subject_id) for key, meter_id, subject_id in session.execute(
                 select(Meter.key, Meter.id, Meter.subject_id).where(Meter.kind == "profile"))}
+
+    def by_gateway(self, call: Invocation) -> bool:
+        """A call the gateway made for someone, not through an AIP: the gateway reports it
+        through /v1/usage, so counting it here too would count it twice (as the log reader)."""
+        if not self.gateway or call.model_id in self.profiles or _AIP.match(call.model_id):
+            return False
+        return identity_of(call.identity_arn or "") in self.gateway
 
     def meter_for(self, call: Invocation) -> tuple[int, str] | None:
         profile = self.profiles.get(call.model_id)

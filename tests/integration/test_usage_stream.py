@@ -172,6 +172,25 @@ def test_calls_are_attributed_once_and_every_token_kind_is_counted(db: Database,
     assert totals(db, "carol").requests == 1
 
 
+def test_calls_the_gateway_made_are_left_to_its_usage_reports(db: Database, clock: FixedClock,
+                                                               aws: dict[str, Any]) -> None:
+    """BOT_GATEWAY_PRINCIPALS' own calls (not through an AIP) are counted by /v1/usage, so the
+    stream skips them, as the Logs Insights reader does; through an AIP they stay the AIP's."""
+    aip = setup_directory(db, clock)
+    gateway = f"arn:aws:sts::{ACCOUNT}:assumed-role/litellm/proxy-1"
+    services = services_for(db, clock, aws, BOT_GATEWAY_PRINCIPALS=f"arn:aws:iam::{ACCOUNT}:role/litellm")
+    start_stream(db, clock)
+    at = ELEVEN + timedelta(minutes=5)
+    put(aws, [(event_id(), record(at, HAIKU, arn=gateway, inp=50, out=5, metadata={"userId": "u-carol"})),
+              (event_id(), record(at, aip, arn=gateway, inp=10, out=1))], at)
+
+    result = usage_stream.consume(services)
+
+    assert (result.counted, result.skipped_gateway) == (1, 1)
+    assert totals(db, "carol").requests == 0
+    assert totals(db, "alice").requests == 1
+
+
 def test_an_unknown_aip_is_metered_without_a_subject_and_follows_its_adoption(
         db: Database, clock: FixedClock, aws: dict[str, Any]) -> None:
     services = services_for(db, clock, aws)
