@@ -147,6 +147,27 @@ class Usage(Base):
 Index("ix_usage_hour", Usage.hour)
 
 
+class UsageDay(Base):
+    """The hourly ledger summed per UTC day (`day` is 00:00 UTC): kept equal to `usage` by
+    `bot.services.ledger`, the only writer of both, in the same transaction. Long windows read
+    whole days here and only the partial-day edges from `usage` (docs/architecture.md)."""
+
+    __tablename__ = "usage_daily"
+    meter_id: Mapped[int] = mapped_column(ForeignKey("meters.id", ondelete="CASCADE"), primary_key=True)
+    day: Mapped[datetime] = mapped_column(primary_key=True)
+    input_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    output_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    cache_read_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    cache_write_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    requests: Mapped[int] = mapped_column(BigInteger, default=0)
+    cost_micro_usd: Mapped[int] = mapped_column(BigInteger, default=0)
+    unpriced_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    unpriced_requests: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+Index("ix_usage_daily_day", UsageDay.day)
+
+
 class Limit(Base):
     __tablename__ = "limits"
     __table_args__ = (UniqueConstraint("subject_id", "metric", "window"),)

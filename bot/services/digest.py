@@ -63,12 +63,12 @@ from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import Session
 
-from bot.models import Limit, Meter, RestoreRequest, Revocation, Subject, TeamMember, Usage
+from bot.models import Limit, Meter, RestoreRequest, Revocation, Subject, TeamMember
 from bot.quantities import Window, window_bounds
-from bot.services import billing, unpriced
+from bot.services import billing, ledger, unpriced
 from bot.services import raises as raise_service
 from bot.services.billing import DayBill
-from bot.services.ledger import ALL_INPUT_SQL, HOUR, Totals
+from bot.services.ledger import HOUR, Span, Totals
 from bot.services.raises import RaiseView
 from bot.services.unpriced import UnpricedSummary
 from bot.services.usage import LimitStatus, _forecast
@@ -181,22 +181,24 @@ def digest_day(now: datetime, tz: tzinfo) -> date:
 
 # On PostgreSQL sum(bigint) accumulates in numeric/int128 state; summing the same integers as
 # float8 is twice as fast and exact while every partial sum stays below 2**53 (9·10^15
-# tokens, or $9bn, per meter and interval). Should any column's total come near that, the
-# exact form runs instead.
+# tokens, or $9bn, per meter and interval). Should any column's total come within a quarter
+# of that (room for the rollup's day rows, whose edge hours are then subtracted), the exact
+# form runs instead.
 _FLOAT_EXACT = 2**53
 
 
-def _part_sums(dialect: str, exact: bool) -> list[ColumnElement[Any]]:
+def _sum(dialect: str, exact: bool, value: ColumnElement[Any]) -> ColumnElement[Any]:
     if dialect == "postgresql" and not exact:
-        return [func.sum(cast(_column(c), Double)) for c in _COLS]
-    return [cast(func.sum(_column(c)), BigInteger) for c in _COLS]
+        return func.sum(cast(value, Double))
+    return cast(func.sum(value), BigInteger)
 
 
-def _column(name: str) -> ColumnElement[Any]:
-    """What is summed for a _COLS entry: "input_tokens" is all input, cache tokens included
-    (`ledger.ALL_INPUT_SQL`), so the digest's Totals carry it as input and `tokens` and an
-    `input_tokens` limit come out as everywhere else."""
-    return ALL_INPUT_SQL if name == "input_tokens" else getattr(Usage, name)
+def _exprs(model: ledger.Model) -> list[ColumnElement[Any]]:
+    """What is summed for each _COLS entry, from `usage` or `usage_daily`: "input_tokens" is
+    all input, cache tokens included (as `ledger.ALL_INPUT_SQL`), so the digest's Totals carry
+    it as input and `tokens` and an `input_tokens` limit come out as everywhere else."""
+    return [model.input_tokens + model.cache_read_tokens + model.cache_write_tokens
+            if c == "input_tokens" else getattr(model, c) for c in _COLS]
 
 
 # An interval only limits need is read for their meters. On PostgreSQL, when those are few,
@@ -228,20 +230,44 @@ def _limited_meters(windows: tuple[str, ...]) -> Select[tuple[int]]:
     return select(Meter.id).where(Meter.subject_id.in_(covered))
 
 
-def _part_select(p: Part, sums: list[ColumnElement[Any]], probe: bool) -> Select[Any]:
+def _pieces(p: Part, rollup: bool) -> list[Span]:
+    """How part p is read: whole UTC days of the rollup and hourly edges (`ledger.spans`),
+    or (rollup False, the reference the tests and the bench compare with) its hours."""
+    return ledger.spans(p.start, p.end) if rollup else [Span(False, p.start, p.end)]
+
+
+def _part_select(p: Part, pieces: list[Span], dialect: str, exact: bool, probe: bool) -> Select[Any]:
     k = literal_column(str(p.k), Integer).label("k")
     if probe:
-        ids = func.unnest(bindparam(f"ids_{p.k}", list(p.meters), type_=ARRAY(Integer))) \
-            .table_valued("id").render_derived(name=f"m_{p.k}")
-        per = (select(*(s.label(f"v{i}") for i, s in enumerate(sums)))
-               .where(Usage.meter_id == ids.c.id, Usage.hour >= p.start, Usage.hour < p.end)
-               .lateral(f"s_{p.k}"))
-        return (select(k, ids.c.id, *(per.c[f"v{i}"] for i in range(len(sums))))
-                .select_from(ids.join(per, true())).where(per.c.v0.is_not(None)))
-    q = select(k, Usage.meter_id, *sums).where(Usage.hour >= p.start, Usage.hour < p.end)
+        return _probe_select(p, k, pieces, dialect, exact)
+    where = None
     if p.windows is not None:
-        q = q.where(Usage.meter_id.in_(_limited_meters(p.windows)))
-    return q.group_by(Usage.meter_id)
+        limited = _limited_meters(p.windows)
+
+        def where(m: ledger.Model) -> ColumnElement[bool]:
+            return m.meter_id.in_(limited)
+    selects = [ledger.span_select(piece, _exprs, where) for piece in pieces]
+    rows = (union_all(*selects) if len(selects) > 1 else selects[0]).subquery(f"r_{p.k}")
+    return (select(k, rows.c.meter_id, *(_sum(dialect, exact, rows.c[f"v{i}"]) for i in range(len(_COLS))))
+            .group_by(rows.c.meter_id))
+
+
+def _probe_select(p: Part, k: ColumnElement[Any], pieces: list[Span], dialect: str, exact: bool
+                  ) -> Select[Any]:
+    """Each wanted meter's rows fetched through the table's (meter, hour|day) key: a row per
+    meter and piece (the fold adds a part's rows up)."""
+    ids = func.unnest(bindparam(f"ids_{p.k}", list(p.meters), type_=ARRAY(Integer))) \
+        .table_valued("id").render_derived(name=f"m_{p.k}")
+    selects = []
+    for j, piece in enumerate(pieces):
+        m = piece.model
+        values = [v if piece.sign > 0 else -v for v in _exprs(m)]
+        per = (select(*(_sum(dialect, exact, v).label(f"v{i}") for i, v in enumerate(values)))
+               .where(m.meter_id == ids.c.id, piece.key >= piece.lo, piece.key < piece.hi)
+               .lateral(f"s_{p.k}_{j}"))
+        selects.append(select(k, ids.c.id, *(per.c[f"v{i}"] for i in range(len(values))))
+                       .select_from(ids.join(per, true())).where(per.c.v0.is_not(None)))
+    return union_all(*selects) if len(selects) > 1 else selects[0]  # type: ignore[return-value]
 
 
 # On PostgreSQL the parts are shared out between this many connections, run at once: the
@@ -251,24 +277,26 @@ def _part_select(p: Part, sums: list[ColumnElement[Any]], probe: bool) -> Select
 CONNECTIONS = 2
 
 
-def interval_sums(session: Session, parts: list[Part], n_meters: int, exact: bool = False
-                  ) -> list[Any]:
+def interval_sums(session: Session, parts: list[Part], n_meters: int, exact: bool = False,
+                  rollup: bool = True) -> list[Any]:
     """Rows (k, meter id, input, output, requests, micro-USD): each part's sums per meter
-    with usage in it (floats on PostgreSQL: see _FLOAT_EXACT). Grouped in the database: one
-    statement (a UNION ALL of the parts), or on PostgreSQL one per connection."""
+    with usage in it (floats on PostgreSQL: see _FLOAT_EXACT), several rows for one (k,
+    meter) when probed. Grouped in the database: one statement (a UNION ALL of the parts),
+    or on PostgreSQL one per connection. `rollup` False reads hours only (the reference)."""
     conn = session.connection()
-    pg = conn.dialect.name == "postgresql"
-    sums = _part_sums(conn.dialect.name, exact)
+    dialect = conn.dialect.name
+    pg = dialect == "postgresql"
     work: list[tuple[float, Select[Any]]] = []
     for p in parts:
         if p.windows is not None and not p.meters:
             continue
-        hours = (p.end - p.start) / HOUR
+        pieces = _pieces(p, rollup)
         probe = (pg and p.windows is not None and p.end - p.start >= _PROBE_MIN
                  and len(p.meters) <= PROBE_SHARE * n_meters)
         # Rough cost, to share the parts out: rows read (a probed row costs ~4 scanned).
-        cost = hours * (4 * len(p.meters) if probe else n_meters)
-        work.append((cost, _part_select(p, sums, probe)))
+        per_meter = sum(piece.rows_per_meter for piece in pieces)
+        cost = per_meter * (4 * len(p.meters) if probe else n_meters)
+        work.append((cost, _part_select(p, pieces, dialect, exact, probe)))
     if not work:
         return []
     groups = _share(work, CONNECTIONS if pg else 1)
@@ -280,8 +308,8 @@ def interval_sums(session: Session, parts: list[Part], n_meters: int, exact: boo
             rows = _fetch(conn, groups[0])
             for f in others:
                 rows += f.result()
-    if pg and not exact and any(sum(map(itemgetter(c), rows)) >= _FLOAT_EXACT * 0.99 for c in range(2, 6)):
-        return interval_sums(session, parts, n_meters, exact=True)
+    if pg and not exact and any(sum(map(itemgetter(c), rows)) >= _FLOAT_EXACT / 4 for c in range(2, 6)):
+        return interval_sums(session, parts, n_meters, exact=True, rollup=rollup)
     return rows
 
 
@@ -422,8 +450,10 @@ def _limit_window(window: str, now: datetime, tz: tzinfo, week_start: int
 
 
 def build_digest(session: Session, now: datetime, tz: tzinfo, week_start: int, top_n: int = 10,
-                 chart_days: int = 14, bill_divergence_pct: float = 10.0) -> DigestData:
-    """Everything the daily digest shows, for the local day before `now` in `tz`."""
+                 chart_days: int = 14, bill_divergence_pct: float = 10.0,
+                 rollup: bool = True) -> DigestData:
+    """Everything the daily digest shows, for the local day before `now` in `tz`. `rollup`
+    False reads the hourly ledger alone (the reference the tests and the bench compare with)."""
     chart_days = max(1, chart_days)
     starts = day_starts(now, tz, max(chart_days, 2))
     y_start, y_end = starts[-2], starts[-1]
@@ -446,7 +476,7 @@ def build_digest(session: Session, now: datetime, tz: tzinfo, week_start: int, t
     bounds = sorted({*starts, *(b for s, _e, q in windows.values() for b in (s, q))})
     owner: dict[int, int | None] = dict(conn.execute(select(Meter.id, Meter.subject_id)).tuples().all())
     parts = _plan(bounds, (starts[0], starts[-1]), limits, windows, covered, owner)
-    rows = interval_sums(session, parts, len(owner))
+    rows = interval_sums(session, parts, len(owner), rollup=rollup)
     ledger = _Ledger(bounds, starts, rows, owner, limited)
 
     per_subject = _per_subject(ledger, subjects, covered)

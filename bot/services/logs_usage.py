@@ -41,14 +41,14 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 
-from sqlalchemy import delete, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from bot.aws import logs as insights_query
 from bot.aws.logs import LogsInsights, metadata_field
 from bot.clock import Clock
 from bot.errors import BadInput
-from bot.models import Meter, Principal, Profile, Subject, SyncCursor, TeamMember, Usage
+from bot.models import Meter, Principal, Profile, Subject, SyncCursor, TeamMember
 from bot.pricing import PriceTable
 from bot.services import audit, directory, ledger
 from bot.services.directory import Actor, SubjectRef
@@ -240,9 +240,7 @@ def record_logs(session: Session, clock: Clock, plan: LogsPlan, read: LogsRead,
     ledger_rows = _ledger_rows(per_model, prices)
     # Whole hours were re-read: what the log meters had for them is replaced, not added to.
     log_meters = select(Meter.id).where(Meter.kind.in_(LOG_METER_KINDS))
-    session.execute(delete(Usage).where(Usage.meter_id.in_(log_meters), Usage.hour >= start,
-                                        Usage.hour < read_end)
-                    .execution_options(synchronize_session=False))
+    ledger.delete_hours(session, log_meters, start, read_end)
     ledger.upsert(session, ledger_rows, plan.now)
     position = min(floor_hour(plan.now), read_end)
     _advance(session, session.get(SyncCursor, CURSOR), position, plan.now)

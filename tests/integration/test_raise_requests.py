@@ -18,10 +18,11 @@ from bot.db import Database
 from bot.errors import BadInput, Denied, NotFound
 from bot.flows import limits as limits_flow
 from bot.flows import raises as raise_flow
-from bot.models import AuditEvent, Limit, LimitRaise, Meter, RaiseRequest, Usage
+from bot.models import AuditEvent, Limit, LimitRaise, Meter, RaiseRequest
 from bot.quantities import Amount, Metric, Window
-from bot.services import audit, directory, limits, raise_requests, raises
+from bot.services import audit, directory, ledger, limits, raise_requests, raises
 from bot.services.directory import Actor, SubjectRef
+from bot.services.ledger import LedgerRow
 from bot.services.usage import limit_status
 from tests.fakes.services import make_services
 
@@ -42,11 +43,7 @@ def _use(db: Database, clock: FixedClock, tokens: int) -> None:
             s.add(meter)
             s.flush()
         hour = clock().replace(minute=0, second=0, microsecond=0)
-        row = s.get(Usage, (meter.id, hour))
-        if row is None:
-            s.add(Usage(meter_id=meter.id, hour=hour, input_tokens=tokens, updated_at=clock()))
-        else:
-            row.input_tokens += tokens
+        ledger.add(s, [LedgerRow(meter.id, hour, input_tokens=tokens)], clock())
 
 
 @pytest.fixture
