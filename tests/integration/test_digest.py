@@ -485,3 +485,45 @@ def test_probing_old_intervals_per_meter_gives_the_same_digest(seeded: Database,
     probed = digest(seeded)
     assert probed == scanned
     assert [a.status.used for a in probed.at_risk] == [56500, 7550, 40]
+
+
+@pytest.mark.parametrize("zone", ["UTC", "Asia/Kolkata", "Europe/Berlin", "America/New_York",
+                                  "Australia/Eucla", "Pacific/Chatham"])
+def test_the_rollup_gives_the_digest_the_hourly_ledger_gives(db: Database, clock: FixedClock,
+                                                               monkeypatch: pytest.MonkeyPatch,
+                                                               zone: str) -> None:
+    """A random ledger (45 days, a team, a meter with no subject, a limit of every window on
+    every subject): the digest read from whole UTC days of `usage_daily` plus hourly edges is
+    the digest read from the hourly rows alone, at several times of day and month, in zones
+    whose midnights are not whole UTC hours (+5:30, +8:45, +13:45), scanned and probed."""
+    import random
+
+    rnd = random.Random(zone)
+    windows = ["day", "week", "month", "24h", "7d", "30d"]
+    with db.session_scope() as s:
+        users = [_user(s, clock, f"u{i}", f"UUSER{i:04d}") for i in range(6)]
+        team, _ = directory.change_members(s, clock, SYSTEM, "team-r", "add",
+                                           [SubjectRef(slack_user_id=f"UUSER{i:04d}") for i in range(3)])
+        owners: list[Subject | None] = [*users, team, None]
+        for i, owner in enumerate(owners):
+            m = directory.ensure_meter(s, clock, "profile" if owner else "metadata", f"aip{i:09d}",
+                                       owner.id if owner else None).id
+            hours = [utc(12, 2) - (h + 1) * timedelta(hours=1) for h in range(46 * 24) if rnd.random() < 0.4]
+            _rows(s, clock, m, [(h, rnd.randint(0, 5000), rnd.randint(0, 500), rnd.randint(0, 9),
+                                 rnd.randint(0, 90000)) for h in hours])
+        for j, owner in enumerate([*users, team]):
+            for w in windows:
+                _limit(s, owner, ["tokens", "cost_usd", "requests"][j % 3],
+                       rnd.randint(1, 400) * {"tokens": 5000, "cost_usd": 90000, "requests": 9}[
+                           ["tokens", "cost_usd", "requests"][j % 3]], w)
+    tz = ZoneInfo(zone)
+    for now in (utc(11, 25, 10, 30), utc(12, 1, 0, 15), utc(11, 30, 23, 59)):
+        with db.session_scope() as s:
+            hourly = build_digest(s, now, tz, 2, rollup=False)
+            rolled = build_digest(s, now, tz, 2)
+            monkeypatch.setattr(digest_service, "PROBE_SHARE", 1.0)
+            probed = build_digest(s, now, tz, 2)
+            monkeypatch.setattr(digest_service, "PROBE_SHARE", 0.25)
+        assert hourly.at_risk and hourly.totals.tokens and any(hourly.chart.totals)
+        assert rolled == hourly
+        assert probed == hourly
