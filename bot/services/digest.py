@@ -44,6 +44,7 @@ from itertools import pairwise
 from operator import itemgetter
 from typing import Any
 
+import numpy as np
 from sqlalchemy import (
     BigInteger,
     ColumnElement,
@@ -327,6 +328,10 @@ def _fetch(conn: Connection, selects: list[Select[Any]]) -> list[Any]:
         # A dozen short aggregations: compiling them to machine code (JIT, on by default for
         # costly plans) takes longer than it saves. This transaction only.
         conn.exec_driver_sql("SET LOCAL jit = off")
+        # The parts are shared between CONNECTIONS already, and a part over the rollup's
+        # UNION ALL has no statistics on its groups (the planner guesses 200 meters, not 10^4):
+        # its parallel partial aggregate then ran ~3x slower than a plain hash aggregate.
+        conn.exec_driver_sql("SET LOCAL max_parallel_workers_per_gather = 0")
     result = conn.execute(union_all(*selects) if len(selects) > 1 else selects[0])
     # Plain numbers, no type processing: the driver's tuples, without a Row object for each
     # of ~10^5 rows (a fifth of the digest's Python time).
@@ -343,93 +348,75 @@ def _fetch_apart(engine: Engine, selects: list[Select[Any]]) -> list[Any]:
             conn.rollback()  # read only
 
 
-def _add(a: Sums, b: Sums) -> Sums:
-    return (a[0] + b[0], a[1] + b[1], a[2] + b[2], a[3] + b[3])
-
-
 def _totals(v: Sums) -> Totals:
     return Totals(input_tokens=int(v[0]), output_tokens=int(v[1]), requests=int(v[2]),
                   cost_micro_usd=int(v[3]))
 
 
 class _Ledger:
-    """The read intervals, folded per subject (the meter's owner; None: no subject):
-
-    - `days[sid]`: sums per local day of `starts`, flat (4 numbers a day), for everyone;
-    - `intervals[sid][k]`: sums per interval, for the subjects limits need.
+    """The read intervals, folded per subject (the meter's owner; None: no subject) in numpy:
+    `acc[slot, k]` holds the 4 sums of interval k, `days[slot, d]` those of local day d of
+    `starts`. float64 when PostgreSQL summed as float8 (exact integers: see _FLOAT_EXACT),
+    else Python ints in object arrays (SQLite, and the exact re-read), so nothing rounds.
+    About 10^5 rows: a Python loop over them was most of the digest's time.
     """
 
     def __init__(self, bounds: list[datetime], starts: list[datetime],
-                 rows: Sequence[Any], owner: dict[int, int | None],
-                 keep: set[int]) -> None:
+                 rows: Sequence[Any], owner: dict[int, int | None]) -> None:
         self.index = {b: i for i, b in enumerate(bounds)}
         self.n_days = len(starts) - 1
-        day_of = [-1] * (len(bounds) + 1)  # interval k → its day, or -1 (outside the days)
-        for d, (a, b) in enumerate(pairwise(starts)):
-            for k in range(self.index[a] + 1, self.index[b] + 1):
-                day_of[k] = d
-        width = 4 * self.n_days
-        days: dict[int | None, list[float]] = {}
-        intervals: dict[int, dict[int, Sums]] = defaultdict(dict)
-        for k, meter_id, i, o, r, c in rows:
-            sid = owner.get(meter_id)
-            d = day_of[k]
-            if d >= 0:
-                acc = days.get(sid)
-                if acc is None:
-                    acc = days[sid] = self._zeros(width)
-                j = 4 * d
-                acc[j] += i
-                acc[j + 1] += o
-                acc[j + 2] += r
-                acc[j + 3] += c
-            if sid is not None and sid in keep:
-                got = intervals[sid]
-                prev = got.get(k)
-                got[k] = (i, o, r, c) if prev is None else _add(prev, (i, o, r, c))
-        self.days = days
-        self.intervals = intervals
+        cuts = [self.index[a] + 1 for a in starts]  # day d is intervals cuts[d] .. cuts[d+1] - 1
+        self.slot: dict[int | None, int] = {None: 0}
+        for sid in owner.values():
+            self.slot.setdefault(sid, len(self.slot))
+        exact = bool(rows) and not isinstance(rows[0][2], float)
+        dtype: Any = object if exact else np.float64
+        self.acc = np.zeros((len(self.slot), len(bounds) + 1, 4), dtype=dtype)
+        self.with_rows: set[int | None] = set()  # subjects with a row in the days
+        if rows:
+            cols = np.array(rows, dtype=dtype)
+            ks = cols[:, 0].astype(np.int64)
+            slot_of = {m: self.slot[sid] for m, sid in owner.items()}
+            slots = np.fromiter((slot_of.get(m, 0) for m in cols[:, 1].astype(np.int64).tolist()),
+                                dtype=np.int64, count=len(rows))
+            np.add.at(self.acc, (slots, ks), cols[:, 2:6])
+            in_days = np.unique(slots[(ks >= cuts[0]) & (ks < cuts[-1])]).tolist()
+            by_slot = {v: k for k, v in self.slot.items()}
+            self.with_rows = {by_slot[i] for i in in_days}
+        self.days = np.stack([self.acc[:, a:b, :].sum(axis=1) for a, b in pairwise(cuts)], axis=1)
+        self._windows: dict[tuple[int, int], Any] = {}
 
-    @staticmethod
-    def _zeros(n: int) -> list[float]:
-        # int zeros: SQLite's exact int sums stay int (a float 0.0 would round them past 2**53).
-        zeros: list[float] = [0] * n
-        return zeros
+    def _sum(self, table: Any, ids: list[int]) -> Sums:
+        """Rows of `table` (indexed by slot) summed over the subjects `ids`."""
+        slots = [self.slot[sid] for sid in ids if sid in self.slot]
+        if not slots:
+            return _ZERO
+        got = table[slots[0]] if len(slots) == 1 else table[slots].sum(axis=0)
+        a, b, c, d = got.tolist()
+        return (a, b, c, d)
 
     def day(self, ids: list[int], d: int) -> Sums:
         """The meters of `ids` on day d (negative counts from the last)."""
-        j = 4 * (d % self.n_days)
-        acc = self._zeros(4)
-        for sid in ids:
-            row = self.days.get(sid)
-            if row is not None:
-                acc[0] += row[j]
-                acc[1] += row[j + 1]
-                acc[2] += row[j + 2]
-                acc[3] += row[j + 3]
-        return (acc[0], acc[1], acc[2], acc[3])
+        return self._sum(self.days[:, d % self.n_days, :], ids)
 
     def overall(self) -> list[Sums]:
         """Every meter once, per day."""
-        acc = self._zeros(4 * self.n_days)
-        for row in self.days.values():
-            for j, v in enumerate(row):
-                acc[j] += v
-        return [(acc[j], acc[j + 1], acc[j + 2], acc[j + 3]) for j in range(0, len(acc), 4)]
+        return [(a, b, c, d) for a, b, c, d in self.days.sum(axis=0).tolist()]
 
     def tokens_per_day(self, sid: int | None) -> list[int]:
-        row = self.days.get(sid)
-        return [int(row[j] + row[j + 1]) for j in range(0, len(row), 4)] if row else [0] * self.n_days
+        slot = self.slot.get(sid)
+        if slot is None:
+            return [0] * self.n_days
+        return [int(v) for v in (self.days[slot, :, 0] + self.days[slot, :, 1]).tolist()]
 
     def window(self, ids: list[int], start: datetime, end: datetime) -> Sums:
-        """The meters of `ids` over [start, end) (both are boundaries)."""
+        """The meters of `ids` over [start, end) (both are boundaries); each window's sums per
+        subject are folded once, for all the limits on it."""
         i, j = self.index[start], self.index[end]
-        acc = _ZERO
-        for sid in ids:
-            for k, v in self.intervals.get(sid, {}).items():
-                if i < k <= j:
-                    acc = _add(acc, v)
-        return acc
+        table = self._windows.get((i, j))
+        if table is None:
+            table = self._windows[i, j] = self.acc[:, i + 1:j + 1, :].sum(axis=1)
+        return self._sum(table, ids)
 
 
 # ---- the digest ----------------------------------------------------------------------
@@ -472,26 +459,25 @@ def build_digest(session: Session, now: datetime, tz: tzinfo, week_start: int, t
     limits = list(session.execute(select(Limit.id, Limit.subject_id, Limit.metric, Limit.amount,
                                          Limit.window, Limit.action, Limit.warn)))
     windows = {w: _limit_window(w, now, tz, week_start) for w in {lim.window for lim in limits}}
-    limited = {sid for lim in limits for sid in covered(lim.subject_id)}
     bounds = sorted({*starts, *(b for s, _e, q in windows.values() for b in (s, q))})
     owner: dict[int, int | None] = dict(conn.execute(select(Meter.id, Meter.subject_id)).tuples().all())
     parts = _plan(bounds, (starts[0], starts[-1]), limits, windows, covered, owner)
     rows = interval_sums(session, parts, len(owner), rollup=rollup)
-    ledger = _Ledger(bounds, starts, rows, owner, limited)
+    folded = _Ledger(bounds, starts, rows, owner)
 
-    per_subject = _per_subject(ledger, subjects, covered)
+    per_subject = _per_subject(folded, subjects, covered)
     top = [s for s in per_subject if s.totals.cost_micro_usd or s.totals.tokens][:max(0, top_n)]
-    overall = ledger.overall()
+    overall = folded.overall()
     return DigestData(
         day=y_start.astimezone(tz).date(), start=y_start, end=y_end, now=now,
         tz_name=str(getattr(tz, "key", tz)),
         totals=_totals(overall[-1]),
         previous=_totals(overall[-2]),
         top=top,
-        at_risk=_at_risk(limits, windows, ledger, subjects, covered, now),
+        at_risk=_at_risk(limits, windows, folded, subjects, covered, now),
         revocations=_revocations(session),
         requests=_pending(session, now),
-        chart=_chart(ledger, subjects, overall, starts, chart_days, tz),
+        chart=_chart(folded, subjects, overall, starts, chart_days, tz),
         subjects=per_subject,
         unpriced=unpriced.summary(session, y_start, y_end),
         bill=billing.latest_day_bill(session, now, bill_divergence_pct),
@@ -508,6 +494,7 @@ def _plan(bounds: list[datetime], every_meter: tuple[datetime, datetime], limits
     for lim in limits:
         by_window[lim.window].update(covered(lim.subject_id))
     meters_of: dict[int, list[int]] = defaultdict(list)
+    wanted: dict[tuple[str, ...], tuple[int, ...]] = {}
     parts = []
     for k, (a, b) in enumerate(pairwise(bounds), 1):
         if every_meter[0] <= a and b <= every_meter[1]:
@@ -519,15 +506,17 @@ def _plan(bounds: list[datetime], every_meter: tuple[datetime, datetime], limits
             for meter_id, sid in owner.items():
                 if sid is not None:
                     meters_of[sid].append(meter_id)
-        subjects = set().union(*(by_window[w] for w in reaching))
-        meters = tuple(sorted(m for sid in subjects for m in meters_of.get(sid, ())))
+        meters = wanted.get(reaching)
+        if meters is None:  # neighbouring intervals mostly have the same windows reaching in
+            subjects = set().union(*(by_window[w] for w in reaching))
+            meters = wanted[reaching] = tuple(sorted(m for sid in subjects for m in meters_of.get(sid, ())))
         parts.append(Part(k, a, b, reaching, meters))
     return parts
 
 
-def _per_subject(ledger: _Ledger, subjects: dict[int, _SubjectRow], covered: Covers) -> list[SubjectDay]:
+def _per_subject(folded: _Ledger, subjects: dict[int, _SubjectRow], covered: Covers) -> list[SubjectDay]:
     """Yesterday and the day before for every subject with usage on either (teams with members)."""
-    with_usage = {sid for sid in ledger.days if sid is not None}
+    with_usage = {sid for sid in folded.with_rows if sid is not None}
     for sid, row in subjects.items():  # a team has usage when a member has
         if row.kind == "team" and any(m in with_usage for m in covered(sid)):
             with_usage.add(sid)
@@ -537,7 +526,7 @@ def _per_subject(ledger: _Ledger, subjects: dict[int, _SubjectRow], covered: Cov
         if s is None:
             continue
         ids = covered(sid)
-        now_t, before = _totals(ledger.day(ids, -1)), _totals(ledger.day(ids, -2))
+        now_t, before = _totals(folded.day(ids, -1)), _totals(folded.day(ids, -2))
         if now_t == Totals() and before == Totals():
             continue
         out.append(SubjectDay(s.name, s.kind, s.slack_user_id, now_t, before))
@@ -546,7 +535,7 @@ def _per_subject(ledger: _Ledger, subjects: dict[int, _SubjectRow], covered: Cov
 
 
 def _at_risk(limits: Sequence[Any], windows: dict[str, tuple[datetime, datetime, datetime]],
-             ledger: _Ledger, subjects: dict[int, _SubjectRow], covered: Covers,
+             folded: _Ledger, subjects: dict[int, _SubjectRow], covered: Covers,
              now: datetime) -> list[AtRisk]:
     out = []
     for lim in limits:
@@ -554,7 +543,7 @@ def _at_risk(limits: Sequence[Any], windows: dict[str, tuple[datetime, datetime,
         if s is None:
             continue
         start, end, q_end = windows[lim.window]
-        totals = _totals(ledger.window(covered(lim.subject_id), start, q_end))
+        totals = _totals(folded.window(covered(lim.subject_id), start, q_end))
         status = LimitStatus(lim.id, s.name, lim.metric, lim.amount, lim.window,
                              totals.metric(lim.metric), start, end, lim.action, tuple(lim.warn))
         if status.percent < WATCH_PERCENT:
@@ -585,16 +574,16 @@ def _pending(session: Session, now: datetime) -> list[PendingLine]:
             for rid, name, requester, reason, created in session.execute(q)]
 
 
-def _chart(ledger: _Ledger, subjects: dict[int, _SubjectRow], overall: list[Sums], starts: list[datetime],
+def _chart(folded: _Ledger, subjects: dict[int, _SubjectRow], overall: list[Sums], starts: list[datetime],
            chart_days: int, tz: tzinfo) -> ChartData:
     """Tokens per day by the meter's owning subject: the top CHART_STACKS, then OTHERS."""
-    first = ledger.n_days - chart_days
+    first = folded.n_days - chart_days
     totals = [int(v[0] + v[1]) for v in overall[first:]]
-    period = {sid: sum(ledger.tokens_per_day(sid)[first:]) for sid in ledger.days
+    period = {sid: sum(folded.tokens_per_day(sid)[first:]) for sid in folded.with_rows
               if sid is not None and sid in subjects}
     named = sorted((sid for sid, t in period.items() if t > 0),
                    key=lambda sid: (-period[sid], subjects[sid].name))
-    series = {subjects[sid].name: ledger.tokens_per_day(sid)[first:] for sid in named[:CHART_STACKS]}
+    series = {subjects[sid].name: folded.tokens_per_day(sid)[first:] for sid in named[:CHART_STACKS]}
     rest = [t - sum(row[i] for row in series.values()) for i, t in enumerate(totals)]
     if any(rest):
         series[OTHERS] = rest

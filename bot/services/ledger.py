@@ -21,7 +21,7 @@ DAY = timedelta(days=1)
 # The same definitions as `Totals`, for sums done in SQL: the one place `tokens` is defined.
 ALL_INPUT_SQL = Usage.input_tokens + Usage.cache_read_tokens + Usage.cache_write_tokens
 TOKENS_SQL = ALL_INPUT_SQL + Usage.output_tokens
-_VALUE_COLS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens",
+VALUE_COLS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens",
                "requests", "cost_micro_usd", "unpriced_tokens", "unpriced_requests")
 
 
@@ -89,14 +89,14 @@ def _insert(session: Session) -> Any:
 
 
 def _values(r: LedgerRow) -> tuple[int, ...]:
-    return tuple(getattr(r, c) for c in _VALUE_COLS)
+    return tuple(getattr(r, c) for c in VALUE_COLS)
 
 
 Deltas = dict[tuple[int, datetime], list[int]]
 
 
 def _add_delta(deltas: Deltas, meter_id: int, hour: datetime, values: Sequence[int]) -> None:
-    acc = deltas.setdefault((meter_id, floor_day(hour)), [0] * len(_VALUE_COLS))
+    acc = deltas.setdefault((meter_id, floor_day(hour)), [0] * len(VALUE_COLS))
     for i, v in enumerate(values):
         acc[i] += v
 
@@ -105,14 +105,14 @@ def _apply_days(session: Session, deltas: Deltas) -> None:
     """Add each (meter, UTC day) delta to its `usage_daily` row, in key order (so concurrent
     writers lock day rows in the same order), as `x = x + excluded.x`: commutes with other
     transactions' deltas to the same day."""
-    values = [{"meter_id": m, "day": d, **dict(zip(_VALUE_COLS, v, strict=True))}
+    values = [{"meter_id": m, "day": d, **dict(zip(VALUE_COLS, v, strict=True))}
               for (m, d), v in sorted(deltas.items()) if any(v)]
     if not values:
         return
     stmt = _insert(session)(UsageDay)
     table = UsageDay.__table__
     stmt = stmt.on_conflict_do_update(index_elements=["meter_id", "day"],
-                                      set_={c: table.c[c] + stmt.excluded[c] for c in _VALUE_COLS})
+                                      set_={c: table.c[c] + stmt.excluded[c] for c in VALUE_COLS})
     session.connection().execute(stmt, values)
 
 
@@ -135,16 +135,16 @@ def upsert(session: Session, rows: Sequence[LedgerRow], now: datetime) -> int:
     insert = _insert(session)
     conn = session.connection()
     zeros = insert(Usage).on_conflict_do_nothing(index_elements=["meter_id", "hour"])
-    conn.execute(zeros, [{"meter_id": m, "hour": h, "updated_at": now, **dict.fromkeys(_VALUE_COLS, 0)}
+    conn.execute(zeros, [{"meter_id": m, "hour": h, "updated_at": now, **dict.fromkeys(VALUE_COLS, 0)}
                          for m, h in keys])
     old = _locked_values(session, keys)
     stmt = insert(Usage)
     stmt = stmt.on_conflict_do_update(index_elements=["meter_id", "hour"],
-                                      set_={c: stmt.excluded[c] for c in (*_VALUE_COLS, "updated_at")})
+                                      set_={c: stmt.excluded[c] for c in (*VALUE_COLS, "updated_at")})
     conn.execute(stmt, [{"meter_id": m, "hour": h, "updated_at": now,
-                         **dict(zip(_VALUE_COLS, _values(latest[m, h]), strict=True))} for m, h in keys])
+                         **dict(zip(VALUE_COLS, _values(latest[m, h]), strict=True))} for m, h in keys])
     deltas: Deltas = {}
-    zero = (0,) * len(_VALUE_COLS)
+    zero = (0,) * len(VALUE_COLS)
     for key in keys:
         before = old.get(key, zero)
         _add_delta(deltas, key[0], key[1], [n - o for n, o in zip(_values(latest[key]), before, strict=True)])
@@ -159,7 +159,7 @@ def _locked_values(session: Session, keys: list[tuple[int, datetime]]
                    ) -> dict[tuple[int, datetime], tuple[int, ...]]:
     """The stored values of these hours, each row locked (FOR UPDATE on PostgreSQL; SQLite
     has none and needs none), in key order."""
-    cols = [getattr(Usage, c) for c in _VALUE_COLS]
+    cols = [getattr(Usage, c) for c in VALUE_COLS]
     out: dict[tuple[int, datetime], tuple[int, ...]] = {}
     for i in range(0, len(keys), _LOCK_CHUNK):
         chunk = keys[i:i + _LOCK_CHUNK]
@@ -187,11 +187,11 @@ def add(session: Session, rows: Sequence[LedgerRow], now: datetime) -> int:
     table = Usage.__table__
     stmt = stmt.on_conflict_do_update(
         index_elements=["meter_id", "hour"],
-        set_={**{c: table.c[c] + stmt.excluded[c] for c in _VALUE_COLS},
+        set_={**{c: table.c[c] + stmt.excluded[c] for c in VALUE_COLS},
               "updated_at": stmt.excluded.updated_at})
     ordered = sorted(rows, key=lambda r: (r.meter_id, r.hour))  # lock order, as in `upsert`
     values = [{"meter_id": r.meter_id, "hour": r.hour, "updated_at": now,
-               **{c: getattr(r, c) for c in _VALUE_COLS}} for r in ordered]
+               **{c: getattr(r, c) for c in VALUE_COLS}} for r in ordered]
     session.connection().execute(stmt, values)
     deltas: Deltas = {}
     for r in ordered:
@@ -206,7 +206,7 @@ def delete_hours(session: Session, meter_ids: Select[tuple[int]], start: datetim
     deleted values come back from DELETE … RETURNING: on PostgreSQL the row versions
     actually deleted, after any concurrent writer of them committed)."""
     stmt = (delete(Usage).where(Usage.meter_id.in_(meter_ids), Usage.hour >= start, Usage.hour < end)
-            .returning(Usage.meter_id, Usage.hour, *(getattr(Usage, c) for c in _VALUE_COLS))
+            .returning(Usage.meter_id, Usage.hour, *(getattr(Usage, c) for c in VALUE_COLS))
             .execution_options(synchronize_session=False))
     deltas: Deltas = {}
     n = 0
@@ -303,7 +303,7 @@ def span_select(span: Span, exprs: Callable[[Model], Sequence[ColumnElement[Any]
 
 
 def _value_exprs(model: Model) -> list[ColumnElement[Any]]:
-    return [getattr(model, c) for c in _VALUE_COLS]
+    return [getattr(model, c) for c in VALUE_COLS]
 
 
 def totals(session: Session, subject_ids: Iterable[int], start: datetime,
@@ -322,7 +322,7 @@ def totals(session: Session, subject_ids: Iterable[int], start: datetime,
     meters = select(Meter.id).where(Meter.subject_id.in_(ids))
     parts = [span_select(p, _value_exprs, lambda m: m.meter_id.in_(meters)) for p in pieces]
     rows = union_all(*parts).subquery() if len(parts) > 1 else parts[0].subquery()
-    q = select(*(func.coalesce(func.sum(rows.c[f"v{i}"]), 0) for i in range(len(_VALUE_COLS))))
+    q = select(*(func.coalesce(func.sum(rows.c[f"v{i}"]), 0) for i in range(len(VALUE_COLS))))
     return Totals(*(int(v) for v in session.execute(q).one()))
 
 
@@ -332,7 +332,7 @@ def hourly_totals(session: Session, subject_ids: Iterable[int], start: datetime,
     ids = list(subject_ids)
     if not ids:
         return Totals()
-    cols = [func.coalesce(func.sum(getattr(Usage, c)), 0) for c in _VALUE_COLS]
+    cols = [func.coalesce(func.sum(getattr(Usage, c)), 0) for c in VALUE_COLS]
     q = (select(*cols).join(Meter, Meter.id == Usage.meter_id)
          .where(Meter.subject_id.in_(ids), Usage.hour >= start, Usage.hour < end))
     row = session.execute(q).one()

@@ -7,7 +7,8 @@ Create Date: 2026-12-03 13:00:00.000000
 From here on `bot.services.ledger` keeps it equal to the hourly rows in the same transaction
 as every ledger write. The backfill is one INSERT … SELECT … GROUP BY in the database (the
 hourly rows never leave it); the day is the UTC date of the hour, cast to a midnight timestamp
-(`usage.hour` is stored as naive UTC on both databases).
+(`usage.hour` is stored as naive UTC on both databases). Rows go in day by day, as the
+ledger writes them later, so reading one day touches few pages.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ def upgrade() -> None:
     cols = ", ".join(VALUE_COLS)
     sums = ", ".join(f"sum({c})" for c in VALUE_COLS)
     op.execute(f"INSERT INTO usage_daily (meter_id, day, {cols}) "
-               f"SELECT meter_id, {day}, {sums} FROM usage GROUP BY meter_id, {day}")
+               f"SELECT meter_id, {day}, {sums} FROM usage GROUP BY meter_id, {day} ORDER BY {day}, meter_id")
 
 
 def downgrade() -> None:

@@ -32,7 +32,7 @@ H = timedelta(hours=1)
 BASE = datetime(2026, 11, 22, 18, tzinfo=UTC)  # the random hours span four UTC days from here
 HOURS = 4 * 24
 NOW = datetime(2026, 11, 26, 12, tzinfo=UTC)
-VALUE_COLS = ledger._VALUE_COLS
+VALUE_COLS = ledger.VALUE_COLS
 SYSTEM = Actor.system("test")
 
 values = st.tuples(*[st.integers(0, 10**9)] * len(VALUE_COLS))
