@@ -40,7 +40,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, tzinfo
-from itertools import pairwise
+from itertools import chain, pairwise
 from operator import itemgetter
 from typing import Any
 
@@ -358,65 +358,84 @@ class _Ledger:
     `acc[slot, k]` holds the 4 sums of interval k, `days[slot, d]` those of local day d of
     `starts`. float64 when PostgreSQL summed as float8 (exact integers: see _FLOAT_EXACT),
     else Python ints in object arrays (SQLite, and the exact re-read), so nothing rounds.
-    About 10^5 rows: a Python loop over them was most of the digest's time.
+    About 10^5 rows: a Python loop over them was most of the digest's time. What a subject
+    covers (a team: itself and its members, `groups`) is summed once per day or window asked
+    for, for every subject at once.
     """
 
-    def __init__(self, bounds: list[datetime], starts: list[datetime],
-                 rows: Sequence[Any], owner: dict[int, int | None]) -> None:
+    def __init__(self, bounds: list[datetime], starts: list[datetime], rows: Sequence[Any],
+                 owner: dict[int, int | None], groups: dict[int, list[int]]) -> None:
         self.index = {b: i for i, b in enumerate(bounds)}
         self.n_days = len(starts) - 1
         cuts = [self.index[a] + 1 for a in starts]  # day d is intervals cuts[d] .. cuts[d+1] - 1
         self.slot: dict[int | None, int] = {None: 0}
-        for sid in owner.values():
+        for sid in (*owner.values(), *groups, *(m for ids in groups.values() for m in ids)):
             self.slot.setdefault(sid, len(self.slot))
+        self.groups = groups
         exact = bool(rows) and not isinstance(rows[0][2], float)
-        dtype: Any = object if exact else np.float64
-        self.acc = np.zeros((len(self.slot), len(bounds) + 1, 4), dtype=dtype)
+        self._dtype: Any = object if exact else np.float64
+        self.acc = np.zeros((len(self.slot), len(bounds) + 1, 4), dtype=self._dtype)
         self.with_rows: set[int | None] = set()  # subjects with a row in the days
         if rows:
-            cols = np.array(rows, dtype=dtype)
+            flat = chain.from_iterable(rows)
+            cols = np.fromiter(flat, dtype=self._dtype, count=6 * len(rows)).reshape(-1, 6)
             ks = cols[:, 0].astype(np.int64)
-            slot_of = {m: self.slot[sid] for m, sid in owner.items()}
-            slots = np.fromiter((slot_of.get(m, 0) for m in cols[:, 1].astype(np.int64).tolist()),
-                                dtype=np.int64, count=len(rows))
+            meters = cols[:, 1].astype(np.int64)
+            lut = np.zeros(max(int(meters.max()), max(owner, default=0)) + 1, dtype=np.int64)  # meter → slot
+            for m, sid in owner.items():
+                lut[m] = self.slot[sid]
+            slots = lut[meters]
             np.add.at(self.acc, (slots, ks), cols[:, 2:6])
-            in_days = np.unique(slots[(ks >= cuts[0]) & (ks < cuts[-1])]).tolist()
             by_slot = {v: k for k, v in self.slot.items()}
+            in_days = np.unique(slots[(ks >= cuts[0]) & (ks < cuts[-1])]).tolist()
             self.with_rows = {by_slot[i] for i in in_days}
         self.days = np.stack([self.acc[:, a:b, :].sum(axis=1) for a, b in pairwise(cuts)], axis=1)
-        self._windows: dict[tuple[int, int], Any] = {}
+        self._covered: dict[tuple[str, int, int], list[list[float]]] = {}
 
-    def _sum(self, table: Any, ids: list[int]) -> Sums:
-        """Rows of `table` (indexed by slot) summed over the subjects `ids`."""
-        slots = [self.slot[sid] for sid in ids if sid in self.slot]
-        if not slots:
+    def _cover(self, key: tuple[str, int, int], table: Callable[[], Any]) -> list[list[float]]:
+        """`table()` (4 sums per slot) with each group's row replaced by its members' total,
+        as plain Python numbers by slot; made once per `key`."""
+        got = self._covered.get(key)
+        if got is None:
+            base = table()
+            out = base.copy()
+            for sid, ids in self.groups.items():
+                out[self.slot[sid]] = base[[self.slot[m] for m in ids]].sum(axis=0)
+            got = self._covered[key] = out.tolist()
+        return got
+
+    def _row(self, table: list[list[float]], sid: int) -> Sums:
+        slot = self.slot.get(sid)
+        if slot is None:
             return _ZERO
-        got = table[slots[0]] if len(slots) == 1 else table[slots].sum(axis=0)
-        a, b, c, d = got.tolist()
+        a, b, c, d = table[slot]
         return (a, b, c, d)
 
-    def day(self, ids: list[int], d: int) -> Sums:
-        """The meters of `ids` on day d (negative counts from the last)."""
-        return self._sum(self.days[:, d % self.n_days, :], ids)
+    def day(self, sid: int, d: int) -> Sums:
+        """What `sid` covers on day d (negative counts from the last)."""
+        d %= self.n_days
+        return self._row(self._cover(("day", d, d), lambda: self.days[:, d, :]), sid)
+
+    def window(self, sid: int, start: datetime, end: datetime) -> Sums:
+        """What `sid` covers over [start, end) (both are boundaries)."""
+        i, j = self.index[start], self.index[end]
+        return self._row(self._cover(("window", i, j), lambda: self.acc[:, i + 1:j + 1, :].sum(axis=1)), sid)
 
     def overall(self) -> list[Sums]:
         """Every meter once, per day."""
         return [(a, b, c, d) for a, b, c, d in self.days.sum(axis=0).tolist()]
+
+    def tokens(self, first: int) -> dict[int | None, int]:
+        """Tokens (input + output) of each subject's own meters over days first.. (a team's
+        members not included)."""
+        per_slot = (self.days[:, first:, 0] + self.days[:, first:, 1]).sum(axis=1).tolist()
+        return {sid: int(per_slot[slot]) for sid, slot in self.slot.items()}
 
     def tokens_per_day(self, sid: int | None) -> list[int]:
         slot = self.slot.get(sid)
         if slot is None:
             return [0] * self.n_days
         return [int(v) for v in (self.days[slot, :, 0] + self.days[slot, :, 1]).tolist()]
-
-    def window(self, ids: list[int], start: datetime, end: datetime) -> Sums:
-        """The meters of `ids` over [start, end) (both are boundaries); each window's sums per
-        subject are folded once, for all the limits on it."""
-        i, j = self.index[start], self.index[end]
-        table = self._windows.get((i, j))
-        if table is None:
-            table = self._windows[i, j] = self.acc[:, i + 1:j + 1, :].sum(axis=1)
-        return self._sum(table, ids)
 
 
 # ---- the digest ----------------------------------------------------------------------
@@ -463,7 +482,8 @@ def build_digest(session: Session, now: datetime, tz: tzinfo, week_start: int, t
     owner: dict[int, int | None] = dict(conn.execute(select(Meter.id, Meter.subject_id)).tuples().all())
     parts = _plan(bounds, (starts[0], starts[-1]), limits, windows, covered, owner)
     rows = interval_sums(session, parts, len(owner), rollup=rollup)
-    folded = _Ledger(bounds, starts, rows, owner)
+    groups = {sid: covered(sid) for sid, row in subjects.items() if row.kind == "team"}
+    folded = _Ledger(bounds, starts, rows, owner, groups)
 
     per_subject = _per_subject(folded, subjects, covered)
     top = [s for s in per_subject if s.totals.cost_micro_usd or s.totals.tokens][:max(0, top_n)]
@@ -474,7 +494,7 @@ def build_digest(session: Session, now: datetime, tz: tzinfo, week_start: int, t
         totals=_totals(overall[-1]),
         previous=_totals(overall[-2]),
         top=top,
-        at_risk=_at_risk(limits, windows, folded, subjects, covered, now),
+        at_risk=_at_risk(limits, windows, folded, subjects, now),
         revocations=_revocations(session),
         requests=_pending(session, now),
         chart=_chart(folded, subjects, overall, starts, chart_days, tz),
@@ -525,8 +545,7 @@ def _per_subject(folded: _Ledger, subjects: dict[int, _SubjectRow], covered: Cov
         s = subjects.get(sid)
         if s is None:
             continue
-        ids = covered(sid)
-        now_t, before = _totals(folded.day(ids, -1)), _totals(folded.day(ids, -2))
+        now_t, before = _totals(folded.day(sid, -1)), _totals(folded.day(sid, -2))
         if now_t == Totals() and before == Totals():
             continue
         out.append(SubjectDay(s.name, s.kind, s.slack_user_id, now_t, before))
@@ -535,15 +554,14 @@ def _per_subject(folded: _Ledger, subjects: dict[int, _SubjectRow], covered: Cov
 
 
 def _at_risk(limits: Sequence[Any], windows: dict[str, tuple[datetime, datetime, datetime]],
-             folded: _Ledger, subjects: dict[int, _SubjectRow], covered: Covers,
-             now: datetime) -> list[AtRisk]:
+             folded: _Ledger, subjects: dict[int, _SubjectRow], now: datetime) -> list[AtRisk]:
     out = []
     for lim in limits:
         s = subjects.get(lim.subject_id)
         if s is None:
             continue
         start, end, q_end = windows[lim.window]
-        totals = _totals(folded.window(covered(lim.subject_id), start, q_end))
+        totals = _totals(folded.window(lim.subject_id, start, q_end))
         status = LimitStatus(lim.id, s.name, lim.metric, lim.amount, lim.window,
                              totals.metric(lim.metric), start, end, lim.action, tuple(lim.warn))
         if status.percent < WATCH_PERCENT:
@@ -579,8 +597,8 @@ def _chart(folded: _Ledger, subjects: dict[int, _SubjectRow], overall: list[Sums
     """Tokens per day by the meter's owning subject: the top CHART_STACKS, then OTHERS."""
     first = folded.n_days - chart_days
     totals = [int(v[0] + v[1]) for v in overall[first:]]
-    period = {sid: sum(folded.tokens_per_day(sid)[first:]) for sid in folded.with_rows
-              if sid is not None and sid in subjects}
+    own = folded.tokens(first)
+    period = {sid: own[sid] for sid in folded.with_rows if sid is not None and sid in subjects}
     named = sorted((sid for sid, t in period.items() if t > 0),
                    key=lambda sid: (-period[sid], subjects[sid].name))
     series = {subjects[sid].name: folded.tokens_per_day(sid)[first:] for sid in named[:CHART_STACKS]}
