@@ -1,9 +1,10 @@
 """SNS messages that need no AWS call: statements per message, group commit, dedupe, audit chain.
 
-Statement counts come from the engine's cursor events, so they are exact (not timings). A
-'posted' message used to take 7 statements in 1 transaction on PostgreSQL (claim, re-read the row,
-lock, UPDATE, audit head, audit INSERT; plus BEGIN/COMMIT); it is now the claim INSERT carrying
-the final outcome, then the audit chain's lock, head and INSERT.
+Statement counts come from the engine's cursor events and round trips from libpq's protocol
+trace, so they are exact (not timings). A 'posted' message used to take 7 statements in one
+transaction on PostgreSQL (claim, re-read the row, lock, UPDATE, audit head, audit INSERT) and 10
+round trips with the pool ping, BEGIN and COMMIT; it is now the claim INSERT carrying the final
+outcome, then the audit chain's lock and head (one pipeline) and its INSERT: 6 round trips.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ FOREIGN_ALARM = json.dumps({
 })
 AT = datetime(2026, 11, 25, 10, 30, tzinfo=UTC)
 MAX_STATEMENTS_POSTED = 4  # claim+outcome INSERT, chain lock (PostgreSQL), chain head, audit INSERT
+MAX_ROUND_TRIPS_POSTED = 6
 
 
 @pytest.fixture
@@ -74,6 +76,33 @@ def _body(message: str, clock: FixedClock, message_id: str | None = None) -> byt
                                         version="2")).encode()
 
 
+@contextmanager
+def round_trips(db: Database, tmp_path: Path) -> Iterator[list[int]]:
+    """PostgreSQL only: libpq's protocol trace of the connections checked out meanwhile; yields a
+    one-slot list that holds, at the end, the number of ReadyForQuery messages (one per round trip:
+    pool ping, BEGIN, each statement or pipeline, COMMIT)."""
+    trace = (tmp_path / "libpq.trace").open("w+")
+    count = [0]
+
+    def on_checkout(dbapi: Any, _rec: Any, _proxy: Any) -> None:
+        dbapi.pgconn.trace(trace.fileno())
+
+    def on_checkin(dbapi: Any, _rec: Any) -> None:
+        dbapi.pgconn.untrace()
+
+    event.listen(db.engine, "checkout", on_checkout)
+    event.listen(db.engine, "checkin", on_checkin)
+    try:
+        yield count
+    finally:
+        event.remove(db.engine, "checkout", on_checkout)
+        event.remove(db.engine, "checkin", on_checkin)
+        trace.flush()
+        trace.seek(0)
+        count[0] = sum(1 for line in trace if "\tReadyForQuery\t" in line)
+        trace.close()
+
+
 def test_a_posted_message_is_one_transaction_of_at_most_four_statements(
         endpoint: SnsEndpoint, db: Database, clock: FixedClock) -> None:
     endpoint(_body("warm-up: the certificate is cached", clock))
@@ -93,6 +122,17 @@ def test_a_posted_message_is_one_transaction_of_at_most_four_statements(
         assert last is not None and last.action == "sns.posted"
         assert json.loads(last.details)["name"] == "payments-api-5xx"
         assert audit.verify(s).ok
+
+
+def test_a_posted_message_takes_at_most_six_round_trips_on_postgresql(
+        endpoint: SnsEndpoint, db: Database, clock: FixedClock, tmp_path: Path) -> None:
+    if db.dialect != "postgresql":
+        pytest.skip("round trips are counted in libpq's protocol trace")
+    endpoint(_body("warm-up: the certificate is cached", clock))
+    with round_trips(db, tmp_path) as posted:
+        assert endpoint(_body(FOREIGN_ALARM, clock)) == (200, "posted")
+    # pool ping, BEGIN, claim INSERT, chain lock + head (one pipeline), audit INSERT, COMMIT; was 10
+    assert 0 < posted[0] <= MAX_ROUND_TRIPS_POSTED, posted
 
 
 def _env(message_id: str, message: str = "not json") -> SnsEnvelope:
