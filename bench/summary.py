@@ -15,7 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import FIGURE_PREFIX, table
+from bench.common import FIGURE_PREFIX
 
 
 def parse(text: str) -> list[tuple[str, ...]]:
@@ -38,8 +38,21 @@ def summarise(figures: list[tuple[str, ...]], statuses: dict[str, int]) -> tuple
             rows.append([bench, "(no figures reported)", "—", "—", "info"])
     ok = not any(r[4] == "MISS" for r in rows)
     missed = sum(1 for r in rows if r[4] == "MISS")
-    text = table(("bench", "figure", "value", "target", "result"), rows)
+    text = _table(("bench", "figure", "value", "target", "result"), rows)
     return f"{text}\n\n{len(rows)} rows, {missed} missed", ok
+
+
+def _table(header: tuple[str, ...], rows: list[list[str]]) -> str:
+    """Markdown, bench and figure left-aligned, the rest right-aligned."""
+    cells = [list(header), *rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+
+    def line(row: list[str]) -> str:
+        return "| " + " | ".join(c.ljust(w) if i < 2 else c.rjust(w)
+                                 for i, (c, w) in enumerate(zip(row, widths, strict=True))) + " |"
+
+    rule = "|" + "|".join("-" * (w + 1) + (":" if i >= 2 else "-") for i, w in enumerate(widths)) + "|"
+    return "\n".join([line(cells[0]), rule, *(line(r) for r in cells[1:])])
 
 
 def main(argv: list[str]) -> int:
