@@ -20,7 +20,7 @@ transaction per delivery) and runs this file as a child per variant and round, a
 is). Each child measures one round on fresh databases and checks that sns_messages holds every
 message once and that the audit chain verifies. `--baseline none` measures the working tree only.
 
-    .venv/bin/python bench/bench_sns_throughput.py [--db both|sqlite|postgres] [-n 3000]
+    .venv/bin/python bench/bench_sns_throughput.py [--db both|sqlite|postgres] [-n 1000]
         [--threads 8] [--rounds 3] [--baseline REV|none] [--quick]
 """
 
@@ -269,7 +269,7 @@ def main() -> int:
 def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     ap.add_argument("--db", choices=("both", "sqlite", "postgres"), default="both")
-    ap.add_argument("-n", type=int, default=3000,
+    ap.add_argument("-n", type=int, default=1000,
                     help="notifications per kind and round (half one at a time, half concurrently)")
     ap.add_argument("--rounds", type=int, default=3, help="rounds per variant; the median is reported")
     ap.add_argument("--threads", type=int, default=8, help="concurrent deliveries, as serve's threads would")
