@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import event, select, text
+from sqlalchemy import event, insert, select, text
 from sqlalchemy.orm import Session
 
 from bot.clock import Clock
@@ -140,19 +140,21 @@ def _drop_pending(session: Session) -> None:
 
 
 def _append(session: Session, queue: list[Pending]) -> None:
-    """Chain the queued events onto the head, under the lock, in one flush."""
+    """Chain the queued events onto the head, under the lock, in one ORM bulk INSERT of plain
+    rows (no objects for the unit of work to track)."""
     head = _locked_head(session)
     row_id, prev = (head[0], head[1]) if head else (0, GENESIS)
     keyring: Keyring = session.info.get(KEYRING_INFO) or NO_KEY
+    rows = []
     for p in queue:
         row_id += 1
         alg, digest = keyring.sign(prev, canonical(row_id, p.at, p.actor, p.action, p.target,
                                                    p.details, p.outcome))
-        session.add(AuditEvent(id=row_id, at=p.at, actor=p.actor, action=p.action, target=p.target,
-                               details=p.details, outcome=p.outcome, prev_hash=prev, hash=digest,
-                               alg=alg))
+        rows.append({"id": row_id, "at": p.at, "actor": p.actor, "action": p.action, "target": p.target,
+                     "details": p.details, "outcome": p.outcome, "prev_hash": prev, "hash": digest,
+                     "alg": alg})
         prev = digest
-    session.flush()
+    session.execute(insert(AuditEvent), rows)
 
 
 def _locked_head(session: Session) -> tuple[int, str] | None:
