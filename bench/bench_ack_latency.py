@@ -50,6 +50,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import (
     ROOT,
     BenchDb,
+    Figures,
     Seed,
     cpu_seconds,
     databases,
@@ -339,7 +340,7 @@ def p(values: list[float], q: float) -> float:
     return percentile(sorted(values), q)
 
 
-def report(runs: list[Run], args: argparse.Namespace) -> bool:
+def report(runs: list[Run], args: argparse.Namespace, out: Figures) -> bool:
     """Targets hold for the shipped code; `before` rows are the baseline of the same run."""
     ok = True
     rows = []
@@ -352,6 +353,11 @@ def report(runs: list[Run], args: argparse.Namespace) -> bool:
             ans_ok = ph.pace != "answer" or (len(ans) == len(acks) and p(ans, 0.99) < ANSWER_TARGET_MS)
             if shipped:
                 ok = ok and ack_ok and ans_ok
+                out.add(f"{r.db}, pace {ph.pace}: {ph.kind}, ack p99", ms(p(acks, 0.99)),
+                        f"< {ACK_TARGET_MS:.0f} ms (max < {SLACK_LIMIT_MS / 1000:.0f} s)", ack_ok)
+                if ph.pace == "answer":
+                    out.add(f"{r.db}, pace answer: {ph.kind}, answer p99", ms(p(ans, 0.99)) if ans else "—",
+                            f"< {ANSWER_TARGET_MS / 1000:.0f} s", ans_ok)
             rows.append((f"{r.db}, {r.variant}, pace {ph.pace}: {ph.kind}", f"{len(acks):,}",
                          ms(p(acks, 0.5)), ms(p(acks, 0.99)), ms(max(acks)),
                          ms(p(ans, 0.5)) if ans else "—", ms(p(ans, 0.99)) if ans else "—",
@@ -371,6 +377,8 @@ def report(runs: list[Run], args: argparse.Namespace) -> bool:
             good = worst <= RATIO_TARGET
             if r.variant == "shipped":
                 ok = ok and good
+                out.add(f"{r.db}, pace {pace}: heavy / help ack p99, worst", f"{worst:.2f}",
+                        f"≤ {RATIO_TARGET}", good)
             ratios.append((f"{r.db}, {r.variant}, pace {pace}",
                            *(f"{by[k] / by['help']:.2f}" for k in HEAVY), f"{worst:.2f}",
                            verdict(good) if r.variant == "shipped" else "(baseline)"))
@@ -382,6 +390,8 @@ def report(runs: list[Run], args: argparse.Namespace) -> bool:
         good = r.rss_after < RSS_TARGET_MB
         if r.variant == "shipped":
             ok = ok and good
+            out.add(f"{r.db}: serve RSS after the load", f"{r.rss_after:,.0f} MB",
+                    f"< {RSS_TARGET_MB:.0f} MB", good)
         mem.append((f"{r.db}, {r.variant}", f"{r.rss_idle:,.0f} MB", f"{r.rss_after:,.0f} MB",
                     f"{r.hwm_after:,.0f} MB", f"< {RSS_TARGET_MB:.0f} MB",
                     verdict(good) if r.variant == "shipped" else "(baseline)"))
@@ -399,6 +409,9 @@ def report(runs: list[Run], args: argparse.Namespace) -> bool:
                   f"FakeSlack {ph.client_cpu_s:.1f} CPU s; {len(errors)} failed"
                   + (f" (e.g. {errors[0].status} {errors[0].error!r})" if errors else ""))
             ok = ok and not errors
+            if errors:
+                out.add(f"{r.db}, {r.variant}, pace {ph.pace}, {ph.kind}: failed commands", str(len(errors)),
+                        "0", False)
     return ok
 
 
@@ -442,13 +455,15 @@ def main() -> int:
     for r in runs[::len(variants)]:
         print(f"{r.db}: {r.seed.usage_rows:,} ledger rows, seeded in {r.seed.seconds:.0f} s")
     print()
-    ok = report(runs, args)
+    out = Figures()
+    ok = report(runs, args, out)
     print(f"\nat the end: {load_average()}")
     print(json.dumps({f"{r.db} {r.variant}": {f"{ph.pace} {ph.kind}": round(p([x.ack_ms for x in ph.samples],
                                                                                 0.99), 1)
                                              for ph in r.phases} | {"rss_mb": round(r.rss_after)}
                       for r in runs}))
-    return 0 if ok else 1
+    code = out.emit()
+    return code if ok else 1
 
 
 if __name__ == "__main__":

@@ -117,7 +117,9 @@ def run_child(args: argparse.Namespace, variant: str, tree: Path, out: Path) -> 
 
 
 def report(args: argparse.Namespace, results: dict[str, dict[str, Any]]) -> int:
-    from bench.common import load_average, percentile, table, verdict
+    from bench.common import Figures, load_average, percentile, table, verdict
+
+    out = Figures()
 
     def ms(v: float) -> str:
         return f"{v * 1000:,.0f} ms" if v == v else "—"
@@ -167,10 +169,17 @@ def report(args: argparse.Namespace, results: dict[str, dict[str, Any]]) -> int:
                            verdict(ratio >= args.min_ratio) if q == "p99" else "—"])
             if q == "p99" and ratio < args.min_ratio:
                 problems.append(f"p99 only {ratio:.1f}x better after (target {args.min_ratio:g}x)")
+            if q == "p99":
+                out.add("/bedrock limit p99 during enforce, before / after",
+                        f"{ratio:,.1f}x ({ms(stats['before'][q])} → {ms(stats['after'][q])})",
+                        f"≥ {args.min_ratio:g}x", ratio >= args.min_ratio)
         print(table(["figure", "before", "after", "after/before", "better by", "target", "result"], ratios))
     print(f"\n# {load_average()}")
     for p in problems:
         print(f"MISS: {p}")
+        if not p.startswith("p99 only"):  # that one is the ratio figure's MISS already
+            out.add("check", p, "none fails", False)
+    out.emit()
     return 1 if problems else 0
 
 

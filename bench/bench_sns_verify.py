@@ -3,11 +3,12 @@
 Verifies N generated notifications per figure (RSA-2048 signing key, CloudWatch alarm JSON in `Message`)
 with a warm certificate cache, the way `/sns` sees them: raw bytes in, `SnsEnvelope` out. The store
 (dedupe row + audit) is not part of this figure. Run from the repo root:
-    .venv/bin/python bench/bench_sns_verify.py
+    .venv/bin/python bench/bench_sns_verify.py [--quick]     (--quick: 200 per figure)
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 import tempfile
@@ -18,6 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.common import Figures
 from bot.aws.notifications import parse_any
 from bot.aws.sns import CertificateStore, SnsVerifier, check_cert_url
 from bot.clock import FixedClock
@@ -65,6 +67,9 @@ def _row(cells: tuple[str, ...]) -> str:
 
 
 def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    ap.add_argument("--quick", action="store_true", help="200 notifications per figure")
+    n = 200 if ap.parse_args().quick else N
     results = []
     with tempfile.TemporaryDirectory() as pinned:
         write_cert(pinned)
@@ -72,10 +77,10 @@ def main() -> int:
         verifier = SnsVerifier(store, [TOPIC], clock=FixedClock(NOW + timedelta(seconds=1)))
         by_version = {
             v: [json.dumps(make_notification(ALARM, TOPIC, subject="ALARM: bedrock-bot-team-eng-tokens-24h",
-                                             timestamp=NOW, version=v)).encode() for _ in range(N)]
+                                             timestamp=NOW, version=v)).encode() for _ in range(n)]
             for v in ("1", "2")
         }
-        mixed = [b for pair in zip(by_version["1"], by_version["2"], strict=True) for b in pair][:N]
+        mixed = [b for pair in zip(by_version["1"], by_version["2"], strict=True) for b in pair][:n]
         for version, algorithm in (("1", "SHA1withRSA"), ("2", "SHA256withRSA")):
             results.append(measure(f"verify, SignatureVersion {version} ({algorithm})", by_version[version],
                                    verifier.verify))
@@ -92,16 +97,19 @@ def main() -> int:
             (Path(pinned) / check_cert_url(url)).write_bytes(pem)
             topic = json.loads(body)["TopicArn"]
             aws = SnsVerifier(CertificateStore(pinned_dir=pinned), [topic], max_age=None)
-            results.append(measure("verify, the real AWS vector (v1, 2015 cert)", [body] * N, aws.verify))
+            results.append(measure("verify, the real AWS vector (v1, 2015 cert)", [body] * n, aws.verify))
 
     header = ("figure", "n", "target", "measured msgs/s", "us/msg", "result")
     print(_row(header))
+    report = Figures()
     for r in results:
         print(_row((str(r["figure"]), str(r["n"]), f">= {TARGET_PER_SECOND:.0f}/s", f"{r['rate']:,.0f}",
                     f"{r['us']:.0f}", str(r["verdict"]))))
+        report.add(str(r["figure"]), f"{r['rate']:,.0f}/s", f"≥ {TARGET_PER_SECOND:.0f}/s",
+                   r["verdict"] == "pass")
     print("one process, one thread, warm certificate cache; storing the message (dedupe row, audit) "
           "is not included")
-    return 0 if all(r["verdict"] == "pass" for r in results) else 1
+    return report.emit()
 
 
 if __name__ == "__main__":

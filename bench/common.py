@@ -29,7 +29,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -127,6 +127,59 @@ def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     ticks = os.sysconf("SC_CLK_TCK")
     return (int(fields[11]) + int(fields[12])) / ticks
+
+
+# ---- figures `make bench` collects --------------------------------------------------------
+
+FIGURE_PREFIX = "FIGURE"  # a reported line: FIGURE<TAB>bench<TAB>figure<TAB>value<TAB>target<TAB>result
+
+
+@dataclass
+class Figures:
+    """What a bench reports to `make bench`: each figure with its value, target and result.
+
+        report = Figures()                              # the bench's name: the script's file name
+        report.add("PostgreSQL, 8 threads", f"{rate:,.0f}/s", "≥ 1,000/s", rate >= 1000)
+        report.add("commit (WAL flush)", f"{ms:.2f} ms")  # no target: shown as info
+        return report.emit()                            # 0, or 1 when a figure missed
+
+    `emit()` prints one `FIGURE` line per figure (tab-separated, after the bench's own tables) and,
+    when `BENCH_FIGURES` names a file, appends the same lines there: `make bench` sets it and
+    `bench/summary.py` turns it into the final table. A bench that reports no figure and exits
+    non-zero shows in that table as failed."""
+
+    bench: str = ""
+    rows: list[tuple[str, str, str, str]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.bench = self.bench or Path(sys.argv[0]).stem
+
+    def add(self, figure: str, value: str, target: str = "", ok: bool | None = None) -> bool:
+        """Record one figure; `ok` None means no target (info). Returns `ok` (True when None)."""
+        result = "info" if ok is None else verdict(ok)
+        self.rows.append((_cell(figure), _cell(value), _cell(target or "—"), result))
+        return ok is not False
+
+    @property
+    def missed(self) -> bool:
+        return any(r[3] == "MISS" for r in self.rows)
+
+    def lines(self) -> list[str]:
+        return ["\t".join((FIGURE_PREFIX, self.bench, *row)) for row in self.rows]
+
+    def emit(self) -> int:
+        lines = self.lines()
+        print()
+        print("\n".join(lines), flush=True)
+        out = os.environ.get("BENCH_FIGURES")
+        if out:
+            with open(out, "a", encoding="utf-8") as f:
+                f.write("".join(line + "\n" for line in lines))
+        return 1 if self.missed else 0
+
+
+def _cell(text: str) -> str:
+    return " ".join(str(text).split())  # no tabs or newlines inside a field
 
 
 # ---- private databases ---------------------------------------------------------------------

@@ -6,7 +6,7 @@ import logging
 from dataclasses import dataclass, field
 from datetime import timedelta
 from functools import cached_property
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bot.aws import clients
 from bot.aws.alarms import Alarms
@@ -24,6 +24,11 @@ from bot.db import Database
 from bot.pricing import PriceTable
 from bot.services.audit import Keyring
 from bot.slack.notifier import Notifier, NullNotifier
+
+if TYPE_CHECKING:
+    from bot.flows.events import Stored
+    from bot.flows.group_commit import GroupCommit
+    from bot.services.events import EventOutcome
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +130,13 @@ class Services:
         region = "cn-northwest-1" if self.settings.aws.region.startswith("cn-") else "us-east-1"
         client = self.overrides.get("ce") or clients.client("ce", self.settings.aws, region_name=region)
         return CostExplorer(client)
+
+    @cached_property
+    def sns_store(self) -> GroupCommit[Stored, EventOutcome]:
+        """One per process: SNS messages that need no AWS call, group-committed."""
+        from bot.flows.events import store_group
+
+        return store_group(self)
 
     @property
     def tz(self) -> Any:

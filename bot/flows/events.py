@@ -1,20 +1,27 @@
 """SNS in (HTTP `/sns` and the SQS poller): claim once, decide, act on AWS, record, tell.
 
-The claim (`sns_messages` row keyed by MessageId) commits first, so a concurrent or later
-duplicate delivery does nothing. Confirming a subscription and revoking are AWS calls made
-after that commit; when one fails the claim is dropped again, so SNS (or SQS) redelivers
-and the next delivery acts.
+The claim (`sns_messages` row keyed by MessageId, inserted once with ON CONFLICT DO NOTHING)
+decides who acts, so a concurrent or later duplicate delivery does nothing. Confirming a
+subscription and revoking are AWS calls made after the claim commits; when one fails the claim
+is dropped again, so SNS (or SQS) redelivers and the next delivery acts.
+
+A message that needs no AWS call is stored finished in the claim's own INSERT, in the same
+transaction as its decision and its audit row. Those that need no database read either
+(unrecognised bodies, alarms and budgets that are not the bot's: most of the traffic) go
+through a group commit (`store_group`): concurrent deliveries share one transaction.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 
 from sqlalchemy.orm import Session
 
 from bot.aws.clients import aws_error
 from bot.aws.sns import SnsEnvelope
 from bot.flows import access as access_flow
+from bot.flows.group_commit import GroupCommit
 from bot.flows.runner import step
 from bot.models import Limit
 from bot.render.events import event_message
@@ -28,14 +35,21 @@ log = logging.getLogger(__name__)
 
 
 def receive(s: Services, env: SnsEnvelope) -> EventOutcome:
+    quick = events.classify(env)
+    if quick is not None:  # posted or unrecognised: no read, no AWS call
+        result = s.sns_store.submit((env, quick))
+        if result.outcome != "duplicate":
+            announce(s, result)
+        return result
     actor = Actor(f"sns:{env.topic_arn}")
 
     def claim_and_decide(session: Session) -> tuple[EventOutcome, RevokePlan | None]:
-        if not events.claim(session, s.clock, env):
-            return EventOutcome("duplicate", env.message_id, env.topic_arn), None
         result, plan = events.decide(session, s.clock, env, s.tz, s.week_start)
-        if env.type == "Notification" and plan is None:
-            events.finish(session, s.clock, env, result)
+        final = env.type == "Notification" and plan is None
+        if not events.claim(session, s.clock, env, result if final else None):
+            return EventOutcome("duplicate", env.message_id, env.topic_arn), None
+        if final:
+            events.record_outcome(session, s.clock, env, result)
         return result, plan
 
     result, plan = step(s.db, s.clock, actor, "sns.receive", env.topic_arn, claim_and_decide)
@@ -52,6 +66,25 @@ def receive(s: Services, env: SnsEnvelope) -> EventOutcome:
             events.finish(session, s.clock, env, result)
     announce(s, result)
     return result
+
+
+Stored = tuple[SnsEnvelope, EventOutcome]
+
+
+def store_group(s: Services) -> GroupCommit[Stored, EventOutcome]:
+    """Messages `events.classify` decided, stored with whoever else is storing at the moment:
+    one transaction, one commit and one audit-chain lock for the lot (see group_commit)."""
+
+    def together(items: Sequence[Stored]) -> list[EventOutcome]:
+        with s.db.session_scope() as session:
+            return events.store(session, s.clock, items)
+
+    def alone(item: Stored) -> EventOutcome:
+        env = item[0]
+        return step(s.db, s.clock, Actor(f"sns:{env.topic_arn}"), "sns.receive", env.topic_arn,
+                    lambda session: events.store(session, s.clock, [item])[0])
+
+    return GroupCommit(together, alone)
 
 
 def _act(s: Services, actor: Actor, env: SnsEnvelope, result: EventOutcome,

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import event, select, text
+from sqlalchemy import event, insert, select, text
 from sqlalchemy.orm import Session
 
 from bot.clock import Clock
@@ -140,23 +140,41 @@ def _drop_pending(session: Session) -> None:
 
 
 def _append(session: Session, queue: list[Pending]) -> None:
-    """Chain the queued events onto the head, under the lock, in one flush."""
-    if session.get_bind().dialect.name == "postgresql":
-        session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_LOCK_KEY})
-    head = session.execute(
-        select(AuditEvent.id, AuditEvent.hash).order_by(AuditEvent.id.desc()).limit(1)
-    ).first()
+    """Chain the queued events onto the head, under the lock, in one ORM bulk INSERT of plain
+    rows (no objects for the unit of work to track)."""
+    head = _locked_head(session)
     row_id, prev = (head[0], head[1]) if head else (0, GENESIS)
     keyring: Keyring = session.info.get(KEYRING_INFO) or NO_KEY
+    rows = []
     for p in queue:
         row_id += 1
         alg, digest = keyring.sign(prev, canonical(row_id, p.at, p.actor, p.action, p.target,
                                                    p.details, p.outcome))
-        session.add(AuditEvent(id=row_id, at=p.at, actor=p.actor, action=p.action, target=p.target,
-                               details=p.details, outcome=p.outcome, prev_hash=prev, hash=digest,
-                               alg=alg))
+        rows.append({"id": row_id, "at": p.at, "actor": p.actor, "action": p.action, "target": p.target,
+                     "details": p.details, "outcome": p.outcome, "prev_hash": prev, "hash": digest,
+                     "alg": alg})
         prev = digest
-    session.flush()
+    session.execute(insert(AuditEvent), rows)
+
+
+def _locked_head(session: Session) -> tuple[int, str] | None:
+    """Take the chain lock, then read the head (id, hash). The head is read by a statement that
+    starts after the lock is held, so it sees every append committed before (READ COMMITTED: a
+    snapshot per statement). With psycopg 3 both statements go in one pipeline: one round trip."""
+    head_query = select(AuditEvent.id, AuditEvent.hash).order_by(AuditEvent.id.desc()).limit(1)
+    if session.get_bind().dialect.name != "postgresql":
+        row = session.execute(head_query).first()
+        return (row[0], row[1]) if row else None
+    raw = session.connection().connection.driver_connection
+    if raw is not None and hasattr(raw, "pipeline"):
+        with raw.pipeline():
+            raw.execute("SELECT pg_advisory_xact_lock(%s)", (_PG_LOCK_KEY,))
+            cur = raw.execute("SELECT id, hash FROM audit_events ORDER BY id DESC LIMIT 1")
+        got = cur.fetchone()
+        return (int(got[0]), str(got[1])) if got else None
+    session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_LOCK_KEY})
+    row = session.execute(head_query).first()
+    return (row[0], row[1]) if row else None
 
 
 def seen_since(session: Session, action: str, target: str, details: dict[str, Any] | None,

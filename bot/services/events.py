@@ -7,13 +7,13 @@ limit's action; OK posts a recovery note and does not restore. Anything else is 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import select
+from sqlalchemy import delete, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -55,14 +55,48 @@ class EventOutcome:
     users: tuple[str, ...] = field(default_factory=tuple)
 
 
-def claim(session: Session, clock: Clock, env: SnsEnvelope) -> bool:
-    """Insert the MessageId once; False when it was already there (a duplicate delivery)."""
+def claim(session: Session, clock: Clock, env: SnsEnvelope, final: EventOutcome | None = None) -> bool:
+    """Insert the MessageId once; False when it was already there (a duplicate delivery).
+
+    With `final` (an outcome that needs no AWS call) the row is stored finished, in the same
+    statement: no UPDATE follows."""
+    return env.message_id in claim_many(session, clock, [(env, final)])
+
+
+def claim_many(session: Session, clock: Clock,
+               items: Sequence[tuple[SnsEnvelope, EventOutcome | None]]) -> set[str]:
+    """One INSERT … ON CONFLICT DO NOTHING RETURNING for several messages (distinct MessageIds):
+    the ids this call claimed; the others were there already."""
+    if not items:
+        return set()
+    now = clock()
+    rows = [{"message_id": env.message_id, "topic_arn": env.topic_arn[:512], "type": env.type,
+             "received_at": now, "outcome": final.outcome if final else "received",
+             "processed_at": now if final else None,
+             "body": env.message[:20000].replace("\x00", "")} for env, final in items]
     insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
-    stmt = insert(SnsMessage).values(message_id=env.message_id, topic_arn=env.topic_arn[:512],
-                                     type=env.type, received_at=clock(), outcome="received",
-                                     body=env.message[:20000].replace("\x00", "")).on_conflict_do_nothing()
+    stmt = insert(SnsMessage).values(rows).on_conflict_do_nothing()
     # RETURNING, not rowcount: psycopg reports -1 for INSERT … ON CONFLICT.
-    return session.execute(stmt.returning(SnsMessage.message_id)).first() is not None
+    return set(session.scalars(stmt.returning(SnsMessage.message_id)))
+
+
+def store(session: Session, clock: Clock,
+          items: Sequence[tuple[SnsEnvelope, EventOutcome]]) -> list[EventOutcome]:
+    """Messages whose outcome needs no AWS call (see `classify`), stored finished and audited in
+    the caller's transaction; one outcome per item, `duplicate` for a MessageId already stored
+    (or earlier in `items`)."""
+    first: dict[str, tuple[SnsEnvelope, EventOutcome]] = {}
+    for env, result in items:
+        first.setdefault(env.message_id, (env, result))
+    claimed = claim_many(session, clock, list(first.values()))
+    out: list[EventOutcome] = []
+    for env, result in items:
+        if env.message_id in claimed and first[env.message_id][1] is result:
+            record_outcome(session, clock, env, result)
+            out.append(result)
+        else:
+            out.append(EventOutcome("duplicate", env.message_id, env.topic_arn))
+    return out
 
 
 @dataclass(frozen=True)
@@ -88,9 +122,13 @@ def decide(session: Session, clock: Clock, env: SnsEnvelope, tz: ZoneInfo,
 
 
 def finish(session: Session, clock: Clock, env: SnsEnvelope, result: EventOutcome) -> None:
-    row = session.get(SnsMessage, env.message_id)
-    assert row is not None
-    row.outcome, row.processed_at = result.outcome, clock()
+    """The message was acted on: its outcome, stored and audited."""
+    session.execute(update(SnsMessage).where(SnsMessage.message_id == env.message_id)
+                    .values(outcome=result.outcome, processed_at=clock()))
+    record_outcome(session, clock, env, result)
+
+
+def record_outcome(session: Session, clock: Clock, env: SnsEnvelope, result: EventOutcome) -> None:
     name = getattr(result.event, "name", None) or getattr(result.event, "budget_name", None)
     audit.record(session, clock, f"sns:{env.topic_arn}", f"sns.{result.outcome}", env.topic_arn,
                  {"message_id": env.message_id, "type": env.type, "name": name,
@@ -99,19 +137,16 @@ def finish(session: Session, clock: Clock, env: SnsEnvelope, result: EventOutcom
 
 def unclaim(session: Session, message_id: str) -> None:
     """Acting failed: forget the message so SNS's (or SQS's) next delivery is acted on."""
-    row = session.get(SnsMessage, message_id)
-    if row is not None:
-        session.delete(row)
+    session.execute(delete(SnsMessage).where(SnsMessage.message_id == message_id))
 
 
 def _notification(session: Session, clock: Clock, env: SnsEnvelope, tz: ZoneInfo,
                   week_start: int) -> tuple[EventOutcome, RevokePlan | None]:
-    try:
-        event = parse_any(env.message)
-    except UnrecognisedMessage:
-        return EventOutcome("unrecognised", env.message_id, env.topic_arn, raw=env.message[:2000]), None
+    event, limit_id, quick = _parse(env)
+    if quick is not None:
+        return quick, None
+    assert event is not None
     name = event.name if isinstance(event, AlarmEvent) else event.budget_name
-    limit_id = limit_id_from_name(name)
     limit = session.get(Limit, limit_id) if limit_id else None
     subject = session.get(Subject, limit.subject_id) if limit else None
     if limit is None or subject is None:
@@ -134,6 +169,25 @@ def _notification(session: Session, clock: Clock, env: SnsEnvelope, tz: ZoneInfo
     end = clock() + window.length if window.length else status.window_end  # rolling: a full window
     base.outcome = "revoked"
     return base, RevokePlan(limit.id, subject.id, reason, f"{reason} {name}", (status.window_start, end))
+
+
+def classify(env: SnsEnvelope) -> EventOutcome | None:
+    """The outcome of a notification that needs neither the database nor AWS to decide: an
+    unrecognised body, or an alarm or budget that is not the bot's (`posted`). None: `decide`."""
+    return _parse(env)[2] if env.type == "Notification" else None
+
+
+def _parse(env: SnsEnvelope) -> tuple[AlarmEvent | BudgetEvent | None, int | None, EventOutcome | None]:
+    """(event, the bot's limit id it names, the outcome when that is already known)."""
+    try:
+        event = parse_any(env.message)
+    except UnrecognisedMessage:
+        return None, None, EventOutcome("unrecognised", env.message_id, env.topic_arn,
+                                        raw=env.message[:2000])
+    limit_id = limit_id_from_name(event.name if isinstance(event, AlarmEvent) else event.budget_name)
+    if limit_id is None:
+        return event, None, EventOutcome("posted", env.message_id, env.topic_arn, event)
+    return event, limit_id, None
 
 
 def should_revoke(session: Session, clock: Clock, limit: Limit) -> bool:

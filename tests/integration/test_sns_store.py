@@ -1,0 +1,218 @@
+"""SNS messages that need no AWS call: statements per message, group commit, dedupe, audit chain.
+
+Statement counts come from the engine's cursor events and round trips from libpq's protocol
+trace, so they are exact (not timings). A 'posted' message used to take 7 statements in one
+transaction on PostgreSQL (claim, re-read the row, lock, UPDATE, audit head, audit INSERT) and 10
+round trips with the pool ping, BEGIN and COMMIT; it is now the claim INSERT carrying the final
+outcome, then the audit chain's lock and head (one pipeline) and its INSERT: 6 round trips.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import event, func, select
+
+from bot.aws.sns import SnsEnvelope
+from bot.clock import FixedClock
+from bot.db import Database
+from bot.models import AuditEvent, SnsMessage
+from bot.services import audit, events
+from handlers.sns import SnsEndpoint
+from tests.fakes.services import make_services
+from tests.fakes.sns_signing import make_notification, write_cert
+
+TOPIC = "arn:aws:sns:us-east-1:123456789012:bedrock-bot-alarms"
+FOREIGN_ALARM = json.dumps({
+    "AlarmName": "payments-api-5xx", "AWSAccountId": "123456789012", "NewStateValue": "ALARM",
+    "NewStateReason": "Threshold Crossed", "StateChangeTime": "2026-11-25T10:29:41.123+0000",
+    "Region": "US East (N. Virginia)", "OldStateValue": "OK",
+    "AlarmArn": "arn:aws:cloudwatch:us-east-1:123456789012:alarm:payments-api-5xx",
+    "Trigger": {"MetricName": "5XXError", "Namespace": "AWS/ApiGateway", "Statistic": "SUM",
+                "Dimensions": [{"name": "ApiName", "value": "payments"}], "Period": 60,
+                "EvaluationPeriods": 1, "Threshold": 5.0, "ComparisonOperator": "GreaterThanThreshold"},
+})
+AT = datetime(2026, 11, 25, 10, 30, tzinfo=UTC)
+MAX_STATEMENTS_POSTED = 4  # claim+outcome INSERT, chain lock (PostgreSQL), chain head, audit INSERT
+MAX_ROUND_TRIPS_POSTED = 6
+
+
+@pytest.fixture
+def endpoint(db: Database, clock: FixedClock, tmp_path: Path) -> SnsEndpoint:
+    write_cert(tmp_path)
+    services = make_services(db, clock, BOT_SNS_TOPIC_ARNS=TOPIC, BOT_SNS_CERT_DIR=str(tmp_path))
+    return SnsEndpoint(services, services.sns_verifier())
+
+
+@contextmanager
+def counting(db: Database) -> Iterator[dict[str, list[str]]]:
+    seen: dict[str, list[str]] = {"statements": [], "commits": []}
+
+    def on_execute(_c: Any, _cur: Any, statement: str, *_: Any) -> None:
+        if not statement.startswith("BEGIN"):  # SQLite's BEGIN IMMEDIATE is sent as a statement
+            seen["statements"].append(" ".join(statement.split())[:60])
+
+    def on_commit(_c: Any) -> None:
+        seen["commits"].append("COMMIT")
+
+    event.listen(db.engine, "before_cursor_execute", on_execute)
+    event.listen(db.engine, "commit", on_commit)
+    try:
+        yield seen
+    finally:
+        event.remove(db.engine, "before_cursor_execute", on_execute)
+        event.remove(db.engine, "commit", on_commit)
+
+
+def _body(message: str, clock: FixedClock, message_id: str | None = None) -> bytes:
+    return json.dumps(make_notification(message, TOPIC, message_id=message_id, timestamp=clock(),
+                                        version="2")).encode()
+
+
+@contextmanager
+def round_trips(db: Database, tmp_path: Path) -> Iterator[list[int]]:
+    """PostgreSQL only: libpq's protocol trace of the connections checked out meanwhile; yields a
+    one-slot list that holds, at the end, the number of ReadyForQuery messages (one per round trip:
+    pool ping, BEGIN, each statement or pipeline, COMMIT)."""
+    trace = (tmp_path / "libpq.trace").open("w+")
+    count = [0]
+
+    def on_checkout(dbapi: Any, _rec: Any, _proxy: Any) -> None:
+        dbapi.pgconn.trace(trace.fileno())
+
+    def on_checkin(dbapi: Any, _rec: Any) -> None:
+        dbapi.pgconn.untrace()
+
+    event.listen(db.engine, "checkout", on_checkout)
+    event.listen(db.engine, "checkin", on_checkin)
+    try:
+        yield count
+    finally:
+        event.remove(db.engine, "checkout", on_checkout)
+        event.remove(db.engine, "checkin", on_checkin)
+        trace.flush()
+        trace.seek(0)
+        count[0] = sum(1 for line in trace if "\tReadyForQuery\t" in line)
+        trace.close()
+
+
+def test_a_posted_message_is_one_transaction_of_at_most_four_statements(
+        endpoint: SnsEndpoint, db: Database, clock: FixedClock) -> None:
+    endpoint(_body("warm-up: the certificate is cached", clock))
+    body = _body(FOREIGN_ALARM, clock)
+    with counting(db) as seen:
+        assert endpoint(body) == (200, "posted")
+    assert len(seen["commits"]) == 1, seen
+    assert len(seen["statements"]) <= MAX_STATEMENTS_POSTED, seen["statements"]
+    assert seen["statements"][0].startswith("INSERT INTO sns_messages")
+    with counting(db) as seen:
+        assert endpoint(body) == (200, "duplicate")
+    assert len(seen["statements"]) == 1 and len(seen["commits"]) == 1, seen
+    with db.session_scope() as s:
+        row = s.get(SnsMessage, json.loads(body)["MessageId"])
+        assert row is not None and row.outcome == "posted" and row.processed_at == clock()
+        last = s.scalars(select(AuditEvent).order_by(AuditEvent.id.desc())).first()
+        assert last is not None and last.action == "sns.posted"
+        assert json.loads(last.details)["name"] == "payments-api-5xx"
+        assert audit.verify(s).ok
+
+
+def test_a_posted_message_takes_at_most_six_round_trips_on_postgresql(
+        endpoint: SnsEndpoint, db: Database, clock: FixedClock, tmp_path: Path) -> None:
+    if db.dialect != "postgresql":
+        pytest.skip("round trips are counted in libpq's protocol trace")
+    endpoint(_body("warm-up: the certificate is cached", clock))
+    with round_trips(db, tmp_path) as posted:
+        assert endpoint(_body(FOREIGN_ALARM, clock)) == (200, "posted")
+    # pool ping, BEGIN, claim INSERT, chain lock + head (one pipeline), audit INSERT, COMMIT; was 10
+    assert 0 < posted[0] <= MAX_ROUND_TRIPS_POSTED, posted
+
+
+def _env(message_id: str, message: str = "not json") -> SnsEnvelope:
+    return SnsEnvelope("Notification", message_id, TOPIC, message, AT, None, None, None, "2",
+                       "https://sns.us-east-1.amazonaws.com/x.pem", {})
+
+
+def test_store_claims_each_message_once_within_and_across_batches(db: Database, clock: FixedClock) -> None:
+    a, b, c = _env("m-a"), _env("m-b", FOREIGN_ALARM), _env("m-c")
+    items = [(e, events.classify(e)) for e in (a, b, a, c)]
+    assert all(r is not None for _, r in items)
+    with db.session_scope() as s:
+        first = events.store(s, clock, [(e, r) for e, r in items if r is not None])
+    assert [r.outcome for r in first] == ["unrecognised", "posted", "duplicate", "unrecognised"]
+    again = [(e, events.classify(e)) for e in (c, _env("m-d"))]
+    with db.session_scope() as s:
+        second = events.store(s, clock, [(e, r) for e, r in again if r is not None])
+    assert [r.outcome for r in second] == ["duplicate", "unrecognised"]
+    with db.session_scope() as s:
+        assert s.scalar(select(func.count()).select_from(SnsMessage)) == 4
+        actions = s.scalars(select(AuditEvent.action).order_by(AuditEvent.id)).all()
+        assert actions == ["sns.unrecognised", "sns.posted", "sns.unrecognised", "sns.unrecognised"]
+        assert audit.verify(s).ok
+
+
+def test_a_store_that_rolls_back_leaves_nothing(db: Database, clock: FixedClock) -> None:
+    e = _env("m-x")
+    result = events.classify(e)
+    assert result is not None
+    with pytest.raises(RuntimeError), db.session_scope() as s:
+        events.store(s, clock, [(e, result)])
+        raise RuntimeError("after the claim, before the commit")
+    with db.session_scope() as s:
+        assert s.scalar(select(func.count()).select_from(SnsMessage)) == 0
+        assert s.scalar(select(func.count()).select_from(AuditEvent)) == 0
+    with db.session_scope() as s:  # so the redelivery is stored
+        assert [r.outcome for r in events.store(s, clock, [(e, result)])] == ["unrecognised"]
+
+
+def test_classify_leaves_the_bots_own_alarms_to_decide() -> None:
+    own = json.loads(FOREIGN_ALARM) | {"AlarmName": "bedrock-bot-limit-7"}
+    assert events.classify(_env("m-1", json.dumps(own))) is None
+    posted = events.classify(_env("m-2", FOREIGN_ALARM))
+    assert posted is not None and posted.outcome == "posted"
+    unrecognised = events.classify(_env("m-3", "Deployment finished"))
+    assert unrecognised is not None and unrecognised.outcome == "unrecognised"
+    confirmation = SnsEnvelope("SubscriptionConfirmation", "m-4", TOPIC, "x", AT, None,
+                               "https://sns.us-east-1.amazonaws.com/?Action=ConfirmSubscription", "t",
+                               "2", "https://sns.us-east-1.amazonaws.com/x.pem", {})
+    assert events.classify(confirmation) is None
+
+
+def test_concurrent_deliveries_are_stored_once_each_and_the_chain_verifies(
+        endpoint: SnsEndpoint, db: Database, clock: FixedClock) -> None:
+    bodies = [_body(FOREIGN_ALARM if i % 2 else f"text {i}", clock, message_id=f"m-{i:03d}")
+              for i in range(40)]
+    deliveries = bodies + bodies[:10]  # ten delivered twice, concurrently with the first
+    answers: list[tuple[int, str]] = []
+    lock = threading.Lock()
+    start = threading.Barrier(8)
+
+    def worker(chunk: list[bytes]) -> None:
+        start.wait(10)
+        for b in chunk:
+            a = endpoint(b)
+            with lock:
+                answers.append(a)
+
+    threads = [threading.Thread(target=worker, args=(deliveries[i::8],)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+        assert not t.is_alive()
+    outcomes = sorted(o for _, o in answers)
+    assert all(code == 200 for code, _ in answers)
+    assert outcomes.count("duplicate") == 10
+    assert outcomes.count("posted") == 20 and outcomes.count("unrecognised") == 20
+    with db.session_scope() as s:
+        assert s.scalar(select(func.count()).select_from(SnsMessage)) == 40
+        assert s.scalar(select(func.count()).select_from(AuditEvent)
+                        .where(AuditEvent.action.in_(["sns.posted", "sns.unrecognised"]))) == 40
+        assert audit.verify(s).ok
