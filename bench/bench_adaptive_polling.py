@@ -182,7 +182,7 @@ def metrics_per_user_hour(pop: Population, adaptive: bool, seed: int = 11) -> fl
         ticks = 3600 // pop.sync_seconds
         for k in range(ticks + 1):
             clock.at = now + timedelta(seconds=k * pop.sync_seconds)
-            if k % 5 == 0:  # every profile stays active (listed) through the hour
+            if k == 0:  # every profile active: listed by ListMetrics (PT3H) all hour
                 _put_all(cw, pids, clock.at - timedelta(seconds=1))
             if k == 1:
                 metrics.metrics_requested = 0  # the first sync reads everyone: not steady state
