@@ -1,9 +1,12 @@
-"""The bot's own AWS bill per month (polling, adaptive polling, push), the usage-stream consumer's
+"""The bot's own AWS bill per month (polling, adaptive polling as measured, push), the usage-stream consumer's
 throughput on one core, and breach → deny on the push path.
 
 Part 1 is a cost model: arithmetic over a stated traffic shape and AWS list prices (us-east-1; each
 price and its page is in docs/usage-stream.md). Record sizes are measured, not assumed: realistic
-invocation-log records are built and gzipped the way a subscription delivers them.
+invocation-log records are built and gzipped the way a subscription delivers them. Adaptive polling's
+GetMetricData metrics are measured, not modelled: the real planner runs against moto for a simulated
+hour over a stated population (bench/bench_adaptive_polling.py); the old 10 %-near model is shown
+beside it.
 Part 2 measures `stream_usage.apply_batch` (gunzip, JSON, attribution, seen-id dedupe, ledger,
 checkpoint, commit) on SQLite and PostgreSQL, with parsing alone as the baseline.
 Part 3 measures, with moto's Kinesis and IAM, the bot's side of breach → deny: from a breaching
@@ -36,6 +39,7 @@ for _key, _value in {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "ben
                      "AWS_DEFAULT_REGION": "us-east-1"}.items():
     os.environ.setdefault(_key, _value)
 
+from bench.bench_adaptive_polling import Population, metrics_per_user_hour  # noqa: E402
 from bench.common import Figures, databases, machine, percentile, table, verdict  # noqa: E402
 from bot.aws.invocation_records import decode_subscription, encode_subscription, parse_invocation  # noqa: E402
 from bot.aws.usage_stream import StreamRecord  # noqa: E402
@@ -148,14 +152,25 @@ def push_cost(users: int, shape: Shape, record_bytes: float) -> tuple[float, int
     return total, shards, put
 
 
-def cost_table(shape: Shape, out: Figures) -> tuple[str, bool]:
+def measured_adaptive_cost(users: int, shape: Shape, per_user_hour: float) -> float:
+    """GetMetricData with adaptive polling as implemented: the metrics per active user-hour the
+    real planner requested against moto (bench_adaptive_polling.metrics_per_user_hour), over the
+    hours ListMetrics lists a profile (the shape's busy hours + 3 a day)."""
+    listed_hours = shape.working_days * (shape.busy_hours + 3)
+    return users * per_user_hour * listed_hours * GMD_PER_METRIC
+
+
+def cost_table(shape: Shape, population: Population, out: Figures) -> tuple[str, bool]:
     meta_raw, meta_gz = measured_sizes(text=False)
     text_raw, text_gz = measured_sizes(text=True)
+    every_hour = metrics_per_user_hour(population, adaptive=False)
+    adaptive_hour = metrics_per_user_hour(population, adaptive=True)
     rows, ok = [], True
     for users, goal in TARGETS.items():
         always = users * 3 * 60 * 24 * 30 * GMD_PER_METRIC  # bench_sync_calls' figure
         poll = polling_cost(users, shape, adaptive=False)
-        adaptive = polling_cost(users, shape, adaptive=True)
+        modelled = polling_cost(users, shape, adaptive=True)
+        adaptive = measured_adaptive_cost(users, shape, adaptive_hour)
         push, shards, _ = push_cost(users, shape, meta_gz)
         push_text, shards_text, _ = push_cost(users, shape, text_gz)
         ingest = users * shape.calls_per_day * shape.working_days * meta_raw / 1e9 * INGEST_PER_GB
@@ -163,15 +178,22 @@ def cost_table(shape: Shape, out: Figures) -> tuple[str, bool]:
         ok &= push <= goal
         out.add(f"bot's AWS bill per month, push, {users:,} active users", f"${push:,.2f}", f"≤ ${goal:,.0f}",
                 push <= goal)
+        out.add(f"bot's AWS bill per month, adaptive polling, {users:,} active users",
+                f"${adaptive + extra:,.2f}", f"≤ ${goal:,.0f}", adaptive + extra <= goal)
         rows.append([f"{users:,}", f"${goal:,.0f}", f"${always:,.2f}", f"${poll + extra:,.2f}",
-                     f"${adaptive + extra:,.2f}", f"${push:,.2f} ({shards} shard)",
+                     f"${modelled + extra:,.2f}",
+                     f"${adaptive + extra:,.2f} ({verdict(adaptive + extra <= goal)})",
+                     f"${push:,.2f} ({shards} shard)",
                      f"${push_text:,.2f} ({shards_text} shard)", verdict(push <= goal),
                      f"{poll / push:,.0f}x", f"${ingest:,.2f}"])
     header = ["active users", "goal", "polling, every minute all month", "polling (shape)",
-              "adaptive polling (model)", "push", "push, text delivery on", "push vs goal",
-              "polling/push", "log ingestion (not the bot's)"]
+              "adaptive (old model, 10 % near)", "adaptive polling (measured planner)", "push",
+              "push, text delivery on", "push vs goal", "polling/push", "log ingestion (not the bot's)"]
     notes = (f"record sizes measured: metadata-only {meta_raw:,.0f} B raw, {meta_gz:,.0f} B gzipped per "
-             f"one-event record; with text delivery {text_raw:,.0f} B raw, {text_gz:,.0f} B gzipped")
+             f"one-event record; with text delivery {text_raw:,.0f} B raw, {text_gz:,.0f} B gzipped\n"
+             f"adaptive polling measured: the real planner against moto requested {adaptive_hour:,.1f} "
+             f"GetMetricData metrics per active user-hour (every profile every sync: {every_hour:,.1f}); "
+             f"population: {population}")
     return table(header, rows) + "\n" + notes, ok
 
 
@@ -379,12 +401,15 @@ def main() -> int:
     ap.add_argument("--calls-per-day", type=int, default=Shape.calls_per_day)
     ap.add_argument("--log-metering", action="store_true", help="today's Logs Insights collector is on too")
     ap.add_argument("--runs", type=int, default=20)
+    ap.add_argument("--adaptive-users", type=int, default=200,
+                    help="users in the population the adaptive planner is measured on")
     args = ap.parse_args()
     print(machine())
     shape = Shape(calls_per_day=args.calls_per_day, log_metering=args.log_metering)
     print(f"\n## The bot's own AWS bill per month (us-east-1 list prices)\n\ntraffic shape: {shape}\n")
     out = Figures()
-    costs, cost_ok = cost_table(shape, out)
+    population = Population(users=50 if args.quick else args.adaptive_users)
+    costs, cost_ok = cost_table(shape, population, out)
     print(costs)
     print("\n## Usage-stream consumer on one core (parse + attribute + dedupe + ledger + checkpoint)\n")
     tput, tput_ok = throughput_table(args.db, args.quick, out)

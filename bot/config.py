@@ -206,6 +206,35 @@ def profile_region() -> str:
     return region if _REGION.match(region) else ""
 
 
+_TPM_MODEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/-]{0,255}")
+
+
+def parse_model_tpm(raw: object) -> dict[str, int]:
+    """BOT_MODEL_TPM: `model-id=tokens-per-minute,…` (a dict is taken as it is, checked the same)."""
+    if isinstance(raw, dict):
+        pairs = [(str(k), str(v)) for k, v in raw.items()]
+    elif raw is None or (isinstance(raw, str) and not raw.strip()):
+        return {}
+    elif isinstance(raw, str):
+        pairs = []
+        for item in raw.split(","):
+            model, eq, value = item.strip().rpartition("=")
+            if not eq:
+                raise ValueError(f"BOT_MODEL_TPM: {item.strip()[:60]!r} is not model-id=tokens-per-minute")
+            pairs.append((model.strip(), value.strip()))
+    else:
+        raise ValueError("BOT_MODEL_TPM must be model-id=tokens-per-minute, comma separated")
+    out: dict[str, int] = {}
+    for model, value in pairs:
+        if not _TPM_MODEL.fullmatch(model):
+            raise ValueError(f"BOT_MODEL_TPM: {model[:60]!r} is not a model id")
+        if not (value.isascii() and value.isdigit()) or not 1 <= int(value) <= 10**12:
+            raise ValueError(f"BOT_MODEL_TPM: {model}: {value[:20]!r} is not a whole number of "
+                             "tokens per minute (1 to 10^12)")
+        out[model] = int(value)
+    return out
+
+
 class BotSettings(BaseSettings):
     # hide_input_in_errors: a rejected BOT_GATEWAY_TOKENS value is a secret, never echoed.
     model_config = SettingsConfigDict(**_BASE, hide_input_in_errors=True)
@@ -216,6 +245,14 @@ class BotSettings(BaseSettings):
     timezone: str = Field("UTC", validation_alias="BOT_TIMEZONE")
     week_start: str = Field("monday", validation_alias="BOT_WEEK_START")
     sync_seconds: int = Field(60, ge=10, le=3600, validation_alias="BOT_SYNC_SECONDS")
+    # Adaptive polling (docs/usage-sync.md): a profile or mantle project is read when the subject
+    # could reach its next threshold at the model's TPM quota, or after BOT_SYNC_IDLE_SECONDS.
+    sync_adaptive: bool = Field(True, validation_alias="BOT_SYNC_ADAPTIVE")
+    sync_idle_seconds: int = Field(900, ge=10, le=3600, validation_alias="BOT_SYNC_IDLE_SECONDS")
+    enforce_target_seconds: int = Field(60, ge=0, le=3600, validation_alias="BOT_ENFORCE_TARGET_SECONDS")
+    default_tpm: int = Field(2_000_000, ge=1, le=10**12, validation_alias="BOT_DEFAULT_TPM")
+    model_tpm: Annotated[dict[str, int], NoDecode] = Field(default_factory=dict,
+                                                           validation_alias="BOT_MODEL_TPM")
     port: int = Field(3000, ge=1, le=65535, validation_alias="BOT_PORT")
     # serve writes the port it listens on here, so the image's HEALTHCHECK follows `--port`
     port_file: str | None = Field(None, validation_alias="BOT_PORT_FILE")
@@ -238,6 +275,11 @@ class BotSettings(BaseSettings):
 
     _split = field_validator("admins", "gateway_tokens", "gateway_principals", mode="before")(
         classmethod(lambda cls, v: _split_csv(v)))
+
+    @field_validator("model_tpm", mode="before")
+    @classmethod
+    def _tpm(cls, v: object) -> dict[str, int]:
+        return parse_model_tpm(v)
 
     @field_validator("gateway_tokens")
     @classmethod

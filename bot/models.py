@@ -121,7 +121,7 @@ class Meter(Base):
     __tablename__ = "meters"
     __table_args__ = (UniqueConstraint("kind", "key"),)
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    kind: Mapped[str] = mapped_column(String(16))  # profile | principal | metadata | gateway
+    kind: Mapped[str] = mapped_column(String(16))  # profile | principal | metadata | gateway | mantle
     key: Mapped[str] = mapped_column(String(2048))
     subject_id: Mapped[int | None] = mapped_column(ForeignKey("subjects.id", ondelete="SET NULL"), index=True)
     created_at: Mapped[datetime]
@@ -354,6 +354,17 @@ class SyncCursor(Base):
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
     position: Mapped[datetime]
     updated_at: Mapped[datetime]
+
+
+class PollMark(Base):
+    """Where the CloudWatch sync last read one meter (an AIP or a mantle project): the next read
+    starts at `position` (an hour), so a meter skipped by adaptive polling loses no hour."""
+
+    __tablename__ = "poll_marks"
+    kind: Mapped[str] = mapped_column(String(16), primary_key=True)  # profile | mantle
+    key: Mapped[str] = mapped_column(String(256), primary_key=True)
+    position: Mapped[datetime]
+    read_at: Mapped[datetime]
 
 
 class OutboxMessage(Base):

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from math import ceil
@@ -124,6 +124,8 @@ class CloudWatchMetrics:
     def __init__(self, cw_client: Any) -> None:
         self._cw = cw_client
         self.calls: Counter[str] = Counter()  # API calls made, by operation (pages included)
+        # GetMetricData's billing unit: metrics (queries) requested, counted per request sent
+        self.metrics_requested = 0
 
     # -- discovery -------------------------------------------------------------------
 
@@ -189,27 +191,55 @@ class CloudWatchMetrics:
               totals: _Totals) -> None:
         """One GetMetricData request (all its pages), added into `totals`."""
         ids = {f"q{i}": series for i, series in enumerate(batch)}
+
+        def add(qid: str, hour: datetime, value: float) -> None:
+            model_id, metric = ids[qid]
+            totals[(model_id, hour)][metric] += value
+
+        self.read_queries([_query(qid, m, name) for qid, (m, name) in ids.items()], t0, t1, add,
+                          ids.__getitem__)
+
+    def read_queries(self, queries: Sequence[dict[str, Any]], t0: datetime, t1: datetime,
+                     add: Callable[[str, datetime, float], None],
+                     name_of: Callable[[str], tuple[str, str]]) -> None:
+        """One GetMetricData request for prepared `queries` (all its pages): `add(query id, hour,
+        value)` for each datapoint in [t0, t1); `name_of(query id)` names a failed series."""
         request: dict[str, Any] = {
-            "MetricDataQueries": [_query(qid, m, name) for qid, (m, name) in ids.items()],
+            "MetricDataQueries": list(queries),
             "StartTime": t0,
             "EndTime": t1,
             "ScanBy": "TimestampAscending",
         }
         while True:
+            self.metrics_requested += len(queries)
             page = self._call("GetMetricData", self._cw.get_metric_data, request)
             for message in page.get("Messages", []):
                 log.warning("GetMetricData: %s: %s", message.get("Code"), message.get("Value"))
             for result in page.get("MetricDataResults", []):
-                model_id, metric = ids[result["Id"]]
-                _check_status(result, model_id, metric)
+                key, metric = name_of(result["Id"])
+                _check_status(result, str(key), metric)
                 for ts, value in zip(result.get("Timestamps", []), result.get("Values", []),
                                      strict=False):
                     hour = floor_hour(_aware(ts))
                     if t0 <= hour < t1:  # ignore anything outside what was asked
-                        totals[(model_id, hour)][metric] += value
+                        add(result["Id"], hour, value)
             token = page.get("NextToken")
             if not token:  # PartialData results continue on the next page
                 return
+            request = {**request, "NextToken": token}
+
+    def list_metrics(self, namespace: str, recently_active: bool) -> list[dict[str, Any]]:
+        """Every metric ListMetrics lists in `namespace` (all pages; free)."""
+        request: dict[str, Any] = {"Namespace": namespace}
+        if recently_active:
+            request["RecentlyActive"] = "PT3H"
+        out: list[dict[str, Any]] = []
+        while True:
+            page = self._call("ListMetrics", self._cw.list_metrics, request)
+            out.extend(page.get("Metrics", []))
+            token = page.get("NextToken")
+            if not token:
+                return out
             request = {**request, "NextToken": token}
 
     def _call(self, operation: str, method: Any, request: dict[str, Any]) -> dict[str, Any]:

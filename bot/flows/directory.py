@@ -6,7 +6,7 @@ from __future__ import annotations
 from bot.flows.runner import step
 from bot.render.text import code
 from bot.runtime import Services
-from bot.services import directory, logs_usage
+from bot.services import directory, logs_usage, mantle
 from bot.services.directory import Actor, SubjectRef
 from bot.slack.notifier import safe
 
@@ -22,6 +22,21 @@ def link(s: Services, actor: Actor, ref: SubjectRef, arn: str) -> str:
     name = step(s.db, s.clock, actor, "principal.link", str(ref),
                 lambda session: directory.link_principal(session, s.clock, actor, ref, arn)[0].name)
     _broadcast(s, actor, f"linked {code(arn)} to `{name}`")
+    return name
+
+
+def link_mantle(s: Services, actor: Actor, ref: SubjectRef, project: str) -> str:
+    """Meter a bedrock-mantle project's usage for a subject; returns the subject's name."""
+    name = step(s.db, s.clock, actor, "mantle.link", str(ref),
+                lambda session: mantle.link_project(session, s.clock, actor, ref, project))
+    _broadcast(s, actor, f"bedrock-mantle project {code(project)} now counts for `{name}`")
+    return name
+
+
+def unlink_mantle(s: Services, actor: Actor, ref: SubjectRef, project: str) -> str:
+    name = step(s.db, s.clock, actor, "mantle.unlink", str(ref),
+                lambda session: mantle.unlink_project(session, s.clock, actor, ref, project))
+    _broadcast(s, actor, f"bedrock-mantle project {code(project)} no longer counts for `{name}`")
     return name
 
 

@@ -3,9 +3,11 @@
 Each reader is plan → call → record, so no transaction (no SQLite writer lock, no row lock)
 is open while AWS answers:
 
-    CloudWatch   plan_sync (cursor, known profiles) → ListInferenceProfiles + tags of unknown
-                 AIPs, ListMetrics, GetMetricData → adopt tagged AIPs, upsert hours, advance
-                 the cursor (bot/services/usage.py, bot/services/profiles.py)
+    CloudWatch   plan_sync (cursor, known profiles, which are due: bot/services/poll_cadence.py)
+                 → ListInferenceProfiles + tags of unknown AIPs, ListMetrics, GetMetricData
+                 (AWS/Bedrock; AWS/BedrockMantle for linked mantle projects) → adopt tagged
+                 AIPs, upsert hours, read marks, advance the cursor (bot/services/usage.py,
+                 bot/services/profiles.py)
     logs         plan_logs (cursor, window) → StartQuery + polled GetQueryResults →
                  attribute, overwrite the hours, advance the cursor (bot/services/logs_usage.py)
 
@@ -37,6 +39,7 @@ from bot.runtime import Services
 from bot.services import logs_usage, profiles, usage
 from bot.services.directory import Actor
 from bot.services.logs_usage import MAX_HOURS, LogsSyncResult
+from bot.services.poll_cadence import Cadence
 from bot.services.profiles import Tagged
 from bot.services.usage import Readings, SyncResult
 
@@ -55,11 +58,12 @@ def run(s: Services, discover: bool = True) -> Outcome[SyncResult]:
     else:
         usage_stream.forget(s)
     out = attempt(lambda: sync_usage(s.db, s.clock, s.metrics, s.profiles, s.prices,
-                                     discover=discover, until=until))
+                                     discover=discover, until=until, cadence=cadence_of(s)))
     if out.ok:
         r = out.value
-        log.info("usage_sync: %d active, %d backfilled, %d ledger rows, calls %s",
-                 r.active, r.backfilled, r.rows, r.calls)
+        log.info("usage_sync: %d active, %d skipped (adaptive), %d backfilled, %d ledger rows "
+                 "(%d mantle), calls %s, %d metrics requested", r.active, r.skipped, r.backfilled,
+                 r.rows, r.mantle_rows, r.calls, r.metrics_requested)
     else:
         log.warning("usage_sync failed: %s", out.message)
     if s.settings.aws.invocation_log_group:
@@ -84,13 +88,25 @@ def run_logs(s: Services, until: datetime | None = None) -> Outcome[LogsSyncResu
     return out
 
 
+def cadence_of(s: Services) -> Cadence | None:
+    """Adaptive polling settings, or None when BOT_SYNC_ADAPTIVE is off (every profile, every sync)."""
+    bot = s.settings.bot
+    if not bot.sync_adaptive:
+        return None
+    return Cadence(bot.sync_seconds, bot.sync_idle_seconds, bot.enforce_target_seconds,
+                   bot.default_tpm, dict(bot.model_tpm), s.tz, s.week_start, s.prices)
+
+
 def sync_usage(db: Database, clock: Clock, metrics: CloudWatchMetrics,
                backend: ProfilesBackend | None, prices: PriceTable,
-               discover: bool = True, until: datetime | None = None) -> SyncResult:
+               discover: bool = True, until: datetime | None = None,
+               cadence: Cadence | None = None) -> SyncResult:
     """Read the current and previous hour (or since the last sync) into the ledger; a
     profile never synced before, adopted ones included, is backfilled from the start of
-    the previous month."""
-    plan = step(db, clock, ACTOR, NAME, "usage", lambda session: usage.plan_sync(session, clock, until))
+    the previous month. With `cadence`, profiles and mantle projects far from every limit are
+    read less often, each from its own mark (docs/usage-sync.md)."""
+    plan = step(db, clock, ACTOR, NAME, "usage",
+                lambda session: usage.plan_sync(session, clock, until, cadence))
 
     def read() -> tuple[list[Tagged], Readings]:
         found = profiles.find_tagged(backend, plan.known_arns) if (discover and backend) else []

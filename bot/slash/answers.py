@@ -61,6 +61,10 @@ def list_profiles(req: Request, cmd: g.Command) -> Reply:
 
 
 def link(req: Request, cmd: g.Command) -> Reply:
+    if isinstance(cmd, g.MantleLink):
+        name = directory.link_mantle(req.services, req.actor, req.named(cmd.subject), cmd.project)
+        return messages.text_reply(f"✅ bedrock-mantle project {code(cmd.project)} now counts for "
+                                   f"`{name}` (AWS/BedrockMantle, read by the usage sync).")
     c = _cmd(cmd, g.Link)
     name = directory.link(req.services, req.actor, req.named(c.subject), c.arn)
     return messages.text_reply(f"✅ Linked {code(c.arn)} to `{name}`.")
@@ -135,6 +139,10 @@ def revoke(req: Request, cmd: g.Command) -> Reply:
 
 
 def unlink(req: Request, cmd: g.Command) -> Reply:
+    if isinstance(cmd, g.MantleLink):
+        name = directory.unlink_mantle(req.services, req.actor, req.named(cmd.subject), cmd.project)
+        return messages.text_reply(f"✅ bedrock-mantle project {code(cmd.project)} no longer counts "
+                                   f"for `{name}`.")
     c = _cmd(cmd, g.Link)
     plan = access.unlink(req.services, req.actor, req.named(c.subject), c.arn)
     freed = f"; {', '.join(plan.held_by)}'s block taken off it" if plan.held_by else ""

@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass, field
 from datetime import timedelta
 
+from bot.aws.mantle_metrics import parse_project
 from bot.errors import BadInput
 from bot.quantities import (
     Amount,
@@ -115,6 +116,17 @@ class Provision(Command):
 class Link(Command):
     subject: SubjectRef
     arn: str
+
+
+@dataclass(frozen=True)
+class MantleLink(Command):
+    """A bedrock-mantle project metered for a subject (`mantle-project:<id>`)."""
+
+    subject: SubjectRef
+    project: str
+
+
+MANTLE_PREFIX = "mantle-project:"
 
 
 @dataclass(frozen=True)
@@ -353,14 +365,25 @@ def provision_args(name: str, args: list[str]) -> Command:
 
 def link_args(name: str, args: list[str]) -> Command:
     if len(args) != 2:
-        raise _bad(name, "a user and one IAM ARN are needed")
-    return Link(name, parse_subject(args[0], name), args[1])
+        raise _bad(name, "a user and one IAM ARN (or mantle-project:<id>) are needed")
+    return _mantle_link(name, args) or Link(name, parse_subject(args[0], name), args[1])
 
 
 def unlink_args(name: str, args: list[str]) -> Command:
     if len(args) != 2:
-        raise _bad(name, "a subject and the one linked ARN to remove are needed")
-    return Link(name, parse_subject(args[0], name), args[1])
+        raise _bad(name, "a subject and the one linked ARN (or mantle-project:<id>) to remove are needed")
+    return _mantle_link(name, args) or Link(name, parse_subject(args[0], name), args[1])
+
+
+def _mantle_link(name: str, args: list[str]) -> MantleLink | None:
+    """`<subject> mantle-project:<proj_… or project ARN>`; None when the target is not one."""
+    if not args[1].lower().startswith(MANTLE_PREFIX):
+        return None
+    try:
+        project = parse_project(args[1][len(MANTLE_PREFIX):])
+    except ValueError as exc:
+        raise _bad(name, str(exc)) from exc
+    return MantleLink(name, parse_subject(args[0], name), project)
 
 
 def check_args(name: str, args: list[str]) -> Command:

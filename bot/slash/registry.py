@@ -63,12 +63,15 @@ SUBCOMMANDS: dict[str, Subcommand] = {c.name: c for c in (
     Subcommand("profiles", "/bedrock profiles [subject]",
                "List inference profiles and the ARN to call them with.", g.optional_subject,
                answers.list_profiles),
-    Subcommand("link", "/bedrock link @user <principal-arn>",
+    Subcommand("link", "/bedrock link @user <principal-arn> | <subject> mantle-project:<id>",
                "Bind a principal to a user, so revocation and log metering reach it (admin): an IAM "
                "user or role, a Bedrock API key's IAM user, or one session of a shared or SSO role "
-               "(arn:aws:sts::<account>:assumed-role/<role>/<session>).", g.link_args, answers.link),
-    Subcommand("unlink", "/bedrock unlink <subject> <principal-arn>",
-               "Remove a linked principal (admin); a block the bot put on it is taken off first.",
+               "(arn:aws:sts::<account>:assumed-role/<role>/<session>). mantle-project:proj_… "
+               "meters a bedrock-mantle project's usage (AWS/BedrockMantle) for the subject.",
+               g.link_args, answers.link),
+    Subcommand("unlink", "/bedrock unlink <subject> <principal-arn> | mantle-project:<id>",
+               "Remove a linked principal (admin); a block the bot put on it is taken off first. "
+               "A mantle project stops counting for the subject (its past usage with it).",
                g.unlink_args, answers.unlink),
     Subcommand("check", "/bedrock check <subject>",
                "Each linked principal, its kind, how a revoke would block it and what is missing "

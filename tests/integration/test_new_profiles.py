@@ -24,6 +24,7 @@ class UnlistedMetrics:
 
     def __init__(self) -> None:
         self.calls: Counter[str] = Counter()
+        self.metrics_requested = 0
         self.asked: list[set[str]] = []
         self.metrics: list[set[str]] = []
 
@@ -34,6 +35,7 @@ class UnlistedMetrics:
     def hourly(self, wanted: Mapping[str, Iterable[str]], start: datetime,
                end: datetime) -> list[HourlyUsage]:
         self.calls["GetMetricData"] += 1
+        self.metrics_requested += sum(len(set(names)) for names in wanted.values())
         self.asked.append(set(wanted))
         self.metrics.append({name for names in wanted.values() for name in names})
         hour = end.replace(minute=0, second=0, microsecond=0)
