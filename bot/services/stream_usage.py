@@ -40,7 +40,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, or_, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -55,7 +55,7 @@ from bot.aws.invocation_records import (
 )
 from bot.aws.usage_stream import StreamRecord
 from bot.clock import Clock
-from bot.models import Meter, Profile, StreamCheckpoint, StreamEvent, SyncCursor
+from bot.models import Limit, Meter, Profile, StreamCheckpoint, StreamEvent, SyncCursor, TeamMember
 from bot.pricing import PriceTable
 from bot.services import directory, ledger
 from bot.services.ledger import HOUR, LedgerRow, floor_hour
@@ -89,6 +89,7 @@ class BatchResult:
     tokens: int = 0  # all four kinds, of the counted calls
     sequence: str | None = None  # the checkpoint after this batch
     strangers: Counter[str] = field(default_factory=Counter)  # unlinked callers, by tokens
+    meters: set[int] = field(default_factory=set)  # meters this batch added usage to
 
 
 # ---- the handover hour ----------------------------------------------------------------
@@ -179,6 +180,7 @@ def apply_batch(session: Session, clock: Clock, stream: str, shard_id: str, expe
     resolver = _Resolver(session, clock, metadata_keys, gateway_identities(gateway_principals))
     sums = _attribute([c for c in calls if c.event_id in fresh], resolver, floor_hour(now), result)
     result.ledger_rows = ledger.add(session, _ledger_rows(sums, prices), now)
+    result.meters = {meter_id for meter_id, _hour, _model in sums}
     if records:
         cp.sequence = records[-1].sequence
     cp.updated_at = now
@@ -262,6 +264,19 @@ def _ledger_rows(sums: dict[tuple[int, datetime, str], list[int]], prices: Price
         for j, v in enumerate((i, o, cr, cw, n, prices.cost_micro_usd(model, i, o, cr, cw))):
             acc[j] += v
     return [LedgerRow(m, h, *v) for (m, h), v in sorted(merged.items(), key=lambda kv: (kv[0][1], kv[0][0]))]
+
+
+def any_limited(session: Session, meter_ids: Iterable[int]) -> bool:
+    """Whether usage on any of these meters counts toward a limit: its subject has one, or is a
+    member of a team that has one (the subjects a limit covers: `directory.covered_subject_ids`)."""
+    ids = sorted(set(meter_ids))
+    if not ids:
+        return False
+    limited = select(Limit.subject_id)
+    members = select(TeamMember.user_id).where(TeamMember.team_id.in_(limited))
+    q = (select(Meter.id).where(Meter.id.in_(ids), or_(Meter.subject_id.in_(limited),
+                                                       Meter.subject_id.in_(members))).limit(1))
+    return session.scalar(q) is not None
 
 
 def prune_seen(session: Session, now: datetime, retention: timedelta) -> int:
