@@ -331,8 +331,9 @@ class Attribution:
         self.session = session
         self.clock = clock
         self.keys = list(keys)
-        self.metadata = {m.key: m.id for m in session.scalars(
-            select(Meter).where(Meter.kind == "metadata", Meter.subject_id.is_not(None)))}
+        # Plain rows, not ORM objects: this runs once per stream batch too.
+        self.metadata: dict[str, int] = {key: meter_id for key, meter_id in session.execute(
+            select(Meter.key, Meter.id).where(Meter.kind == "metadata", Meter.subject_id.is_not(None)))}
         self.linked: dict[tuple[str, str, str], _Linked] = {}
         q = select(Principal.arn, Principal.subject_id, Subject.kind).join(
             Subject, Subject.id == Principal.subject_id)

@@ -23,10 +23,10 @@ from bot.clock import FixedClock
 from bot.db import Database
 from bot.flows import usage_stream
 from bot.flows.usage_stream_loop import IDLE, MIN_GAP, NOT_LEADER_WAIT, READ_RATE, StreamLoop, next_read
-from bot.models import Revocation
+from bot.models import Revocation, StreamEvent, Usage
 from bot.quantities import Metric, Window, parse_amount
 from bot.runtime import Services
-from bot.services import leases, limits
+from bot.services import directory, leases, ledger, limits, stream_usage
 from bot.services.directory import SubjectRef
 from handlers.shutdown import GracefulStop
 from jobs import usage_sync
@@ -292,3 +292,36 @@ class _Background:
         self.stream_thread: threading.Thread | None = stream_thread
         self.thread: threading.Thread | None = None
 
+
+
+def test_ledger_add_adds_every_column_to_existing_hours(db: Database, clock: FixedClock) -> None:
+    """`ledger.add` (one unnest statement on PostgreSQL, an executemany on SQLite): new rows are
+    inserted, existing (meter, hour) rows get every column added, other hours are left alone."""
+    now = clock()
+    with db.session_scope() as s:
+        m1 = directory.ensure_meter(s, clock, "metadata", "userId=a", None).id
+        m2 = directory.ensure_meter(s, clock, "metadata", "userId=b", None).id
+        ledger.add(s, [ledger.LedgerRow(m1, ELEVEN, 1, 2, 3, 4, 5, 6, 7, 8),
+                       ledger.LedgerRow(m2, ELEVEN - timedelta(hours=1), 10, 0, 0, 0, 1, 0, 0, 0)], now)
+    with db.session_scope() as s:
+        assert ledger.add(s, [ledger.LedgerRow(m1, ELEVEN, 10, 20, 30, 40, 50, 60, 70, 80),
+                              ledger.LedgerRow(m2, ELEVEN, 5, 0, 0, 0, 1, 9, 0, 0)], now) == 2
+    with db.session_scope() as s:
+        rows = {(u.meter_id, u.hour): (u.input_tokens, u.output_tokens, u.cache_read_tokens,
+                                       u.cache_write_tokens, u.requests, u.cost_micro_usd,
+                                       u.unpriced_tokens, u.unpriced_requests)
+                for u in s.scalars(select(Usage))}
+    assert rows == {(m1, ELEVEN): (11, 22, 33, 44, 55, 66, 77, 88),
+                    (m2, ELEVEN - timedelta(hours=1)): (10, 0, 0, 0, 1, 0, 0, 0),
+                    (m2, ELEVEN): (5, 0, 0, 0, 1, 9, 0, 0)}
+
+
+def test_event_ids_are_recorded_once_per_batch_statement(db: Database, clock: FixedClock) -> None:
+    with db.session_scope() as s:
+        assert stream_usage._first_seen(s, ["e1", "e2"], clock()) == {"e1", "e2"}
+    with db.session_scope() as s:
+        assert stream_usage._first_seen(s, ["e2", "e3", "e1"], clock()) == {"e3"}
+        assert stream_usage._first_seen(s, [], clock()) == set()
+    with db.session_scope() as s:
+        seen = {e.event_id: e.seen_at for e in s.scalars(select(StreamEvent))}
+    assert seen == {"e1": clock(), "e2": clock(), "e3": clock()}
