@@ -19,7 +19,8 @@ in its own transaction that the lease is still ours; after losing it nothing mor
 (`LeaseLost`: that page is rolled back and read again by whoever holds the lease).
 
 Enforce: when a round added usage to a meter a limit covers (`stream_usage.any_limited`), the
-enforce flow runs after the round — at most once per `ENFORCE_GAP`, so a stream busy with
+enforce flow runs after the round — at most once per `ENFORCE_GAP`, and never more than
+`ENFORCE_SHARE` of the time (the gap grows to 5× the last run's duration), so a stream busy with
 limited users does not evaluate every limit after every page.
 
 usage_sync leaves the stream alone while `reading()` (bot/flows/usage_stream.py
@@ -55,7 +56,8 @@ IDLE = 1.0  # s before reading a caught-up shard again (AWS: poll each shard onc
 NOT_LEADER_WAIT = 1.0  # s between looks at the lease while another replica leads
 BACKOFF_FIRST, BACKOFF_MAX = 1.0, 30.0  # a throttled or failing shard, doubling
 SHARDS_EVERY = 60.0  # s between ListShards (a reshard adds children and closes parents)
-ENFORCE_GAP = 2.0  # s at least between two enforce runs started by the stream
+ENFORCE_GAP = 0.5  # s at least between two enforce runs started by the stream…
+ENFORCE_SHARE = 0.2  # …and at most this share of the reader's time spent enforcing
 READING_FOR = 60.0  # usage_sync leaves the stream to a loop whose last round ended this recently
 PAGE_RECORDS = 2_000
 
@@ -94,7 +96,8 @@ class StreamLoop:
         self.stop = stop or threading.Event()
         self.monotonic = monotonic
         self.wait = wait or self.stop.wait
-        self.enforce_gap = enforce_gap
+        self.min_enforce_gap = enforce_gap
+        self.enforce_gap = enforce_gap  # grows with how long enforce takes (ENFORCE_SHARE)
         self.consumer = StreamConsumer(services, page_records)
         self.page_records = self.consumer.page_records
         self.shards: list[Shard] | None = None
@@ -233,6 +236,8 @@ class StreamLoop:
         self.enforce_runs += 1
         s = self.services
         out = attempt(lambda: enforce_flow.run(s))
+        took = self.monotonic() - now
+        self.enforce_gap = max(self.min_enforce_gap, took / ENFORCE_SHARE)
         if not out.ok:
             log.warning("usage stream: enforce after pushed usage failed: %s", out.message)
 

@@ -189,7 +189,7 @@ def test_pushed_usage_over_a_limit_is_enforced_after_the_round(db: Database, clo
                          Metric.TOKENS, (80, 90), "revoke", False)
     start_stream(db, clock)
     ticks = Ticks()
-    runner, loop = replica(services_for(db, clock, aws), "a", ticks)
+    runner, loop = replica(services_for(db, clock, aws), "a", ticks, enforce_gap=2.0)
     assert runner.heartbeat()
     at = ELEVEN + timedelta(minutes=5)
 
@@ -212,7 +212,7 @@ def test_pushed_usage_over_a_limit_is_enforced_after_the_round(db: Database, clo
     ticks.advance(IDLE)
     put(aws, [(event_id(), record(at, aip, inp=1, out=0))], at)
     wait = loop.step()
-    assert loop.enforce_runs == 1 and 0 < wait <= loop.enforce_gap
+    assert loop.enforce_runs == 1 and 0 < wait <= loop.enforce_gap == 2.0
     ticks.advance(wait)
     loop.step()
     assert loop.enforce_runs == 2
