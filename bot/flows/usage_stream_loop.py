@@ -110,6 +110,7 @@ class StreamLoop:
         self.last_round: float | None = None  # monotonic end of the last complete round
         self.totals = ConsumeResult()
         self.enforce_runs = 0
+        self._failing = 0.0  # the back-off after failed rounds (0: the last one worked)
 
     # ---- the thread -------------------------------------------------------------------------
 
@@ -139,21 +140,23 @@ class StreamLoop:
             return NOT_LEADER_WAIT
         try:
             if self.fence is None:
-                return self.round()
-            with leases.fenced(self.fence):
-                return self.round()
+                wait = self.round()
+            else:
+                with leases.fenced(self.fence):
+                    wait = self.round()
+            self._failing = 0.0
+            return wait
         except leases.LeaseLost as exc:
             log.warning("usage stream: %s; stopped reading until the lease is ours again", exc)
             self._forget()
             return NOT_LEADER_WAIT
         except BotError as exc:  # the stream cannot be listed, the database failed in a step…
             log.warning("usage stream: round failed: %s", exc)
-            self._forget()
-            return BACKOFF_FIRST
-        except Exception:  # never let the thread die: log, forget positions, try again
+        except Exception:  # never let the thread die: log, forget positions, try again later
             log.exception("usage stream: round failed")
-            self._forget()
-            return BACKOFF_FIRST
+        self._forget()
+        self._failing = backoff(self._failing)
+        return self._failing
 
     # ---- one round --------------------------------------------------------------------------
 

@@ -21,6 +21,7 @@ from sqlalchemy import select
 from bot.aws.usage_stream import Page, StreamRecord
 from bot.clock import FixedClock
 from bot.db import Database
+from bot.errors import AwsError
 from bot.flows import usage_stream
 from bot.flows.usage_stream_loop import IDLE, MIN_GAP, NOT_LEADER_WAIT, READ_RATE, StreamLoop, next_read
 from bot.models import Revocation, StreamEvent, Usage
@@ -325,3 +326,23 @@ def test_event_ids_are_recorded_once_per_batch_statement(db: Database, clock: Fi
     with db.session_scope() as s:
         seen = {e.event_id: e.seen_at for e in s.scalars(select(StreamEvent))}
     assert seen == {"e1": clock(), "e2": clock(), "e3": clock()}
+
+
+def test_a_failing_round_backs_off_and_reading_resumes(db: Database, clock: FixedClock,
+                                                        aws: dict[str, Any]) -> None:
+    aip = setup_directory(db, clock)
+    start_stream(db, clock)
+    ticks = Ticks()
+    runner, loop = replica(services_for(db, clock, aws), "a", ticks)
+    assert runner.heartbeat()
+    real_shards = loop.consumer.kinesis.shards
+
+    def down() -> list[Any]:
+        raise AwsError("ListShards", "InternalFailure", "Kinesis is down")
+
+    loop.consumer.kinesis.shards = down  # type: ignore[method-assign]
+    assert [loop.step() for _ in range(3)] == [1.0, 2.0, 4.0]
+    assert not loop.reading()
+    loop.consumer.kinesis.shards = real_shards  # type: ignore[method-assign]
+    _seed_calls(aws, aip, 1)
+    assert loop.step() == pytest.approx(IDLE) and totals(db, "alice").requests == 2 and loop.reading()
