@@ -18,10 +18,10 @@ Fenced: a round runs inside `leases.fenced(fence)` (the scheduler's fence), so e
 in its own transaction that the lease is still ours; after losing it nothing more is committed
 (`LeaseLost`: that page is rolled back and read again by whoever holds the lease).
 
-Enforce: when a round added usage to a meter a limit covers (`stream_usage.any_limited`), the
-enforce flow runs after the round — at most once per `ENFORCE_GAP`, and never more than
-`ENFORCE_SHARE` of the time (the gap grows to 5× the last run's duration), so a stream busy with
-limited users does not evaluate every limit after every page.
+Enforce: when a round added usage to meters that limits cover (`stream_usage.limits_covering`),
+the enforce flow runs after the round for those limits only (warnings and breaches; lifts and
+reasserts stay with the full run after each sync) — at most once per `ENFORCE_GAP`, and never
+more than `ENFORCE_SHARE` of the time (the gap grows to 5× the last run's duration).
 
 usage_sync leaves the stream alone while `reading()` (bot/flows/usage_stream.py
 `consume_for_sync`); `bedrock-bot run-job usage_sync`, alone in its process, still reads it.
@@ -105,7 +105,7 @@ class StreamLoop:
         self._shards_at = 0.0
         self._done: set[str] = set()
         self._handover_at: datetime | None = None
-        self.enforce_pending = False
+        self.enforce_pending: set[int] = set()  # limits whose usage grew since the last enforce
         self._enforced_at: float | None = None
         self.last_round: float | None = None  # monotonic end of the last complete round
         self.totals = ConsumeResult()
@@ -172,7 +172,7 @@ class StreamLoop:
         self._note(result)
         if result.meters:
             with self.services.db.session_scope() as session:
-                self.enforce_pending |= stream_usage.any_limited(session, result.meters)
+                self.enforce_pending |= stream_usage.limits_covering(session, result.meters)
         self._enforce_if_due()
         self.consumer._prune()
         self.last_round = end = self.monotonic()
@@ -234,11 +234,11 @@ class StreamLoop:
         now = self.monotonic()
         if self._enforced_at is not None and now - self._enforced_at < self.enforce_gap:
             return
-        self.enforce_pending = False
+        only, self.enforce_pending = self.enforce_pending, set()
         self._enforced_at = now
         self.enforce_runs += 1
         s = self.services
-        out = attempt(lambda: enforce_flow.run(s))
+        out = attempt(lambda: enforce_flow.run(s, only=only))
         took = self.monotonic() - now
         self.enforce_gap = max(self.min_enforce_gap, took / ENFORCE_SHARE)
         if not out.ok:

@@ -285,17 +285,16 @@ def _ledger_rows(sums: dict[tuple[int, datetime, str], list[int]], prices: Price
     return [LedgerRow(m, h, *v) for (m, h), v in sorted(merged.items(), key=lambda kv: (kv[0][1], kv[0][0]))]
 
 
-def any_limited(session: Session, meter_ids: Iterable[int]) -> bool:
-    """Whether usage on any of these meters counts toward a limit: its subject has one, or is a
-    member of a team that has one (the subjects a limit covers: `directory.covered_subject_ids`)."""
+def limits_covering(session: Session, meter_ids: Iterable[int]) -> set[int]:
+    """The limits that usage on these meters counts toward: limits on the meters' subjects and on
+    the teams those subjects are members of (what a limit covers: `directory.covered_subject_ids`)."""
     ids = sorted(set(meter_ids))
     if not ids:
-        return False
-    limited = select(Limit.subject_id)
-    members = select(TeamMember.user_id).where(TeamMember.team_id.in_(limited))
-    q = (select(Meter.id).where(Meter.id.in_(ids), or_(Meter.subject_id.in_(limited),
-                                                       Meter.subject_id.in_(members))).limit(1))
-    return session.scalar(q) is not None
+        return set()
+    subjects = select(Meter.subject_id).where(Meter.id.in_(ids), Meter.subject_id.is_not(None))
+    teams = select(TeamMember.team_id).where(TeamMember.user_id.in_(subjects))
+    q = select(Limit.id).where(or_(Limit.subject_id.in_(subjects), Limit.subject_id.in_(teams)))
+    return set(session.scalars(q))
 
 
 def prune_seen(session: Session, now: datetime, retention: timedelta) -> int:

@@ -346,3 +346,41 @@ def test_a_failing_round_backs_off_and_reading_resumes(db: Database, clock: Fixe
     loop.consumer.kinesis.shards = real_shards  # type: ignore[method-assign]
     _seed_calls(aws, aip, 1)
     assert loop.step() == pytest.approx(IDLE) and totals(db, "alice").requests == 2 and loop.reading()
+
+
+def test_limits_covering_follow_subjects_and_their_teams(db: Database, clock: FixedClock) -> None:
+    with db.session_scope() as s:
+        directory.bootstrap_admins(s, clock, ["UADMIN01"])
+        directory.change_members(s, clock, ADMIN, "team-ml", "add", [SubjectRef(name="carol")])
+        carol = directory.ensure_meter(s, clock, "metadata", "userId=u-carol",
+                                       directory.get(s, SubjectRef(name="carol")).id).id
+        dave = directory.ensure_meter(s, clock, "metadata", "userId=u-dave",
+                                      directory.ensure_user(s, clock, ADMIN, SubjectRef(name="dave")).id).id
+        nobody = directory.ensure_meter(s, clock, "profile", "p-unknown", None).id
+    with db.session_scope() as s:
+        assert stream_usage.limits_covering(s, [carol, dave, nobody]) == set()
+        team, _ = limits.set_limit(s, clock, ADMIN, SubjectRef(name="team-ml"), parse_amount("1M"),
+                                   Window.DAY, Metric.TOKENS, (80,), "revoke", False)
+        own, _ = limits.set_limit(s, clock, ADMIN, SubjectRef(name="dave"), parse_amount("1M"), Window.DAY,
+                                  Metric.TOKENS, (80,), "revoke", False)
+    with db.session_scope() as s:
+        assert stream_usage.limits_covering(s, [carol]) == {team.id}
+        assert stream_usage.limits_covering(s, [carol, dave, nobody]) == {team.id, own.id}
+
+
+def test_enforce_for_some_limits_checks_only_those(db: Database, clock: FixedClock) -> None:
+    from zoneinfo import ZoneInfo
+
+    from bot.services import enforce as rules
+
+    with db.session_scope() as s:
+        directory.bootstrap_admins(s, clock, ["UADMIN01"])
+        for name in ("dave", "erin"):
+            directory.ensure_user(s, clock, ADMIN, SubjectRef(name=name))
+        made = [limits.set_limit(s, clock, ADMIN, SubjectRef(name=n), parse_amount("1M"), Window.DAY,
+                                 Metric.TOKENS, (80,), "revoke", False)[0] for n in ("dave", "erin")]
+    utc = ZoneInfo("UTC")
+    with db.session_scope() as s:
+        assert rules.evaluate(s, clock, utc, 0).checked == 2
+        some = rules.evaluate(s, clock, utc, 0, only={made[1].id})
+        assert some.checked == 1 and some.breaches == [] and some.warnings == []
