@@ -384,3 +384,42 @@ def test_enforce_for_some_limits_checks_only_those(db: Database, clock: FixedClo
         assert rules.evaluate(s, clock, utc, 0).checked == 2
         some = rules.evaluate(s, clock, utc, 0, only={made[1].id})
         assert some.checked == 1 and some.breaches == [] and some.warnings == []
+
+
+def test_serve_background_reads_the_stream_on_the_leader_and_stops(db: Database, clock: FixedClock,
+                                                                   aws: dict[str, Any],
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """handlers/server.py `Background`: with BOT_USAGE_STREAM set and the scheduler on, a reader
+    thread runs on the leader; `shutdown()` stops it before the lease is released."""
+    from handlers.server import Background
+
+    aip = setup_directory(db, clock)
+    start_stream(db, clock)
+    services = services_for(db, clock, aws)
+    _seed_calls(aws, aip, 2)
+    first_round = threading.Event()
+    real_round = StreamLoop.round
+
+    def round_(self: StreamLoop) -> float:
+        try:
+            return real_round(self)
+        finally:
+            first_round.set()
+
+    monkeypatch.setattr(StreamLoop, "round", round_)
+    background = Background(services)
+    background.runner = JobRunner(services, holder="replica-a", lease_ttl=TTL, jobs={})
+    background.start()
+    try:
+        assert background.stream is not None and background.stream_thread is not None
+        assert first_round.wait(timeout=30)
+        assert totals(db, "alice").requests == 4
+    finally:
+        background.shutdown()
+    assert not background.stream_thread.is_alive()
+    assert not usage_stream.continuous_reading(services)
+
+    no_scheduler = Background(services, scheduler=False)
+    no_scheduler.start()
+    assert no_scheduler.stream is None and no_scheduler.stream_thread is None  # never the leader
+    no_scheduler.shutdown()
