@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import BigInteger, Integer, bindparam, func, select, text
-from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy import String, bindparam, func, select, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -102,12 +102,14 @@ def add(session: Session, rows: Sequence[LedgerRow], now: datetime) -> int:
     if not rows:
         return 0
     if session.get_bind().dialect.name == "postgresql":
-        # One statement over arrays (unnest): one round trip and one parse for the whole batch,
-        # where an executemany sends one INSERT a row (the stream adds ~1 row per call).
-        params: dict[str, object] = {"meter_id": [r.meter_id for r in rows], "hour": [r.hour for r in rows],
-                                     "now": now}
-        params.update({c: [getattr(r, c) for r in rows] for c in _VALUE_COLS})
-        session.connection().execute(_ADD_PG, params)
+        # One statement over the rows as one JSON parameter: one round trip and one parse for
+        # the whole batch, where an executemany sends one INSERT a row (the stream adds ~1 row
+        # per call). JSON rather than arrays: psycopg adapts a list element by element.
+        hours = {h: _naive_utc(h) for h in {r.hour for r in rows}}
+        doc = json.dumps([[r.meter_id, hours[r.hour], r.input_tokens, r.output_tokens, r.cache_read_tokens,
+                           r.cache_write_tokens, r.requests, r.cost_micro_usd, r.unpriced_tokens,
+                           r.unpriced_requests] for r in rows])  # in _VALUE_COLS' order
+        session.connection().execute(_ADD_PG, {"rows": doc, "now": now})
         return len(rows)
     stmt = sqlite_insert(Usage)
     table = Usage.__table__
@@ -123,14 +125,20 @@ def add(session: Session, rows: Sequence[LedgerRow], now: datetime) -> int:
 
 _ADD_PG = text(
     "INSERT INTO usage (meter_id, hour, " + ", ".join(_VALUE_COLS) + ", updated_at) "
-    "SELECT t.*, :now FROM unnest(CAST(:meter_id AS integer[]), CAST(:hour AS timestamp[]), "
-    + ", ".join(f"CAST(:{c} AS bigint[])" for c in _VALUE_COLS) + ") AS t(meter_id, hour, "
-    + ", ".join(_VALUE_COLS) + ") ON CONFLICT (meter_id, hour) DO UPDATE SET "
+    "SELECT CAST(r->>0 AS integer), CAST(r->>1 AS timestamp), "
+    + ", ".join(f"CAST(r->>{i + 2} AS bigint)" for i in range(len(_VALUE_COLS)))
+    + ", :now FROM json_array_elements(CAST(:rows AS json)) AS r "
+    "ON CONFLICT (meter_id, hour) DO UPDATE SET "
     + ", ".join(f"{c} = usage.{c} + excluded.{c}" for c in _VALUE_COLS)
     + ", updated_at = excluded.updated_at"
-).bindparams(bindparam("meter_id", type_=ARRAY(Integer)), bindparam("hour", type_=ARRAY(UTCDateTime())),
-             bindparam("now", type_=UTCDateTime()),
-             *(bindparam(c, type_=ARRAY(BigInteger)) for c in _VALUE_COLS))
+).bindparams(bindparam("rows", type_=String()), bindparam("now", type_=UTCDateTime()))
+
+
+def _naive_utc(at: datetime) -> str:
+    """How the ledger stores an hour (as `UTCDateTime` does): naive UTC, here as ISO text."""
+    if at.tzinfo is None:
+        raise ValueError("naive datetime given to a UTC column")
+    return at.astimezone(UTC).replace(tzinfo=None).isoformat(sep=" ")
 
 
 def totals(session: Session, subject_ids: Iterable[int], start: datetime,
