@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 
+from bot.flows.usage_stream_loop import StreamLoop
 from bot.runtime import Services
 from handlers.app import create_app, slack_client
 from handlers.gateway import Gateway
@@ -24,17 +25,26 @@ def build_wsgi(services: Services) -> WsgiApp:
 
 
 class Background:
-    """The leader-elected scheduler and, when configured, the SQS poller thread."""
+    """The leader-elected scheduler, the usage-stream reader on the leader (BOT_USAGE_STREAM set),
+    and, when configured, the SQS poller thread."""
 
     def __init__(self, services: Services, scheduler: bool = True) -> None:
         self.services = services
         self.runner = JobRunner(services) if scheduler else None
         self.stop = threading.Event()
         self.thread: threading.Thread | None = None
+        self.stream: StreamLoop | None = None
+        self.stream_thread: threading.Thread | None = None
 
     def start(self) -> None:
         if self.runner is not None:
             self.runner.start()
+            if self.services.settings.aws.usage_stream:  # reads only while this replica leads
+                self.stream = StreamLoop(self.services, is_leader=self.runner.is_leader,
+                                         fence=self.runner.fence, stop=self.stop)
+                self.stream_thread = threading.Thread(target=self.stream.run, name="usage-stream",
+                                                      daemon=True)
+                self.stream_thread.start()
         queue = self.services.settings.aws.sqs_queue_url
         if queue:
             endpoint = SnsEndpoint(self.services, self.services.sns_verifier(max_age=None))
@@ -46,6 +56,8 @@ class Background:
 
     def shutdown(self) -> None:
         self.stop.set()
+        if self.stream_thread is not None:
+            self.stream_thread.join(timeout=10)
         if self.runner is not None:
             self.runner.shutdown()
         if self.thread is not None:

@@ -7,7 +7,9 @@ and the scheduler lease stayed taken for its whole TTL. On the first signal:
 1. the front stops taking requests: waitress's loop ends (requests being answered get its
    5 s) and its listening socket closes; Socket Mode closes its websocket;
 2. the SQS poller is told to stop (a message is deleted only after its commit: one cut short
-   is delivered again and deduplicated on ``MessageId``);
+   is delivered again and deduplicated on ``MessageId``), and so is the usage-stream reader
+   (bot/flows/usage_stream_loop.py), which gets ``STREAM_GRACE`` to end its page: a page cut
+   short is not committed and the next leader reads it again from the checkpoint;
 3. the scheduler starts no new job, and running jobs get up to ``JOB_GRACE`` to finish;
 4. the scheduler lease is released, so another replica takes over at its next heartbeat
    instead of after the TTL;
@@ -38,6 +40,7 @@ log = logging.getLogger(__name__)
 STOP_WITHIN = 10.0  # seconds from the signal to exit (docker stop waits 10 s, ECS 30 s)
 JOB_GRACE = 6.0  # of those, what running jobs get before their lease is released anyway
 POLLER_GRACE = 1.0
+STREAM_GRACE = 2.0  # the usage-stream reader: one GetRecords and one commit at most
 
 
 class Stopping(SystemExit):
@@ -104,7 +107,10 @@ class GracefulStop:
         _quietly("closing the front", front)
         if self.port_file is not None:
             self.port_file.unlink(missing_ok=True)
-        background.stop.set()
+        background.stop.set()  # the SQS poller and the usage-stream reader stop at their next wait
+        stream = getattr(background, "stream_thread", None)
+        if stream is not None:  # its page in flight commits (fenced) or is read again by the next leader
+            stream.join(timeout=min(STREAM_GRACE, self.remaining()))
         runner = background.runner
         if runner is not None:
             done = threading.Thread(target=runner.shutdown, kwargs={"wait": True}, name="scheduler-stop",

@@ -17,7 +17,10 @@ guards the database only: an AWS or Slack call the job had already made stays ma
 repair paths (reassert, reconcile, the digest's claim) handle that as after a crash.
 
 Schedule (APScheduler triggers, coalesced, one instance of each job at a time):
-- `usage_sync` every `BOT_SYNC_SECONDS` (it runs `enforce` itself, after the sync);
+- `usage_sync` every `BOT_SYNC_SECONDS` (it runs `enforce` itself, after the sync); with
+  BOT_USAGE_STREAM set the stream is not read by this job in `serve`/`socket` but by a thread of
+  its own on the leader (bot/flows/usage_stream_loop.py, started by handlers/server.py), which
+  asks `is_leader()` before each round and commits under this runner's `fence`;
 - `daily_digest` at `BOT_DIGEST_TIME` in `BOT_TIMEZONE` (cron, hours of misfire grace), and
   at once when a replica becomes leader after today's digest time — the digest job posts
   at most once per day (`digests` table), so the catch-up is safe;

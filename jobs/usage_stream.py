@@ -1,7 +1,9 @@
 """usage_stream: one pass over the usage stream (`bedrock-bot run-job usage_stream`), then enforce.
 
-The scheduler does not run this job on its own: with BOT_USAGE_STREAM set every usage sync reads
-the stream first (bot/flows/usage_sync.run, every BOT_SYNC_SECONDS; docs/usage-stream.md).
+The scheduler does not run this job on its own: with BOT_USAGE_STREAM set, `serve` and `socket`
+read the stream continuously on the leader (bot/flows/usage_stream_loop.py), and a usage sync
+with no continuous reader running in its process (`run-job usage_sync`)
+reads it first (bot/flows/usage_sync.run; docs/usage-stream.md).
 """
 
 from __future__ import annotations

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Collection
 
 from bot.flows import access as access_flow
 from bot.flows import tell
@@ -21,15 +22,19 @@ from bot.services.enforce import ACTOR, Breach, BreachPlan, EnforceResult, Evalu
 log = logging.getLogger(__name__)
 
 
-def run(s: Services, announce: bool = True) -> EnforceResult:
+def run(s: Services, announce: bool = True, only: Collection[int] | None = None) -> EnforceResult:
+    """Every limit; or, with `only`, just those limits' warnings and breaches (no lifts and no
+    reassert: the full run after each sync does those) — what the usage stream runs when pushed
+    usage reaches limited subjects (bot/flows/usage_stream_loop.py)."""
     ev: Evaluation = step(s.db, s.clock, ACTOR, "enforce", "limits",
-                          lambda session: rules.evaluate(session, s.clock, s.tz, s.week_start))
+                          lambda session: rules.evaluate(session, s.clock, s.tz, s.week_start, only))
     result = EnforceResult(ev.checked, ev.warnings, ev.graces, suspended=ev.suspended)
     for lift in ev.lifts:
         view = access_flow.lift(s, ACTOR, lift.revocation_id, lift.why)
         if view is not None:
             result.restored.append(view)
-    result.reasserted = access_flow.reassert(s)
+    if only is None:
+        result.reasserted = access_flow.reassert(s)
     for plan in ev.breaches:
         breach = _revoke(s, plan)
         if breach is not None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -42,6 +43,7 @@ PAGE_RECORDS = 2_000  # GetRecords Limit per call (at most 10,000)
 MAX_EMPTY_PAGES = 3  # per shard and pass: Kinesis may return empty pages while behind
 ITERATOR_TTL = timedelta(minutes=4)  # Kinesis expires iterators after 5 minutes
 PRUNE_EVERY = timedelta(minutes=10)
+READ, MOVED, CLOSED = "read", "moved", "closed"  # what `StreamConsumer.read_page` did
 
 
 @dataclass
@@ -64,12 +66,24 @@ class ConsumeResult:
     handover: datetime | None = None
     calls: dict[str, int] = field(default_factory=dict)
     strangers: Counter[str] = field(default_factory=Counter)
+    meters: set[int] = field(default_factory=set)  # meters whose usage the pass added to
+
+    def merge(self, other: ConsumeResult) -> None:
+        """Add another pass's counts (a continuous consumer's running totals)."""
+        for name in ("records", "events", "counted", "duplicates", "before_handover", "unattributed",
+                     "unattributed_tokens", "skipped_gateway", "not_invocation", "malformed_records",
+                     "conflicts", "throttled"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.errors.extend(other.errors[-20:])
+        del self.errors[:-20]
+        self.behind_ms = other.behind_ms
 
     def add(self, batch: BatchResult) -> None:
         for name in ("records", "events", "counted", "duplicates", "before_handover", "unattributed",
                      "unattributed_tokens", "skipped_gateway", "not_invocation", "malformed_records"):
             setattr(self, name, getattr(self, name) + getattr(batch, name))
         self.strangers.update(batch.strangers)
+        self.meters |= batch.meters
 
 
 @dataclass
@@ -126,25 +140,36 @@ class StreamConsumer:
         """Read one shard until caught up, out of budget or out of empty pages; records read."""
         read = empty = 0
         while read < budget:
-            position = self._position(shard.id)
-            try:
-                page = self.kinesis.read(position.iterator, min(self.page_records, budget - read))
-            except IteratorExpired:
-                self.positions.pop(shard.id, None)
-                position = self._position(shard.id)
-                page = self.kinesis.read(position.iterator, min(self.page_records, budget - read))
-            result.behind_ms = max(result.behind_ms, page.behind_ms)
-            if not self._apply(shard, position, page, result):
-                return read
+            page, status = self.read_page(shard, min(self.page_records, budget - read), result)
             read += len(page.records)
-            if page.next_iterator is None:  # a closed shard, read to its end
-                self._finish(shard.id, self.positions.pop(shard.id).after)
+            if status != READ:
                 return read
             if not page.records:
                 empty += 1
                 if page.behind_ms == 0 or empty >= MAX_EMPTY_PAGES:
                     return read
         return read
+
+    def read_page(self, shard: Shard, limit: int, result: ConsumeResult) -> tuple[Page, str]:
+        """One GetRecords on `shard` from the database's checkpoint, committed (`_apply`), and
+        what became of it: READ; MOVED (another consumer had moved the checkpoint: nothing was
+        written, the shard is read again from the database's checkpoint); CLOSED (a closed
+        shard, now read to its end). Raises Throttled and AwsError as `KinesisStream.read`
+        does, and `leases.LeaseLost` from a fenced commit."""
+        position = self._position(shard.id)
+        try:
+            page = self.kinesis.read(position.iterator, limit)
+        except IteratorExpired:
+            self.positions.pop(shard.id, None)
+            position = self._position(shard.id)
+            page = self.kinesis.read(position.iterator, limit)
+        result.behind_ms = max(result.behind_ms, page.behind_ms)
+        if not self._apply(shard, position, page, result):
+            return page, MOVED
+        if page.next_iterator is None:  # a closed shard, read to its end
+            self._finish(shard.id, self.positions.pop(shard.id).after)
+            return page, CLOSED
+        return page, READ
 
     def _apply(self, shard: Shard, position: _Position, page: Page, result: ConsumeResult) -> bool:
         """Commit one page (or note that another consumer had moved on). False: stop this shard."""
@@ -238,6 +263,21 @@ def consume(services: Services, max_records: int = 10_000,
 # ---- what usage_sync runs when the stream is set -----------------------------------------
 
 _consumers: dict[int, StreamConsumer] = {}  # one per Services: iterators survive between syncs
+_continuous: dict[int, Callable[[], bool]] = {}  # Services → "is a continuous consumer reading?"
+
+
+def register_continuous(services: Services, reading: Callable[[], bool] | None) -> None:
+    """A continuous consumer (bot/flows/usage_stream_loop.py) in this process says whether it is
+    reading the stream now; usage_sync then leaves the stream to it (None: it has stopped)."""
+    if reading is None:
+        _continuous.pop(id(services), None)
+    else:
+        _continuous[id(services)] = reading
+
+
+def continuous_reading(services: Services) -> bool:
+    reading = _continuous.get(id(services))
+    return reading is not None and reading()
 
 
 def consumer_for(services: Services) -> StreamConsumer:
@@ -253,6 +293,9 @@ def consume_for_sync(services: Services, max_records: int = 10_000) -> datetime 
     that cannot be read is logged and audited; the handover still holds — polling must not write
     hours the stream owns — so that usage waits in the stream until it can be read again."""
     s = services
+    if continuous_reading(s):  # serve's continuous consumer reads it: no second reader here
+        with s.db.session_scope() as session:
+            return stream_usage.handover(session)
     try:
         consume(s, max_records, consumer=consumer_for(s))
     except BotError as exc:

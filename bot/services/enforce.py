@@ -11,6 +11,7 @@ does nothing again:
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
@@ -96,13 +97,19 @@ class EnforceResult:
     errors: list[str] = field(default_factory=list)
 
 
-def evaluate(session: Session, clock: Clock, tz: ZoneInfo, week_start: int) -> Evaluation:
-    """Database only: no AWS call is made while this transaction is open."""
+def evaluate(session: Session, clock: Clock, tz: ZoneInfo, week_start: int,
+             only: Collection[int] | None = None) -> Evaluation:
+    """Database only: no AWS call is made while this transaction is open. `only`: just these
+    limits, for breaches and warnings (the usage stream's prompt check); lifts are left to the
+    full run after each sync."""
     ev = Evaluation()
     now = clock()
-    ev.lifts = _finished(session, now, tz, week_start)
-    limits = session.execute(select(Limit, Subject).join(Subject, Subject.id == Limit.subject_id)
-                             .order_by(Limit.id)).all()
+    q = select(Limit, Subject).join(Subject, Subject.id == Limit.subject_id).order_by(Limit.id)
+    if only is None:
+        ev.lifts = _finished(session, now, tz, week_start)
+    else:
+        q = q.where(Limit.id.in_(sorted(set(only))))
+    limits = session.execute(q).all()
     for limit, subject in limits:
         ev.checked += 1
         status = limit_status(session, limit, subject, now, tz, week_start)

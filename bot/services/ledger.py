@@ -4,17 +4,31 @@ caller's transaction, so a day row is always the sum of its hours."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, delete, func, select, tuple_, union_all
+from sqlalchemy import (
+    ColumnElement,
+    Select,
+    String,
+    TextClause,
+    bindparam,
+    delete,
+    func,
+    select,
+    text,
+    tuple_,
+    union_all,
+)
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
+from sqlalchemy.sql.elements import BindParameter
 
-from bot.models import Meter, Usage, UsageDay
+from bot.models import Meter, Usage, UsageDay, UTCDateTime
 
 HOUR = timedelta(hours=1)
 DAY = timedelta(days=1)
@@ -105,10 +119,13 @@ def _apply_days(session: Session, deltas: Deltas) -> None:
     """Add each (meter, UTC day) delta to its `usage_daily` row, in key order (so concurrent
     writers lock day rows in the same order), as `x = x + excluded.x`: commutes with other
     transactions' deltas to the same day."""
-    values = [{"meter_id": m, "day": d, **dict(zip(VALUE_COLS, v, strict=True))}
-              for (m, d), v in sorted(deltas.items()) if any(v)]
-    if not values:
+    changed = sorted((k, v) for k, v in deltas.items() if any(v))
+    if not changed:
         return
+    if _is_pg(session):
+        session.connection().execute(_ADD_DAYS_PG, {"rows": _json_rows((m, d, v) for (m, d), v in changed)})
+        return
+    values = [{"meter_id": m, "day": d, **dict(zip(VALUE_COLS, v, strict=True))} for (m, d), v in changed]
     stmt = _insert(session)(UsageDay)
     table = UsageDay.__table__
     stmt = stmt.on_conflict_do_update(index_elements=["meter_id", "day"],
@@ -183,16 +200,19 @@ def add(session: Session, rows: Sequence[LedgerRow], now: datetime) -> int:
     """
     if not rows:
         return 0
-    stmt = _insert(session)(Usage)
-    table = Usage.__table__
-    stmt = stmt.on_conflict_do_update(
-        index_elements=["meter_id", "hour"],
-        set_={**{c: table.c[c] + stmt.excluded[c] for c in VALUE_COLS},
-              "updated_at": stmt.excluded.updated_at})
     ordered = sorted(rows, key=lambda r: (r.meter_id, r.hour))  # lock order, as in `upsert`
-    values = [{"meter_id": r.meter_id, "hour": r.hour, "updated_at": now,
-               **{c: getattr(r, c) for c in VALUE_COLS}} for r in ordered]
-    session.connection().execute(stmt, values)
+    if _is_pg(session):
+        session.connection().execute(_ADD_HOURS_PG, {
+            "rows": _json_rows((r.meter_id, r.hour, _values(r)) for r in ordered), "now": now})
+    else:
+        stmt = sqlite_insert(Usage)
+        table = Usage.__table__
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["meter_id", "hour"],
+            set_={**{c: table.c[c] + stmt.excluded[c] for c in VALUE_COLS},
+                  "updated_at": stmt.excluded.updated_at})
+        session.connection().execute(stmt, [{"meter_id": r.meter_id, "hour": r.hour, "updated_at": now,
+                                             **{c: getattr(r, c) for c in VALUE_COLS}} for r in ordered])
     deltas: Deltas = {}
     for r in ordered:
         _add_delta(deltas, r.meter_id, r.hour, _values(r))
@@ -215,6 +235,48 @@ def delete_hours(session: Session, meter_ids: Select[tuple[int]], start: datetim
         n += 1
     _apply_days(session, deltas)
     return n
+
+
+# ---- PostgreSQL: a batch of increments as one statement -------------------------------------
+# The rows travel as one JSON parameter: one round trip and one parse for the whole batch, where
+# an executemany sends one INSERT a row (the usage stream adds about one row per call). JSON
+# rather than arrays: psycopg adapts a list element by element.
+
+def _is_pg(session: Session) -> bool:
+    return session.get_bind().dialect.name == "postgresql"
+
+
+def _naive_utc(at: datetime) -> str:
+    """How the ledger stores a time (as `UTCDateTime` does): naive UTC, here as ISO text."""
+    if at.tzinfo is None:
+        raise ValueError("naive datetime given to a UTC column")
+    return at.astimezone(UTC).replace(tzinfo=None).isoformat(sep=" ")
+
+
+def _json_rows(rows: Iterable[tuple[int, datetime, Sequence[int]]]) -> str:
+    """[[meter_id, time, v0, v1, …], …] with the values in VALUE_COLS' order."""
+    return json.dumps([[m, _naive_utc(t), *v] for m, t, v in rows])
+
+
+def _add_pg(table: str, key: str, stamp: bool) -> TextClause:
+    """INSERT … SELECT FROM json_array_elements(:rows) ON CONFLICT add the values."""
+    cols = ", ".join(VALUE_COLS)
+    casts = ", ".join(f"CAST(r->>{i + 2} AS bigint)" for i in range(len(VALUE_COLS)))
+    sets = ", ".join(f"{c} = {table}.{c} + excluded.{c}" for c in VALUE_COLS)
+    stmt = text(
+        f"INSERT INTO {table} (meter_id, {key}, {cols}{', updated_at' if stamp else ''}) "
+        f"SELECT CAST(r->>0 AS integer), CAST(r->>1 AS timestamp), {casts}{', :now' if stamp else ''} "
+        f"FROM json_array_elements(CAST(:rows AS json)) AS r "
+        f"ON CONFLICT (meter_id, {key}) DO UPDATE SET {sets}"
+        + (", updated_at = excluded.updated_at" if stamp else ""))
+    params: list[BindParameter[Any]] = [bindparam("rows", type_=String())]
+    if stamp:
+        params.append(bindparam("now", type_=UTCDateTime()))
+    return stmt.bindparams(*params)
+
+
+_ADD_HOURS_PG = _add_pg("usage", "hour", stamp=True)
+_ADD_DAYS_PG = _add_pg("usage_daily", "day", stamp=False)
 
 
 # ---- reads --------------------------------------------------------------------------

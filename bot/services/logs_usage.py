@@ -329,21 +329,24 @@ class Attribution:
         self.session = session
         self.clock = clock
         self.keys = list(keys)
-        self.metadata = {m.key: m.id for m in session.scalars(
-            select(Meter).where(Meter.kind == "metadata", Meter.subject_id.is_not(None)))}
+        # Core rows, not ORM rows or objects: this runs once per stream batch too.
+        session.flush()
+        rows = session.connection().execute
+        self.metadata: dict[str, int] = {key: meter_id for key, meter_id in rows(
+            select(Meter.key, Meter.id).where(Meter.kind == "metadata", Meter.subject_id.is_not(None))).all()}
         self.linked: dict[tuple[str, str, str], _Linked] = {}
         q = select(Principal.arn, Principal.subject_id, Subject.kind).join(
             Subject, Subject.id == Principal.subject_id)
-        for arn, subject_id, kind in session.execute(q):
+        for arn, subject_id, kind in rows(q).all():
             m = _IAM.match(arn)
             if m:
                 self.linked[(m["account"], m["kind"], m["name"].lower())] = _Linked(arn, subject_id, kind)
         # Existing principal meters, so a hit costs no query (ensure_meter for the rest, which
         # also re-points a meter whose principal moved to another subject).
         self.meters: dict[tuple[str, int], int] = {
-            (key, subject_id): meter_id for key, subject_id, meter_id in session.execute(
+            (key, subject_id): meter_id for key, subject_id, meter_id in rows(
                 select(Meter.key, Meter.subject_id, Meter.id).where(Meter.kind == "principal",
-                                                                    Meter.subject_id.is_not(None)))}
+                                                                    Meter.subject_id.is_not(None))).all()}
         self.members: dict[int, dict[str, int]] = {}
 
     def meter_for(self, arn: str, metadata: Mapping[str, str | None]) -> int | None:

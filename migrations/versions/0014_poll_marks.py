@@ -1,7 +1,7 @@
 """per-meter read marks for adaptive CloudWatch polling (AIPs and bedrock-mantle projects)
 
-Revision ID: 0018
-Revises: 0012
+Revision ID: 0014
+Revises: 0013
 Create Date: 2026-12-03 13:00:00.000000
 
 `poll_marks`: (kind, key) → the hour the next read starts at and when it was last read
@@ -16,8 +16,8 @@ from alembic import op
 
 from bot.models import UTCDateTime
 
-revision = "0018"
-down_revision = "0012"
+revision = "0014"
+down_revision = "0013"
 branch_labels = None
 depends_on = None
 
