@@ -88,8 +88,7 @@ class Gateway:
         self.tokens = [t.encode() for t in bot.gateway_tokens]
         self.book = book or QuotaBook(services.db, services.clock, services.prices, services.tz,
                                       services.week_start,
-                                      hold=timedelta(seconds=bot.gateway_reservation_seconds),
-                                      refresh=bot.gateway_refresh_ms / 1000)
+                                      hold=timedelta(seconds=bot.gateway_reservation_seconds))
         self.refused = UnauthorizedLog(services)
         self.counts: Counter[str] = Counter()
         self.latency: dict[str, list[int]] = {p: [0] * (len(BUCKETS) + 1) for p in PATHS}
