@@ -3,17 +3,19 @@
 Two kinds of state, kept apart on purpose:
 
 - **What changes rarely** — who the subject is, its teams, limits, revocations, exceptions, and
-  the ledger's usage per limit window — is loaded into a `View` per subject and answered from
-  memory. A view is dropped when the governance version moves (the audit log's head: every
-  limit change, revoke, restore, exception and membership change writes an audit row) or the
-  ledger version moves (a usage sync's cursor), both polled at most every `refresh` seconds,
-  and when a calendar window it counted ends.
+  the ledger's usage per limit window — is loaded into a `View` per subject and kept in memory,
+  stamped with the audit head and ledger version it was read at. Every check's one statement
+  (`bot/services/quota_sql.py`) also asks whether a governance audit row (limit change, revoke,
+  restore, exception, membership…) was written since, or a usage sync moved the ledger: then
+  the view is reloaded before answering. So a change from Slack, on any replica, reaches the
+  next check. A view is also reloaded when a calendar window it counted ends.
 - **What must not overshoot** — headroom held by checks in flight, and the usage the gateway
   itself settled — lives in `gateway_counters`, one row per limit owner (a user, or a team for
-  all its members). A check with `estimated_tokens` reserves with one conditional `UPDATE … SET
-  reserved = reserved + n WHERE reserved + settled + n <= cap` per owner: PostgreSQL re-checks
-  the `WHERE` after waiting on a concurrent update of the row, SQLite runs one writer at a time,
-  so concurrent checks in one process or on several replicas cannot pass the cap together.
+  all its members). A check with `estimated_tokens` locks its owners' rows in id order, adds to
+  `reserved_*` only if every owner stays under its caps, and inserts the reservation, in one
+  statement on PostgreSQL (`FOR UPDATE` sees the newest row after a wait) and under SQLite's
+  single write lock: concurrent checks in one process or on several replicas cannot pass a cap
+  together.
 
 A view remembers the owners' `settled_*` counters read in the *same snapshot* as its ledger
 sums (REPEATABLE READ on PostgreSQL). `/v1/usage` adds to the ledger and to `settled_*` in one
@@ -56,8 +58,8 @@ from bot.models import (
 )
 from bot.pricing import PriceTable
 from bot.quantities import Amount, Window, format_amount
-from bot.services import directory, ledger
-from bot.services.ledger import LedgerRow, floor_hour
+from bot.services import directory, quota_sql
+from bot.services.ledger import floor_hour
 from bot.services.logs_usage import session_user
 from bot.services.quota_sql import COLS, CheckSql, Stamp, stamp_now
 from bot.services.usage import limit_status
@@ -271,24 +273,6 @@ def _unreserve(session: Session, owners: Sequence[int], tokens: int, requests: i
             reserved_cost=c.reserved_cost - cost).execution_options(synchronize_session=False))
 
 
-def release(session: Session, reservation: str, subject_id: int, state: str = "settled") -> str:
-    """Give a held reservation's headroom back. Returns `released`, `unknown`, or the state it
-    already had (`settled`, `expired`); another subject's reservation is refused."""
-    r = GatewayReservation
-    row = session.execute(update(r).where(r.id == reservation, r.subject_id == subject_id, r.state == "held")
-                          .values(state=state).returning(r.owners, r.tokens, r.requests, r.cost)
-                          .execution_options(synchronize_session=False)).first()
-    if row is not None:
-        _unreserve(session, row[0], row[1], row[2], row[3])
-        return "released"
-    other = session.execute(select(r.subject_id, r.state).where(r.id == reservation)).first()
-    if other is None:
-        return "unknown"
-    if other[0] != subject_id:
-        raise BadInput("that reservation belongs to another subject")
-    return str(other[1])
-
-
 def sweep(session: Session, now: datetime, batch: int = 500) -> int:
     """Expire held reservations past their time (their calls never reported): headroom back."""
     r = GatewayReservation
@@ -316,40 +300,34 @@ class Settled:
     reservation: str | None  # what became of it: released | settled | expired | unknown
 
 
-def settle(session: Session, clock: Clock, view: View, req: UsageRequest, cost: int,
-           through_aip: bool, priced: bool = True) -> Settled:
-    """Count one call once: the request id row, the reservation, the ledger, the counters.
-    A call to a model without a price is counted in tokens and flagged unpriced (never a
-    silent $0), as the other meters do."""
-    now = clock()
+def usage_row(view: View, req: UsageRequest, cost: int, through_aip: bool, priced: bool, meter: int | None,
+              now: datetime) -> quota_sql.Usage:
+    """What one /v1/usage writes (pure). A call to a model without a price is counted in tokens
+    and flagged unpriced (never a silent $0), as the other meters do."""
     counted = "profile" if through_aip else ("gateway" if req.tokens else "none")
-    g = GatewayRequest
-    ins = (_insert(session)(g).values(
-        request_id=req.request_id, subject_id=view.subject_id, reservation_id=req.reservation,
-        model=req.model, input_tokens=req.input_tokens, output_tokens=req.output_tokens,
-        cache_read_tokens=req.cache_read_tokens, cache_write_tokens=req.cache_write_tokens,
-        cost_micro_usd=cost, counted_by=counted, received_at=now)
-        .on_conflict_do_nothing().returning(g.request_id))
-    if session.execute(ins).first() is None:
-        return Settled(req.request_id, True, counted, None)
-    outcome = release(session, req.reservation, view.subject_id) if req.reservation else None
-    if counted == "gateway":
-        meter_id = view.meter_id or directory.ensure_meter(session, clock, METER_KIND, view.name,
-                                                           view.subject_id).id
-        unpriced = 0 if priced else (req.input_tokens + req.output_tokens + req.cache_read_tokens
-                                     + req.cache_write_tokens)
-        ledger.add(session, [LedgerRow(meter_id, floor_hour(now), req.input_tokens, req.output_tokens,
-                                       req.cache_read_tokens, req.cache_write_tokens, 1, cost,
-                                       unpriced, 0 if priced else 1)], now)
-        c = GatewayCounter
-        stmt = _insert(session)(c)
-        add = {"settled_input": req.input_tokens, "settled_output": req.output_tokens,
-               "settled_requests": 1, "settled_cost": cost}
-        stmt = stmt.on_conflict_do_update(index_elements=["subject_id"], set_={
-            k: getattr(c, k) + stmt.excluded[k] for k in add})
-        session.execute(stmt, [{"subject_id": o, **dict.fromkeys(_COUNTER_COLS, 0), **add}
-                               for o in sorted(view.owners)])
-    return Settled(req.request_id, False, counted, outcome)
+    tokens = req.input_tokens + req.output_tokens + req.cache_read_tokens + req.cache_write_tokens
+    mine = counted == "gateway"
+    return quota_sql.Usage(
+        req.request_id, view.subject_id, req.reservation, req.model or "", req.input_tokens,
+        req.output_tokens, req.cache_read_tokens, req.cache_write_tokens, cost, counted,
+        meter if mine else None, tuple(sorted(view.owners)) if mine else (),
+        0 if priced else tokens, 0 if priced else 1, now, floor_hour(now))
+
+
+def settled(u: quota_sql.Usage, done: quota_sql.Done) -> Settled:
+    """The answer to a /v1/usage from what its statement did; another subject's reservation is
+    refused (nothing was written)."""
+    if done.other is not None and done.other[0] != u.subject:
+        raise BadInput("that reservation belongs to another subject")
+    if not done.inserted:
+        return Settled(u.request_id, True, u.counted, None)
+    if u.reservation is None:
+        outcome = None
+    elif done.released:
+        outcome = "released"
+    else:
+        outcome = done.other[1] if done.other is not None else "unknown"
+    return Settled(u.request_id, False, u.counted, outcome)
 
 
 # ---- the book: views in memory, versions polled, decisions made -----------------------------
@@ -388,6 +366,7 @@ class QuotaBook:
         self.sql = CheckSql(db)
         self.stats = BookStats()
         self._views: dict[int, View] = {}
+        self._meters: dict[int, int] = {}  # subject id → gateway meter id, made since its view loaded
         self._names: dict[tuple[str, str], int] = {}  # (kind, key) → subject id
         self._aips: frozenset[str] | None = None
         self._principals: dict[tuple[str, str, str], tuple[int, str]] | None = None
@@ -538,8 +517,18 @@ class QuotaBook:
         cost = self.prices.cost_micro_usd(req.model, req.input_tokens, req.output_tokens,
                                           req.cache_read_tokens, req.cache_write_tokens) if req.model else 0
         priced = bool(req.model) and self.prices.known(req.model)
-        with self.db.session_scope() as s:
-            return settle(s, self.clock, view, req, cost, through_aip, priced)
+        meter = self._meter(view) if req.tokens and not through_aip else None
+        u = usage_row(view, req, cost, through_aip, priced, meter, self.clock())
+        return settled(u, quota_sql.settle(self.sql, u))
+
+    def _meter(self, view: View) -> int:
+        """The subject's gateway meter, made on its first counted call (then remembered)."""
+        known = view.meter_id or self._meters.get(view.subject_id)
+        if known is None:
+            with self.db.session_scope() as s:
+                known = directory.ensure_meter(s, self.clock, METER_KIND, view.name, view.subject_id).id
+            self._meters[view.subject_id] = known
+        return known
 
     # -- helpers -----------------------------------------------------------------------------
 

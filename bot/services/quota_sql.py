@@ -155,6 +155,7 @@ class CheckSql:
     def __init__(self, db: Database) -> None:
         self.dialect = db.dialect
         self.engine: Engine = db.quick
+        self.durable: Engine = db.engine  # SQLite's usage reports commit with a full fsync
 
     def read(self, owners: Sequence[int], stamp: Stamp) -> Outcome:
         with self.engine.connect() as conn:
@@ -210,3 +211,147 @@ def stamp_now(conn: Any) -> Stamp:
     """The audit head and ledger version in the caller's transaction (a view's load)."""
     gov, led = conn.execute(VERSIONS).one()
     return Stamp(int(gov), led)
+
+
+# ---- /v1/usage: the request id, the reservation, the counters and the ledger at once ---------
+
+_LEDGER_COLS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "requests",
+                "cost_micro_usd", "unpriced_tokens", "unpriced_requests")
+_REQUEST_INSERT = """
+INSERT INTO gateway_requests (request_id, subject_id, reservation_id, model, input_tokens, output_tokens,
+                              cache_read_tokens, cache_write_tokens, cost_micro_usd, counted_by, received_at)
+"""
+_REQUEST_VALUES = (":request_id, :subject, CAST(:reservation AS varchar), :model, :input_tokens, "
+                   ":output_tokens, :cache_read_tokens, :cache_write_tokens, :cost_micro_usd, :counted, :now")
+_LEDGER_UPSERT = f"""
+INSERT INTO usage (meter_id, hour, {", ".join(_LEDGER_COLS)}, updated_at)
+{{source}}
+ON CONFLICT (meter_id, hour) DO UPDATE SET
+  {", ".join(f"{c} = usage.{c} + excluded.{c}" for c in _LEDGER_COLS)}, updated_at = excluded.updated_at
+"""
+_LEDGER_VALUES = ("CAST(:meter AS bigint), :hour, :input_tokens, :output_tokens, :cache_read_tokens, "
+                  ":cache_write_tokens, :requests, :cost_micro_usd, :unpriced_tokens, :unpriced_requests, "
+                  ":now")
+# One counters UPDATE per owner row: a reservation given back and/or settled usage added (a row
+# may be updated only once by one statement).
+_COUNTERS_SET = """
+  reserved_tokens = c.reserved_tokens - t.tokens, reserved_requests = c.reserved_requests - t.requests,
+  reserved_cost = c.reserved_cost - t.cost, settled_input = c.settled_input + t.s_input,
+  settled_output = c.settled_output + t.s_output, settled_requests = c.settled_requests + t.s_requests,
+  settled_cost = c.settled_cost + t.s_cost
+"""
+_SETTLE_PG = f"""
+WITH other AS (
+  SELECT subject_id, state FROM gateway_reservations WHERE id = :reservation
+),
+req AS (
+  {_REQUEST_INSERT}
+  SELECT {_REQUEST_VALUES}
+  WHERE NOT EXISTS (SELECT 1 FROM other WHERE other.subject_id <> :subject)
+  ON CONFLICT DO NOTHING RETURNING request_id
+),
+rel AS (
+  UPDATE gateway_reservations AS r SET state = 'settled'
+  WHERE r.id = :reservation AND r.subject_id = :subject AND r.state = 'held' AND EXISTS (SELECT 1 FROM req)
+  RETURNING r.owners, r.tokens, r.requests, r.cost
+),
+back AS (
+  SELECT CAST(json_array_elements_text(rel.owners) AS bigint) AS owner, rel.tokens, rel.requests, rel.cost
+  FROM rel
+),
+adds AS (
+  SELECT o AS owner FROM unnest(CAST(:settle_owners AS bigint[])) AS o WHERE EXISTS (SELECT 1 FROM req)
+),
+t AS (
+  SELECT coalesce(b.owner, a.owner) AS owner, coalesce(b.tokens, 0) AS tokens,
+         coalesce(b.requests, 0) AS requests, coalesce(b.cost, 0) AS cost,
+         CASE WHEN a.owner IS NULL THEN 0 ELSE :input_tokens END AS s_input,
+         CASE WHEN a.owner IS NULL THEN 0 ELSE :output_tokens END AS s_output,
+         CASE WHEN a.owner IS NULL THEN 0 ELSE 1 END AS s_requests,
+         CASE WHEN a.owner IS NULL THEN 0 ELSE :cost_micro_usd END AS s_cost
+  FROM back AS b FULL JOIN adds AS a ON a.owner = b.owner
+),
+cnt AS (
+  UPDATE gateway_counters AS c SET {_COUNTERS_SET} FROM t WHERE c.subject_id = t.owner
+),
+led AS (
+  {_LEDGER_UPSERT.format(source=f"SELECT {_LEDGER_VALUES} FROM req WHERE CAST(:meter AS bigint) IS NOT NULL")}
+)
+SELECT (SELECT count(*) FROM req), (SELECT count(*) FROM rel), (SELECT subject_id FROM other),
+       (SELECT state FROM other)
+"""
+_SETTLE_PG_TEXT = text(_SETTLE_PG).bindparams(bindparam("now", type_=UTCDateTime()),
+                                              bindparam("hour", type_=UTCDateTime()))
+_OTHER_SQLITE = text("SELECT subject_id, state FROM gateway_reservations WHERE id = :reservation")
+_REQUEST_SQLITE = text(f"{_REQUEST_INSERT} VALUES ({_REQUEST_VALUES}) ON CONFLICT DO NOTHING "
+                       "RETURNING request_id").bindparams(bindparam("now", type_=UTCDateTime()))
+_RELEASE_SQLITE = text("UPDATE gateway_reservations SET state = 'settled' WHERE id = :reservation "
+                       "AND subject_id = :subject AND state = 'held' "
+                       "RETURNING owners, tokens, requests, cost")
+_COUNTERS_SQLITE = text(f"""
+UPDATE gateway_counters SET {_COUNTERS_SET.replace("c.", "").replace("t.", ":")}
+WHERE subject_id = :owner
+""")
+_LEDGER_SQLITE = text(_LEDGER_UPSERT.format(source=f"SELECT {_LEDGER_VALUES} WHERE true")).bindparams(
+    bindparam("now", type_=UTCDateTime()), bindparam("hour", type_=UTCDateTime()))
+
+
+@dataclass(frozen=True)
+class Usage:
+    """One /v1/usage as the statement needs it; `meter` None when nothing goes to the ledger."""
+
+    request_id: str
+    subject: int
+    reservation: str | None
+    model: str
+    input_tokens: int
+    output_tokens: int
+    cache_read_tokens: int
+    cache_write_tokens: int
+    cost_micro_usd: int
+    counted: str  # gateway | profile | none
+    meter: int | None
+    settle_owners: tuple[int, ...]  # whose settled counters grow (the subject and its teams)
+    unpriced_tokens: int
+    unpriced_requests: int
+    now: datetime
+    hour: datetime
+
+
+@dataclass(frozen=True)
+class Done:
+    inserted: bool  # False: a duplicate request id, nothing changed
+    released: bool
+    other: tuple[int, str] | None  # the reservation's (subject, state) as found, if it exists
+
+
+def settle(sql: CheckSql, u: Usage) -> Done:
+    """PostgreSQL: one statement (autocommit, durable). SQLite: one short transaction. A
+    reservation of another subject changes nothing (the caller answers 400)."""
+    params = {**u.__dict__, "settle_owners": list(u.settle_owners), "requests": 1 if u.meter else 0}
+    if sql.dialect == "postgresql":
+        with sql.engine.connect() as conn:
+            row = conn.execute(_SETTLE_PG_TEXT, params).one()
+            conn.commit()
+        return Done(bool(row[0]), bool(row[1]), (int(row[2]), str(row[3])) if row[2] is not None else None)
+    with sql.durable.begin() as conn:
+        found = conn.execute(_OTHER_SQLITE, params).first() if u.reservation else None
+        other = (int(found[0]), str(found[1])) if found else None
+        if (other and other[0] != u.subject) or conn.execute(_REQUEST_SQLITE, params).first() is None:
+            return Done(False, False, other)
+        held = conn.execute(_RELEASE_SQLITE, params).first() if u.reservation else None
+        back = {o: held[1:] for o in json.loads(held[0])} if held else {}
+        per = [{"owner": o, "tokens": back.get(o, (0, 0, 0))[0], "requests": back.get(o, (0, 0, 0))[1],
+                "cost": back.get(o, (0, 0, 0))[2], **_settled(u, o)}
+               for o in sorted(set(back) | set(u.settle_owners))]
+        if per:
+            conn.execute(_COUNTERS_SQLITE, per)
+        if u.meter is not None:
+            conn.execute(_LEDGER_SQLITE, params)
+        return Done(True, held is not None, other)
+
+
+def _settled(u: Usage, owner: int) -> dict[str, int]:
+    mine = owner in u.settle_owners
+    return {"s_input": u.input_tokens if mine else 0, "s_output": u.output_tokens if mine else 0,
+            "s_requests": 1 if mine else 0, "s_cost": u.cost_micro_usd if mine else 0}
