@@ -98,6 +98,7 @@ class Phase:
     seconds: float = 0.0
     allowed: int = 0
     errors: int = 0
+    first_error: str = ""
 
     def p(self, q: float) -> float:
         return percentile(sorted(self.ms), q)
@@ -123,8 +124,10 @@ def run_clients(name: str, clients: int, rounds: int, work: Callable[[random.Ran
                 ms, allowed = work(rnd)
                 mine.append(ms)
                 ok += allowed
-            except Exception:
+            except Exception as exc:
                 bad += 1
+                if not phase.first_error:
+                    phase.first_error = f"{type(exc).__name__}: {str(exc)[:300]}"
         with lock:
             phase.ms += mine
             phase.allowed += ok

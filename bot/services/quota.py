@@ -525,8 +525,7 @@ class QuotaBook:
         """The subject's gateway meter, made on its first counted call (then remembered)."""
         known = view.meter_id or self._meters.get(view.subject_id)
         if known is None:
-            with self.db.session_scope() as s:
-                known = directory.ensure_meter(s, self.clock, METER_KIND, view.name, view.subject_id).id
+            known = quota_sql.ensure_meter(self.sql, METER_KIND, view.name, view.subject_id, self.clock())
             self._meters[view.subject_id] = known
         return known
 

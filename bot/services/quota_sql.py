@@ -155,7 +155,7 @@ class CheckSql:
     def __init__(self, db: Database) -> None:
         self.dialect = db.dialect
         self.engine: Engine = db.quick
-        self.durable: Engine = db.engine  # SQLite's usage reports commit with a full fsync
+        self.durable: Engine = db.engine  # commits with a full fsync (SQLite's usage reports)
 
     def read(self, owners: Sequence[int], stamp: Stamp) -> Outcome:
         with self.engine.connect() as conn:
@@ -233,7 +233,8 @@ _LEDGER_VALUES = ("CAST(:meter AS bigint), :hour, :input_tokens, :output_tokens,
                   ":cache_write_tokens, :requests, :cost_micro_usd, :unpriced_tokens, :unpriced_requests, "
                   ":now")
 # One counters UPDATE per owner row: a reservation given back and/or settled usage added (a row
-# may be updated only once by one statement).
+# may be updated only once by one statement). On PostgreSQL the rows are locked in id order
+# first (`lk`), as a reservation locks them, so the two never wait on each other in a cycle.
 _COUNTERS_SET = """
   reserved_tokens = c.reserved_tokens - t.tokens, reserved_requests = c.reserved_requests - t.requests,
   reserved_cost = c.reserved_cost - t.cost, settled_input = c.settled_input + t.s_input,
@@ -271,8 +272,13 @@ t AS (
          CASE WHEN a.owner IS NULL THEN 0 ELSE :cost_micro_usd END AS s_cost
   FROM back AS b FULL JOIN adds AS a ON a.owner = b.owner
 ),
+lk AS (
+  SELECT c.subject_id FROM gateway_counters AS c WHERE c.subject_id IN (SELECT owner FROM t)
+  ORDER BY c.subject_id FOR UPDATE
+),
 cnt AS (
-  UPDATE gateway_counters AS c SET {_COUNTERS_SET} FROM t WHERE c.subject_id = t.owner
+  UPDATE gateway_counters AS c SET {_COUNTERS_SET} FROM t
+  WHERE c.subject_id = t.owner AND (SELECT count(*) FROM lk) >= 0
 ),
 led AS (
   {_LEDGER_UPSERT.format(source=f"SELECT {_LEDGER_VALUES} FROM req WHERE CAST(:meter AS bigint) IS NOT NULL")}
@@ -294,6 +300,19 @@ WHERE subject_id = :owner
 """)
 _LEDGER_SQLITE = text(_LEDGER_UPSERT.format(source=f"SELECT {_LEDGER_VALUES} WHERE true")).bindparams(
     bindparam("now", type_=UTCDateTime()), bindparam("hour", type_=UTCDateTime()))
+
+
+_METER = text("INSERT INTO meters (kind, key, subject_id, created_at) VALUES (:kind, :key, :subject, :now) "
+              "ON CONFLICT (kind, key) DO UPDATE SET subject_id = excluded.subject_id RETURNING id"
+              ).bindparams(bindparam("now", type_=UTCDateTime()))
+
+
+def ensure_meter(sql: CheckSql, kind: str, key: str, subject: int, now: datetime) -> int:
+    """The (kind, key) meter of `subject`, made if missing: one upsert, so concurrent first
+    calls of one subject agree on one meter instead of racing to insert it."""
+    with sql.durable.begin() as conn:
+        made = conn.execute(_METER, {"kind": kind, "key": key, "subject": subject, "now": now})
+        return int(made.scalar_one())
 
 
 @dataclass(frozen=True)

@@ -281,6 +281,32 @@ def test_a_team_limit_is_shared_by_its_members_under_concurrency(api: Api) -> No
     assert api.check("carol", 100_000)["allowed"]  # not a member
 
 
+def test_members_checking_and_settling_at_once_never_deadlock_or_pass_the_team_cap(api: Api) -> None:
+    """Checks lock a member's and the team's counters in id order, and so do usage reports:
+    30 threads of check + settle pairs over both members finish without a database error."""
+    set_limit(api.db, api.clock, "team-eng", 2_000_000)
+    set_limit(api.db, api.clock, "alice", 1_500_000)
+    set_limit(api.db, api.clock, "bob", 1_500_000)
+    barrier = threading.Barrier(30)
+
+    def pairs(i: int) -> int:
+        who, allowed = ("alice" if i % 2 else "bob"), 0
+        barrier.wait()
+        for n in range(4):
+            out = api.check(who, 100_000)
+            if out["allowed"]:
+                allowed += 1
+                status, _ = api.usage(f"dl-{i}-{n}", who=who, inp=90_000, out=10_000,
+                                      reservation=out["reservation"])
+                assert status == 202
+        return allowed
+
+    with ThreadPoolExecutor(30) as pool:
+        allowed = sum(pool.map(pairs, range(30)))
+    assert allowed == 20  # the team's 2M in 100k calls, exactly
+    assert ledger_total(api.db) == 2_000_000 and held(api.db) == 0
+
+
 def test_settling_gives_the_unused_estimate_back(api: Api) -> None:
     set_limit(api.db, api.clock, "alice", 300_000)
     rids = [api.check("alice", 100_000)["reservation"] for _ in range(3)]
