@@ -306,7 +306,8 @@ def worker(args: argparse.Namespace) -> int:
         over = overshoot(db, args.clients)
     finally:
         db.dispose()
-    print(json.dumps({"phases": [[p.name, p.ms, p.seconds, p.allowed, p.errors] for p in phases],
+    print(json.dumps({"phases": [[p.name, p.ms, p.seconds, p.allowed, p.errors, p.first_error]
+                                 for p in phases],
                       "over": over}))
     return 0
 
@@ -324,7 +325,7 @@ def measure(bdb: BenchDb, workdir: Path, root: Path, active: list[str], args: ar
     if out.returncode != 0:
         raise RuntimeError(f"in-process worker for {root} failed:\n{out.stderr[-3000:]}")
     doc = json.loads(out.stdout.strip().splitlines()[-1])
-    phases = [Phase(n, ms, sec, ok, bad) for n, ms, sec, ok, bad in doc["phases"]]
+    phases = [Phase(*fields) for fields in doc["phases"]]
     port = free_port()
     with FakeSlack() as slack, serve(bdb, workdir, port, slack.url, root):
         http_phases = over_http(port, active, args.clients, args.requests)
@@ -387,6 +388,10 @@ def report(results: list[Result], args: argparse.Namespace) -> int:
         label = r.db if r.code == "this" else f"{r.db} (baseline)"
         rows += [p.row(label) for p in r.phases] + [p.row(label) for p in r.http]
     print(table(["phase", "calls", "p50 ms", "p99 ms", "max ms", "per s", "errors"], rows))
+    for r in results:
+        for p in r.phases + r.http:
+            if p.first_error:
+                print(f"{r.db} ({r.code}) {p.name}: first error: {p.first_error}")
     print()
     verdicts = []
     for r in results:
