@@ -31,7 +31,9 @@ def make_quick_engine(url: str) -> Engine:
     with power, never corrupt), the counterpart of PostgreSQL's `synchronous_commit = off`."""
     if url.startswith("sqlite"):
         return _sqlite_engine(url, synchronous="NORMAL")
-    return create_engine(url, pool_pre_ping=False, pool_size=10, max_overflow=20,
+    # At most 15 connections (the main pool has 30): each statement is short, and more
+    # connections than cores buy no throughput, only PostgreSQL's max_connections.
+    return create_engine(url, pool_pre_ping=False, pool_size=5, max_overflow=10,
                          isolation_level="AUTOCOMMIT")
 
 

@@ -435,6 +435,10 @@ class QuotaBook:
         if not stale and cached is not None and self.clock() < cached.valid_until:
             return cached
         with self.db.session_scope() as s:
+            head = stamp_now(s).gov
+            if head > self._directory_at:  # names, principals, AIPs may have moved: rebuild them
+                self._names, self._aips, self._principals = {}, None, None
+                self._directory_at, sid = head, None
             subject = self.resolve(s, who) if sid is None else s.get(Subject, sid)
             if subject is None:  # deleted since it was resolved
                 raise NotFound(f"unknown subject {str(who)[:120]!r}")
@@ -449,9 +453,6 @@ class QuotaBook:
                 raise NotFound(f"unknown subject {str(who)[:120]!r}")
             view = load_view(s, subject, self.clock(), self.tz, self.week_start)
         self.stats.loads += 1
-        if view.stamp.gov > self._directory_at:  # names, principals, AIPs may have moved too
-            self._names, self._aips, self._principals = {}, None, None
-            self._directory_at = view.stamp.gov
         self._names[key] = view.subject_id
         self._views[view.subject_id] = view
         return view

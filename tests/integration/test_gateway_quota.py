@@ -421,6 +421,15 @@ def test_a_change_made_through_another_replica_reaches_this_ones_next_check(api:
     assert not book.check(CheckRequest(Who(subject="alice"), HAIKU, 10)).allowed
 
 
+def test_a_principal_moved_to_another_subject_is_resolved_anew_on_the_next_check(api: Api) -> None:
+    assert api.post("/v1/quota/check", {"principal_arn": ALICE_ARN})[1]["subject"] == "alice"
+    with api.db.session_scope() as s:
+        alice = directory.get(s, SubjectRef(name="alice"))
+        assert directory.unlink_principal(s, api.clock, ADMIN, alice, ALICE_ARN, None)
+        directory.link_principal(s, api.clock, ADMIN, SubjectRef(name="carol"), ALICE_ARN)
+    assert api.post("/v1/quota/check", {"principal_arn": ALICE_ARN})[1]["subject"] == "carol"
+
+
 def test_audit_rows_that_change_no_answer_keep_the_views(api: Api) -> None:
     set_limit(api.db, api.clock, "alice", 1_000_000)
     api.check("alice", 10)
