@@ -508,7 +508,7 @@ class QuotaBook:
                 self.stats.full_retries += 1
                 continue
             decision = self._decide(view, states, ask, None)
-            if decision.allowed:  # the cap moved between the update and this read: say so plainly
+            if decision.allowed:  # it fits, yet nothing was reserved (a counter row went missing)
                 return replace(decision, allowed=False, reason="limits are being used concurrently; retry")
             return decision
 
