@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import http.client
+import inspect
 import json
 import os
 import random
@@ -45,13 +46,14 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 from zoneinfo import ZoneInfo
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+# `--baseline DIR` runs this file again with the previous code's checkout first on the path
+sys.path.insert(0, os.environ.get("BENCH_CODE_ROOT") or str(Path(__file__).resolve().parents[1]))
 
 from bench.common import (
     MODEL,
-    ROOT,
     BenchDb,
     databases,
     git_revision,
@@ -72,9 +74,16 @@ from bot.services.directory import Actor, SubjectRef
 from bot.services.quota import QuotaBook
 from tests.fakes.slack_api import FakeSlack
 
+CODE_ROOT = Path(sys.path[0])
+RUN = f"{os.getpid()}-{random.randrange(10**9)}"  # request ids never repeat another run's (idempotency)
 TOKEN = "bench-gateway-token-0123456789"
 IN_PROCESS_P99_MS = 5.0
 HTTP_RATIO = 2.0
+
+
+def book_options() -> dict[str, Any]:
+    """The previous code polled versions every `refresh` seconds (100 ms in production)."""
+    return {"refresh": 0.1} if "refresh" in inspect.signature(QuotaBook).parameters else {}
 
 
 def names(subjects: int, teams: int) -> list[str]:
@@ -89,6 +98,7 @@ class Phase:
     seconds: float = 0.0
     allowed: int = 0
     errors: int = 0
+    first_error: str = ""
 
     def p(self, q: float) -> float:
         return percentile(sorted(self.ms), q)
@@ -114,8 +124,10 @@ def run_clients(name: str, clients: int, rounds: int, work: Callable[[random.Ran
                 ms, allowed = work(rnd)
                 mine.append(ms)
                 ok += allowed
-            except Exception:
+            except Exception as exc:
                 bad += 1
+                if not phase.first_error:
+                    phase.first_error = f"{type(exc).__name__}: {str(exc)[:300]}"
         with lock:
             phase.ms += mine
             phase.allowed += ok
@@ -137,7 +149,7 @@ def run_clients(name: str, clients: int, rounds: int, work: Callable[[random.Ran
 
 def in_process(db: Database, active: list[str], clients: int, rounds: int) -> list[Phase]:
     book = QuotaBook(db, lambda: datetime.now(UTC), PriceTable.load(), ZoneInfo("UTC"), 0,
-                     refresh=0.1)
+                     **book_options())
     cold = Phase("cold check (view load)")
     started = time.perf_counter()
     for name in active:
@@ -153,7 +165,7 @@ def in_process(db: Database, active: list[str], clients: int, rounds: int) -> li
         d = book.check(CheckRequest(who, MODEL, 1000))
         ms = (time.perf_counter() - t) * 1000
         if d.allowed:
-            book.usage(UsageRequest(who, f"b{next(seq)}", MODEL, 700, 100, 0, 0, d.reservation))
+            book.usage(UsageRequest(who, f"b{RUN}-{next(seq)}", MODEL, 700, 100, 0, 0, d.reservation))
         return ms, d.allowed
 
     one = run_clients("check, 1 client", 1, min(2000, rounds * 50), pair)
@@ -169,14 +181,14 @@ def overshoot(db: Database, clients: int) -> tuple[int, int, int]:
         directory.ensure_user(s, clock, Actor.system("bench"), SubjectRef(name=name))
         limits.set_limit(s, clock, Actor.system("bench"), SubjectRef(name=name), Amount(1_000_000, False),
                          Window.DAY, Metric.TOKENS, (80, 90), "revoke", False)
-    book = QuotaBook(db, clock, PriceTable.load(), ZoneInfo("UTC"), 0)
+    book = QuotaBook(db, clock, PriceTable.load(), ZoneInfo("UTC"), 0, **book_options())
     book.check(CheckRequest(Who(subject=name), MODEL, 0))
     seq = iter(range(10**9))
 
     def pair(_: random.Random) -> tuple[float, bool]:
         d = book.check(CheckRequest(Who(subject=name), MODEL, 100_000))
         if d.allowed:
-            book.usage(UsageRequest(Who(subject=name), f"o{next(seq)}", MODEL, 90_000, 10_000, 0, 0,
+            book.usage(UsageRequest(Who(subject=name), f"o{RUN}-{next(seq)}", MODEL, 90_000, 10_000, 0, 0,
                                     d.reservation))
         return 0.0, d.allowed
 
@@ -196,14 +208,15 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def serve(db: BenchDb, workdir: Path, port: int, slack_url: str) -> Iterator[subprocess.Popen[bytes]]:
+def serve(db: BenchDb, workdir: Path, port: int, slack_url: str, root: Path
+          ) -> Iterator[subprocess.Popen[bytes]]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("BOT_", "SLACK_", "AWS_"))}
     # serve's preflight calls auth.test before it listens: a local Slack stand-in answers it
     env.update({"DATABASE_URL": db.url, "SLACK_BOT_TOKEN": "xoxb-bench", "SLACK_SIGNING_SECRET": "bench",
                 "SLACK_API_URL": slack_url, "BOT_GATEWAY_TOKENS": TOKEN, "BOT_TIMEZONE": "UTC",
-                "BOT_PROFILES_BACKEND": "local", "AWS_REGION": "us-east-1", "PYTHONPATH": str(ROOT),
+                "BOT_PROFILES_BACKEND": "local", "AWS_REGION": "us-east-1", "PYTHONPATH": str(root),
                 "AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "x"})
-    log = (workdir / "serve.log").open("wb")
+    log = (workdir / "serve.log").open("ab")
     proc = subprocess.Popen([sys.executable, "-m", "handlers.main", "serve", "--host", "127.0.0.1", "--port",
                              str(port), "--no-scheduler"], cwd=workdir, env=env, stdout=log,
                             stderr=subprocess.STDOUT)
@@ -248,7 +261,7 @@ def over_http(port: int, active: list[str], clients: int, rounds: int) -> list[P
         return (time.perf_counter() - t) * 1000, resp.status, out
 
     def health(_: random.Random) -> tuple[float, bool]:
-        ms, status, _ = call("GET", "/healthz", None)
+        ms, status, _body = call("GET", "/healthz", None)
         return ms, status == 200
 
     def check(rnd: random.Random) -> tuple[float, bool]:
@@ -275,11 +288,48 @@ def over_http(port: int, active: list[str], clients: int, rounds: int) -> list[P
 @dataclass
 class Result:
     db: str
+    code: str  # "this" or "baseline"
     rows: int
     seed_s: float
     phases: list[Phase]
     http: list[Phase]
     over: tuple[int, int, int]
+
+
+def worker(args: argparse.Namespace) -> int:
+    """`--worker`: the in-process phases and the overshoot on `--url`, as JSON on stdout (run
+    with BENCH_CODE_ROOT set, so the code measured is that checkout's)."""
+    active = json.loads(Path(args.active_file).read_text())
+    db = Database(args.url)
+    try:
+        phases = in_process(db, active, args.clients, args.requests)
+        over = overshoot(db, args.clients)
+    finally:
+        db.dispose()
+    print(json.dumps({"phases": [[p.name, p.ms, p.seconds, p.allowed, p.errors, p.first_error]
+                                 for p in phases],
+                      "over": over}))
+    return 0
+
+
+def measure(bdb: BenchDb, workdir: Path, root: Path, active: list[str], args: argparse.Namespace
+            ) -> tuple[list[Phase], tuple[int, int, int], list[Phase]]:
+    """Both halves for the code at `root`: in process (a child process), then over HTTP."""
+    active_file = workdir / "active.json"
+    active_file.write_text(json.dumps(active))
+    env = {**os.environ, "BENCH_CODE_ROOT": str(root)}
+    out = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--worker", "--url", bdb.url,
+                          "--active-file", str(active_file), "--clients", str(args.clients),
+                          "--requests", str(args.requests)], env=env, capture_output=True, text=True,
+                         check=False, timeout=3600)
+    if out.returncode != 0:
+        raise RuntimeError(f"in-process worker for {root} failed:\n{out.stderr[-3000:]}")
+    doc = json.loads(out.stdout.strip().splitlines()[-1])
+    phases = [Phase(*fields) for fields in doc["phases"]]
+    port = free_port()
+    with FakeSlack() as slack, serve(bdb, workdir, port, slack.url, root):
+        http_phases = over_http(port, active, args.clients, args.requests)
+    return phases, tuple(doc["over"]), http_phases  # type: ignore[return-value]
 
 
 def main() -> int:
@@ -291,10 +341,21 @@ def main() -> int:
     ap.add_argument("--requests", type=int, default=20, help="rounds per client")
     ap.add_argument("--active", type=int, default=2000, help="subjects the clients ask about")
     ap.add_argument("--quick", action="store_true", help="1,000 subjects, 3 days, 5 rounds")
+    ap.add_argument("--baseline", type=Path, help="a checkout of the previous code (git worktree add "
+                    "--detach DIR <rev>): measured first on the same seeded database")
+    ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--url", help=argparse.SUPPRESS)
+    ap.add_argument("--active-file", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.worker:
+        return worker(args)
     if args.quick:
         args.subjects, args.days, args.requests, args.active = 1000, 3, 5, 500
-    print(f"machine: {machine()}; revision {git_revision()}")
+    codes = [("baseline", args.baseline.resolve())] if args.baseline else []
+    codes.append(("this", CODE_ROOT))
+    print(f"machine: {machine()}; revision {git_revision()}; at the start: {load_average()}")
+    if args.baseline:
+        print(f"baseline: {args.baseline} at {_revision(args.baseline)}, measured first on each database")
     print(f"{args.clients} concurrent clients × {args.requests} checks (estimated_tokens=1000, settled when "
           f"allowed), {args.subjects:,} subjects ({args.active:,} asked about), {args.days} days of ledger\n")
     results = []
@@ -307,24 +368,30 @@ def main() -> int:
                 teams = args.subjects // 20
                 rnd = random.Random(7)
                 active = rnd.sample(names(args.subjects, teams), min(args.active, args.subjects))
-                db = Database(bdb.url)
-                try:
-                    phases = in_process(db, active, args.clients, args.requests)
-                    over = overshoot(db, args.clients)
-                finally:
-                    db.dispose()
-                port = free_port()
-                with FakeSlack() as slack, serve(bdb, workdir, port, slack.url):
-                    http_phases = over_http(port, active, args.clients, args.requests)
-                results.append(Result(bdb.name, sd.usage_rows, sd.seconds, phases, http_phases, over))
+                for code, root in codes:
+                    print(f"  {code} code ({root})", file=sys.stderr)
+                    phases, over, http_phases = measure(bdb, workdir, root, active, args)
+                    results.append(Result(bdb.name, code, sd.usage_rows, sd.seconds, phases, http_phases,
+                                          over))
     return report(results, args)
+
+
+def _revision(root: Path) -> str:
+    out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True,
+                         timeout=5, check=False)
+    return out.stdout.strip() or "?"
 
 
 def report(results: list[Result], args: argparse.Namespace) -> int:
     rows, ok = [], True
     for r in results:
-        rows += [p.row(r.db) for p in r.phases] + [p.row(r.db) for p in r.http]
+        label = r.db if r.code == "this" else f"{r.db} (baseline)"
+        rows += [p.row(label) for p in r.phases] + [p.row(label) for p in r.http]
     print(table(["phase", "calls", "p50 ms", "p99 ms", "max ms", "per s", "errors"], rows))
+    for r in results:
+        for p in r.phases + r.http:
+            if p.first_error:
+                print(f"{r.db} ({r.code}) {p.name}: first error: {p.first_error}")
     print()
     verdicts = []
     for r in results:
@@ -333,18 +400,20 @@ def report(results: list[Result], args: argparse.Namespace) -> int:
         ratio = check.p(0.99) / health.p(0.99) if health.ms else float("inf")
         allowed, used, limit = r.over
         over = max(0, used - limit)
+        label = r.db if r.code == "this" else f"{r.db} (baseline)"
         verdicts += [
-            [f"{r.db}: in process, 1 client, p99 <= {IN_PROCESS_P99_MS:g} ms", f"{one.p(0.99):.2f} ms",
+            [f"{label}: in process, 1 client, p99 <= {IN_PROCESS_P99_MS:g} ms", f"{one.p(0.99):.2f} ms",
              verdict(one.p(0.99) <= IN_PROCESS_P99_MS)],
-            [f"{r.db}: in process, {args.clients} clients, p99 <= {IN_PROCESS_P99_MS:g} ms",
+            [f"{label}: in process, {args.clients} clients, p99 <= {IN_PROCESS_P99_MS:g} ms",
              f"{many.p(0.99):.2f} ms", verdict(many.p(0.99) <= IN_PROCESS_P99_MS)],
-            [f"{r.db}: HTTP p99 check / healthz <= {HTTP_RATIO:g}", f"{ratio:.2f}",
+            [f"{label}: HTTP p99 check / healthz <= {HTTP_RATIO:g}", f"{ratio:.2f}",
              verdict(ratio <= HTTP_RATIO)],
-            [f"{r.db}: overshoot, {args.clients} reserve/settle pairs on 1M",
+            [f"{label}: overshoot, {args.clients} reserve/settle pairs on 1M",
              f"{over} ({allowed} allowed, {used:,} settled)", verdict(over == 0)],
         ]
-        ok &= over == 0 and ratio <= HTTP_RATIO and one.p(0.99) <= IN_PROCESS_P99_MS
-        print(f"{r.db}: {r.rows:,} ledger rows, seeded in {r.seed_s:.0f} s")
+        if r.code == "this":
+            ok &= over == 0 and ratio <= HTTP_RATIO and one.p(0.99) <= IN_PROCESS_P99_MS
+            print(f"{r.db}: {r.rows:,} ledger rows, seeded in {r.seed_s:.0f} s")
     print()
     print(table(["target", "measured", "verdict"], verdicts))
     print(f"\nat the end: {load_average()}")

@@ -269,7 +269,6 @@ class BotSettings(BaseSettings):
         default_factory=list, validation_alias="BOT_GATEWAY_TOKENS", repr=False)
     gateway_reservation_seconds: int = Field(600, ge=10, le=86_400,
                                              validation_alias="BOT_GATEWAY_RESERVATION_SECONDS")
-    gateway_refresh_ms: int = Field(100, ge=0, le=60_000, validation_alias="BOT_GATEWAY_REFRESH_MS")
     gateway_principals: Annotated[list[str], NoDecode] = Field(
         default_factory=list, validation_alias="BOT_GATEWAY_PRINCIPALS")
 

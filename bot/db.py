@@ -23,7 +23,21 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
     return create_engine(url, **kwargs)
 
 
-def _sqlite_engine(url: str, **kwargs: Any) -> Engine:
+def make_quick_engine(url: str) -> Engine:
+    """For the gateway's hot path (bot/services/quota_sql.py), statements that are each a whole
+    transaction. PostgreSQL: autocommit (no BEGIN/COMMIT round trips) and no pre-ping (no
+    `SELECT 1` per checkout; a connection the server dropped fails one request, and the pool
+    replaces it). SQLite: `synchronous=NORMAL` (WAL: a commit is not fsynced, it may be lost
+    with power, never corrupt), the counterpart of PostgreSQL's `synchronous_commit = off`."""
+    if url.startswith("sqlite"):
+        return _sqlite_engine(url, synchronous="NORMAL")
+    # At most 15 connections (the main pool has 30): each statement is short, and more
+    # connections than cores buy no throughput, only PostgreSQL's max_connections.
+    return create_engine(url, pool_pre_ping=False, pool_size=5, max_overflow=10,
+                         isolation_level="AUTOCOMMIT")
+
+
+def _sqlite_engine(url: str, synchronous: str | None = None, **kwargs: Any) -> Engine:
     connect_args = kwargs.pop("connect_args", {})
     connect_args.setdefault("check_same_thread", False)
     connect_args.setdefault("timeout", 30)
@@ -39,6 +53,8 @@ def _sqlite_engine(url: str, **kwargs: Any) -> Engine:
         cur.execute("PRAGMA foreign_keys=ON")
         if ":memory:" not in url:
             cur.execute("PRAGMA journal_mode=WAL")
+            if synchronous:
+                cur.execute(f"PRAGMA synchronous={synchronous}")
         cur.close()
 
     @event.listens_for(engine, "begin")
@@ -62,6 +78,8 @@ class Database:
     def __init__(self, url: str, audit_keyring: Keyring | None = None, **engine_kwargs: Any) -> None:
         self.url = url
         self.engine = make_engine(url, **engine_kwargs)
+        # A second pool for the gateway's one-statement checks (SQLite in memory: the same one).
+        self.quick = self.engine if ":memory:" in url else make_quick_engine(url)
         # The audit commit hook has only the session: the key reaches it through session.info.
         self.audit_keyring = audit_keyring or NO_KEY
         info = {KEYRING_INFO: self.audit_keyring}
@@ -96,5 +114,11 @@ class Database:
             self._current.reset(token)
             session.close()
 
+    def engines(self) -> list[Engine]:
+        """Every engine this database opens connections with (hooks such as the rotated
+        password's go on each)."""
+        return [self.engine] if self.quick is self.engine else [self.engine, self.quick]
+
     def dispose(self) -> None:
-        self.engine.dispose()
+        for engine in self.engines():
+            engine.dispose()

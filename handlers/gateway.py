@@ -88,8 +88,7 @@ class Gateway:
         self.tokens = [t.encode() for t in bot.gateway_tokens]
         self.book = book or QuotaBook(services.db, services.clock, services.prices, services.tz,
                                       services.week_start,
-                                      hold=timedelta(seconds=bot.gateway_reservation_seconds),
-                                      refresh=bot.gateway_refresh_ms / 1000)
+                                      hold=timedelta(seconds=bot.gateway_reservation_seconds))
         self.refused = UnauthorizedLog(services)
         self.counts: Counter[str] = Counter()
         self.latency: dict[str, list[int]] = {p: [0] * (len(BUCKETS) + 1) for p in PATHS}
@@ -116,7 +115,8 @@ class Gateway:
     def handle(self, method: str, path: str, headers: Mapping[str, str], body: bytes) -> Response:
         if not self.enabled or path not in PATHS:
             return 404, {"content-type": "text/plain"}, b"not found"
-        self.refused.flush()
+        if self.refused.pending:  # a finished minute of refusals not yet audited (the timer's backup)
+            self.refused.flush()
         if method != "POST":
             return 405, {**JSON, "allow": "POST"}, error("use POST")
         why = self._unauthorized(headers.get("authorization", ""))

@@ -44,6 +44,7 @@ ROUTES = {SLACK_PATH: "POST", "/sns": "POST", "/healthz": "GET", "/metrics": "GE
           **dict.fromkeys(GATEWAY_PATHS, "POST")}
 MAX_BODY = 1 << 20  # Slack payloads are far smaller; refuse anything bigger unread
 TEXT = "text/plain; charset=utf-8"
+STATUS_LINES = {s.value: f"{s.value} {s.phrase}" for s in HTTPStatus}
 StartResponse = Callable[..., Any]
 Headers = list[tuple[str, str]]
 Answer = tuple[int, Headers, bytes]
@@ -96,7 +97,7 @@ class WsgiApp:
             log.exception("request to %s failed", route)
             status, headers, body = _plain(500, "internal error")
         self.metrics.count(method, route, status)
-        start(f"{status} {HTTPStatus(status).phrase}", headers)
+        start(STATUS_LINES.get(status) or f"{status} {HTTPStatus(status).phrase}", headers)
         self.refusals.flush()  # the audit rows of refusals whose minute is over, if any
         return [body]
 

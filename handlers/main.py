@@ -82,7 +82,9 @@ def _prepare(settings: Settings) -> Services:
     upgrade(settings.db.url)
     services = build_services(settings)
     if settings.aws.database_secret:  # a rotated password is read again on the next connection
-        attach(services.db.engine, DatabaseSecret.from_settings(settings))
+        secret = DatabaseSecret.from_settings(settings)
+        for engine in services.db.engines():
+            attach(engine, secret)
     if settings.slack.bot_token:  # before any job runs: announcements must reach Slack
         services.notifier = OutboxNotifier(SlackNotifier(slack_client(settings)), services.db,
                                            services.clock)

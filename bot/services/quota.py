@@ -3,17 +3,19 @@
 Two kinds of state, kept apart on purpose:
 
 - **What changes rarely** — who the subject is, its teams, limits, revocations, exceptions, and
-  the ledger's usage per limit window — is loaded into a `View` per subject and answered from
-  memory. A view is dropped when the governance version moves (the audit log's head: every
-  limit change, revoke, restore, exception and membership change writes an audit row) or the
-  ledger version moves (a usage sync's cursor), both polled at most every `refresh` seconds,
-  and when a calendar window it counted ends.
+  the ledger's usage per limit window — is loaded into a `View` per subject and kept in memory,
+  stamped with the audit head and ledger version it was read at. Every check's one statement
+  (`bot/services/quota_sql.py`) also asks whether a governance audit row (limit change, revoke,
+  restore, exception, membership…) was written since, or a usage sync moved the ledger: then
+  the view is reloaded before answering. So a change from Slack, on any replica, reaches the
+  next check. A view is also reloaded when a calendar window it counted ends.
 - **What must not overshoot** — headroom held by checks in flight, and the usage the gateway
   itself settled — lives in `gateway_counters`, one row per limit owner (a user, or a team for
-  all its members). A check with `estimated_tokens` reserves with one conditional `UPDATE … SET
-  reserved = reserved + n WHERE reserved + settled + n <= cap` per owner: PostgreSQL re-checks
-  the `WHERE` after waiting on a concurrent update of the row, SQLite runs one writer at a time,
-  so concurrent checks in one process or on several replicas cannot pass the cap together.
+  all its members). A check with `estimated_tokens` locks its owners' rows in id order, adds to
+  `reserved_*` only if every owner stays under its caps, and inserts the reservation, in one
+  statement on PostgreSQL (`FOR UPDATE` sees the newest row after a wait) and under SQLite's
+  single write lock: concurrent checks in one process or on several replicas cannot pass a cap
+  together.
 
 A view remembers the owners' `settled_*` counters read in the *same snapshot* as its ledger
 sums (REPEATABLE READ on PostgreSQL). `/v1/usage` adds to the ledger and to `settled_*` in one
@@ -27,14 +29,13 @@ import logging
 import re
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import ColumnElement, delete, func, insert, select, text, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -44,7 +45,6 @@ from bot.db import Database
 from bot.errors import BadInput, NotFound
 from bot.gateway_json import CheckRequest, UsageRequest, Who
 from bot.models import (
-    AuditEvent,
     GatewayCounter,
     GatewayRequest,
     GatewayReservation,
@@ -55,13 +55,13 @@ from bot.models import (
     Profile,
     Revocation,
     Subject,
-    SyncCursor,
 )
 from bot.pricing import PriceTable
 from bot.quantities import Amount, Window, format_amount
-from bot.services import directory, ledger
-from bot.services.ledger import LedgerRow, floor_hour
+from bot.services import directory, quota_sql
+from bot.services.ledger import floor_hour
 from bot.services.logs_usage import session_user
+from bot.services.quota_sql import COLS, CheckSql, Stamp, stamp_now
 from bot.services.usage import limit_status
 
 log = logging.getLogger(__name__)
@@ -76,8 +76,7 @@ _IAM = re.compile(
     r"^arn:aws[a-z-]*:iam::(?P<account>\d{12}):(?P<kind>user|role)/(?:[^/]*/)*(?P<name>[^/]+)\Z")
 _SESSION = re.compile(
     r"^arn:aws[a-z-]*:sts::(?P<account>\d{12}):assumed-role/(?P<role>[^/]+)/(?P<session>[^/]+)\Z")
-_COUNTER_COLS = ("reserved_tokens", "reserved_requests", "reserved_cost", "settled_input",
-                 "settled_output", "settled_requests", "settled_cost")
+_COUNTER_COLS = COLS
 
 
 # ---- pure: counters, rules and decisions ----------------------------------------------------
@@ -179,6 +178,11 @@ def _amount(metric: str, n: int) -> str:
     return format_amount(Amount(n, metric == "cost_usd"))
 
 
+def _asks(ask: Ask) -> dict[str, int]:
+    """What the call adds per metric, and per counter (`tokens`, `requests`, `cost_usd`)."""
+    return {m: ask.of(m) for m in ("tokens", "input_tokens", "output_tokens", "requests", "cost_usd")}
+
+
 def breach_reason(s: LimitState, ask: Ask) -> str:
     r = s.rule
     head = f"{r.owner}'s {r.metric.replace('_', ' ')}/{r.window} limit of {_amount(r.metric, r.amount)}"
@@ -201,7 +205,7 @@ class View:
     snaps: Mapping[int, Counters]
     revoked: tuple[str, ...]
     meter_id: int | None
-    versions: tuple[int, int]  # (governance, ledger) generation it was loaded under
+    stamp: Stamp  # the audit head and ledger version it was loaded at (every check compares)
     valid_until: datetime
 
 
@@ -225,9 +229,9 @@ def ensure_counters(session: Session, owners: Iterable[int]) -> None:
         session.execute(stmt, [{"subject_id": o, **dict.fromkeys(_COUNTER_COLS, 0)} for o in ids])
 
 
-def load_view(session: Session, subject: Subject, now: datetime, tz: ZoneInfo, week_start: int,
-              versions: tuple[int, int]) -> View:
+def load_view(session: Session, subject: Subject, now: datetime, tz: ZoneInfo, week_start: int) -> View:
     """Everything `check` needs about `subject`, read in the caller's (one) snapshot."""
+    stamp = stamp_now(session)
     owners = [subject, *(directory.teams_of(session, subject) if subject.kind == "user" else [])]
     ids = [o.id for o in owners]
     limits = list(session.scalars(select(Limit).where(Limit.subject_id.in_(ids)).order_by(Limit.id)))
@@ -255,51 +259,10 @@ def load_view(session: Session, subject: Subject, now: datetime, tz: ZoneInfo, w
                                                      Meter.subject_id == subject.id).limit(1))
     snaps = _counters(session, sorted({r.owner_id for r in rules}))
     return View(subject.id, subject.name, tuple(ids), tuple(rules), snaps, revoked, meter_id,
-                versions, min(ends))
+                stamp, min(ends))
 
 
 # ---- reservations and settlement (one transaction each, in the caller's session) ------------
-
-
-class _Full(Exception):
-    """A conditional reservation update matched no row: some cap would be passed."""
-
-
-def _fits(cap: Mapping[str, int], ask: Ask) -> list[ColumnElement[bool]]:
-    c = GatewayCounter
-    exprs = {"tokens": c.reserved_tokens + c.settled_input + c.settled_output,
-             "input_tokens": c.reserved_tokens + c.settled_input,
-             "output_tokens": c.reserved_tokens + c.settled_output,
-             "requests": c.reserved_requests + c.settled_requests,
-             "cost_usd": c.reserved_cost + c.settled_cost}
-    return [exprs[m] + ask.of(m) <= limit for m, limit in sorted(cap.items())]
-
-
-def reserve(session: Session, subject_id: int, owner_caps: Mapping[int, Mapping[str, int]], ask: Ask,
-            now: datetime, hold: timedelta) -> tuple[str, dict[int, Counters]]:
-    """Add `ask` to every owner's `reserved_*` if it fits under its caps; raise _Full if not.
-
-    Owners are updated in id order, so two checks of one team never wait on each other in a
-    cycle. The caller rolls back on _Full (an owner updated before the full one is undone).
-    """
-    c = GatewayCounter
-    cols = [getattr(c, name) for name in _COUNTER_COLS]
-    after: dict[int, Counters] = {}
-    for owner in sorted(owner_caps):
-        stmt = (update(c).where(c.subject_id == owner, *_fits(owner_caps[owner], ask))
-                .values(reserved_tokens=c.reserved_tokens + ask.tokens,
-                        reserved_requests=c.reserved_requests + ask.requests,
-                        reserved_cost=c.reserved_cost + ask.cost)
-                .returning(*cols).execution_options(synchronize_session=False))
-        row = session.execute(stmt).first()
-        if row is None:
-            raise _Full(owner)
-        after[owner] = Counters(*row)
-    rid = uuid.uuid4().hex
-    session.execute(insert(GatewayReservation).values(
-        id=rid, subject_id=subject_id, owners=sorted(owner_caps), tokens=ask.tokens,
-        requests=ask.requests, cost=ask.cost, state="held", created_at=now, expires_at=now + hold))
-    return rid, after
 
 
 def _unreserve(session: Session, owners: Sequence[int], tokens: int, requests: int, cost: int) -> None:
@@ -308,24 +271,6 @@ def _unreserve(session: Session, owners: Sequence[int], tokens: int, requests: i
         session.execute(update(c).where(c.subject_id.in_(list(owners))).values(
             reserved_tokens=c.reserved_tokens - tokens, reserved_requests=c.reserved_requests - requests,
             reserved_cost=c.reserved_cost - cost).execution_options(synchronize_session=False))
-
-
-def release(session: Session, reservation: str, subject_id: int, state: str = "settled") -> str:
-    """Give a held reservation's headroom back. Returns `released`, `unknown`, or the state it
-    already had (`settled`, `expired`); another subject's reservation is refused."""
-    r = GatewayReservation
-    row = session.execute(update(r).where(r.id == reservation, r.subject_id == subject_id, r.state == "held")
-                          .values(state=state).returning(r.owners, r.tokens, r.requests, r.cost)
-                          .execution_options(synchronize_session=False)).first()
-    if row is not None:
-        _unreserve(session, row[0], row[1], row[2], row[3])
-        return "released"
-    other = session.execute(select(r.subject_id, r.state).where(r.id == reservation)).first()
-    if other is None:
-        return "unknown"
-    if other[0] != subject_id:
-        raise BadInput("that reservation belongs to another subject")
-    return str(other[1])
 
 
 def sweep(session: Session, now: datetime, batch: int = 500) -> int:
@@ -355,40 +300,34 @@ class Settled:
     reservation: str | None  # what became of it: released | settled | expired | unknown
 
 
-def settle(session: Session, clock: Clock, view: View, req: UsageRequest, cost: int,
-           through_aip: bool, priced: bool = True) -> Settled:
-    """Count one call once: the request id row, the reservation, the ledger, the counters.
-    A call to a model without a price is counted in tokens and flagged unpriced (never a
-    silent $0), as the other meters do."""
-    now = clock()
+def usage_row(view: View, req: UsageRequest, cost: int, through_aip: bool, priced: bool, meter: int | None,
+              now: datetime) -> quota_sql.Usage:
+    """What one /v1/usage writes (pure). A call to a model without a price is counted in tokens
+    and flagged unpriced (never a silent $0), as the other meters do."""
     counted = "profile" if through_aip else ("gateway" if req.tokens else "none")
-    g = GatewayRequest
-    ins = (_insert(session)(g).values(
-        request_id=req.request_id, subject_id=view.subject_id, reservation_id=req.reservation,
-        model=req.model, input_tokens=req.input_tokens, output_tokens=req.output_tokens,
-        cache_read_tokens=req.cache_read_tokens, cache_write_tokens=req.cache_write_tokens,
-        cost_micro_usd=cost, counted_by=counted, received_at=now)
-        .on_conflict_do_nothing().returning(g.request_id))
-    if session.execute(ins).first() is None:
-        return Settled(req.request_id, True, counted, None)
-    outcome = release(session, req.reservation, view.subject_id) if req.reservation else None
-    if counted == "gateway":
-        meter_id = view.meter_id or directory.ensure_meter(session, clock, METER_KIND, view.name,
-                                                           view.subject_id).id
-        unpriced = 0 if priced else (req.input_tokens + req.output_tokens + req.cache_read_tokens
-                                     + req.cache_write_tokens)
-        ledger.add(session, [LedgerRow(meter_id, floor_hour(now), req.input_tokens, req.output_tokens,
-                                       req.cache_read_tokens, req.cache_write_tokens, 1, cost,
-                                       unpriced, 0 if priced else 1)], now)
-        c = GatewayCounter
-        stmt = _insert(session)(c)
-        add = {"settled_input": req.input_tokens, "settled_output": req.output_tokens,
-               "settled_requests": 1, "settled_cost": cost}
-        stmt = stmt.on_conflict_do_update(index_elements=["subject_id"], set_={
-            k: getattr(c, k) + stmt.excluded[k] for k in add})
-        session.execute(stmt, [{"subject_id": o, **dict.fromkeys(_COUNTER_COLS, 0), **add}
-                               for o in sorted(view.owners)])
-    return Settled(req.request_id, False, counted, outcome)
+    tokens = req.input_tokens + req.output_tokens + req.cache_read_tokens + req.cache_write_tokens
+    mine = counted == "gateway"
+    return quota_sql.Usage(
+        req.request_id, view.subject_id, req.reservation, req.model or "", req.input_tokens,
+        req.output_tokens, req.cache_read_tokens, req.cache_write_tokens, cost, counted,
+        meter if mine else None, tuple(sorted(view.owners)) if mine else (),
+        0 if priced else tokens, 0 if priced else 1, now, floor_hour(now))
+
+
+def settled(u: quota_sql.Usage, done: quota_sql.Done) -> Settled:
+    """The answer to a /v1/usage from what its statement did; another subject's reservation is
+    refused (nothing was written)."""
+    if done.other is not None and done.other[0] != u.subject:
+        raise BadInput("that reservation belongs to another subject")
+    if not done.inserted:
+        return Settled(u.request_id, True, u.counted, None)
+    if u.reservation is None:
+        outcome = None
+    elif done.released:
+        outcome = "released"
+    else:
+        outcome = done.other[1] if done.other is not None else "unknown"
+    return Settled(u.request_id, False, u.counted, outcome)
 
 
 # ---- the book: views in memory, versions polled, decisions made -----------------------------
@@ -407,10 +346,12 @@ class Decision:
 @dataclass
 class BookStats:
     loads: int = 0
-    polls: int = 0
-    invalidations: int = 0
+    stale: int = 0  # checks that found their view stale (a governance or ledger change)
     swept: int = 0
     full_retries: int = 0
+
+
+STALE_RETRIES = 3  # reloads one check may do before it gives up (governance changing that fast)
 
 
 class QuotaBook:
@@ -418,49 +359,20 @@ class QuotaBook:
     run one each: what must be exact is in the database, see the module doc)."""
 
     def __init__(self, db: Database, clock: Clock, prices: PriceTable, tz: ZoneInfo, week_start: int,
-                 hold: timedelta = timedelta(minutes=10), refresh: float = 0.1,
+                 hold: timedelta = timedelta(minutes=10),
                  monotonic: Callable[[], float] = time.monotonic) -> None:
         self.db, self.clock, self.prices, self.tz, self.week_start = db, clock, prices, tz, week_start
-        self.hold, self.refresh, self.monotonic = hold, refresh, monotonic
+        self.hold, self.monotonic = hold, monotonic
+        self.sql = CheckSql(db)
         self.stats = BookStats()
         self._views: dict[int, View] = {}
-        self._names: dict[tuple[str, str], int] = {}  # (kind, key) → subject id, per governance gen
+        self._meters: dict[int, int] = {}  # subject id → gateway meter id, made since its view loaded
+        self._names: dict[tuple[str, str], int] = {}  # (kind, key) → subject id
         self._aips: frozenset[str] | None = None
         self._principals: dict[tuple[str, str, str], tuple[int, str]] | None = None
-        self._seen: tuple[Any, Any] | None = None
-        self._gen = [0, 0]
-        self._polled = float("-inf")
+        self._directory_at = -1  # the audit head the three directory caches above were built at
         self._swept = self.monotonic()
-        self._lock = threading.Lock()
         self._sweeping = threading.Lock()
-
-    # -- versions ----------------------------------------------------------------------------
-
-    def poll(self, force: bool = False) -> None:
-        """Read the two versions (one query) at most every `refresh` seconds; drop what moved."""
-        if not force and self.monotonic() - self._polled < self.refresh:
-            return
-        with self._lock:
-            if not force and self.monotonic() - self._polled < self.refresh:
-                return
-            started = self.monotonic()
-            with self.db.session_scope() as s:
-                seen = s.execute(select(select(func.max(AuditEvent.id)).scalar_subquery(),
-                                        select(func.max(SyncCursor.updated_at)).scalar_subquery())).one()
-            self.stats.polls += 1
-            if self._seen is None or seen[0] != self._seen[0]:
-                self._gen[0] += 1
-                self._names, self._aips, self._principals = {}, None, None
-            if self._seen is None or seen[1] != self._seen[1]:
-                self._gen[1] += 1
-            if self._seen is not None and tuple(seen) != self._seen:
-                self.stats.invalidations += 1
-            self._seen = (seen[0], seen[1])
-            self._polled = started
-
-    def _fresh(self, view: View | None) -> bool:
-        return (view is not None and view.versions == (self._gen[0], self._gen[1])
-                and self.clock() < view.valid_until)
 
     # -- who is asking -----------------------------------------------------------------------
 
@@ -511,15 +423,22 @@ class QuotaBook:
             return ("slack", who.slack_user_id)
         return ("arn", who.principal_arn or "")
 
-    def view(self, who: Who) -> View:
-        """The subject's view, from memory when nothing it depends on has moved."""
-        self.poll()
-        versions = (self._gen[0], self._gen[1])
-        sid = self._names.get(self._key(who))
+    def view(self, who: Who, stale: bool = False) -> View:
+        """The subject's view: from memory, or loaded when `stale` (a check found the database
+        moved past it), unknown, or past a window end. Whether a view from memory is still
+        fresh is asked by the check's own statement (`CheckSql`), never assumed."""
+        key = self._key(who)
+        if stale:
+            self._names.pop(key, None)
+        sid = self._names.get(key)
         cached = self._views.get(sid) if sid is not None else None
-        if cached is not None and self._fresh(cached):
+        if not stale and cached is not None and self.clock() < cached.valid_until:
             return cached
         with self.db.session_scope() as s:
+            head = stamp_now(s).gov
+            if head > self._directory_at:  # names, principals, AIPs may have moved: rebuild them
+                self._names, self._aips, self._principals = {}, None, None
+                self._directory_at, sid = head, None
             subject = self.resolve(s, who) if sid is None else s.get(Subject, sid)
             if subject is None:  # deleted since it was resolved
                 raise NotFound(f"unknown subject {str(who)[:120]!r}")
@@ -532,9 +451,9 @@ class QuotaBook:
             subject = s.get(Subject, subject.id)
             if subject is None:
                 raise NotFound(f"unknown subject {str(who)[:120]!r}")
-            view = load_view(s, subject, self.clock(), self.tz, self.week_start, versions)
+            view = load_view(s, subject, self.clock(), self.tz, self.week_start)
         self.stats.loads += 1
-        self._names[self._key(who)] = view.subject_id
+        self._names[key] = view.subject_id
         self._views[view.subject_id] = view
         return view
 
@@ -554,40 +473,44 @@ class QuotaBook:
         return Ask(tokens, cost)
 
     def check(self, req: CheckRequest) -> Decision:
+        """One statement per check when the view is in memory: its freshness and the owners'
+        counters (`CheckSql.read`), or those and the reservation (`CheckSql.reserve`)."""
         self._maybe_sweep()
         view = self.view(req.who)
-        now = self.clock()
         ask = self.ask_for(req.model, req.estimated_tokens)
-        owners = sorted({r.owner_id for r in view.rules})
-        if view.revoked:
-            return Decision(False, view.name, "; ".join(view.revoked), None,
-                            self._states(view, self._read(owners)))
-        owner_caps = caps(view.rules, view.snaps, now)
-        if not ask.tokens or not owner_caps:
-            states = self._states(view, self._read(owners))
-            return self._decide(view, states, ask, None)
-        for attempt in (1, 2):
-            try:
-                with self.db.session_scope() as s:
-                    if self.db.dialect == "postgresql":
-                        # A reservation is worth no fsync: one lost with the server's last
-                        # milliseconds gives back headroom only for calls already in flight.
-                        s.execute(text("SET LOCAL synchronous_commit TO OFF"))
-                    rid, after = reserve(s, view.subject_id, owner_caps, ask, now, self.hold)
-                    rest = [o for o in owners if o not in after]
-                    counters = {**_counters(s, rest), **after} if rest else after
-                return Decision(True, view.name, "within limits", rid, self._states(view, counters),
-                                now + self.hold)
-            except _Full:
-                if attempt == 1 and self._sweep_now():
-                    self.stats.full_retries += 1
-                    continue
-                break
-        states = self._states(view, self._read(owners))
-        decision = self._decide(view, states, ask, None)
-        if decision.allowed:  # the cap moved between the update and this read: say so plainly
-            return replace(decision, allowed=False, reason="limits are being used concurrently; retry")
-        return decision
+        swept, reloads = False, 0
+        while True:
+            now = self.clock()
+            owners = sorted({r.owner_id for r in view.rules})
+            owner_caps = {} if view.revoked or not ask.tokens else caps(view.rules, view.snaps, now)
+            if owner_caps:
+                out = self.sql.reserve(view.subject_id, owners, owner_caps, _asks(ask), now,
+                                       now + self.hold, view.stamp)
+            else:
+                out = self.sql.read(owners, view.stamp)
+            if out.stale:
+                self.stats.stale += 1
+                reloads += 1
+                if reloads > STALE_RETRIES:
+                    return Decision(False, view.name, "limits are changing right now; retry", None, ())
+                view = self.view(req.who, stale=True)
+                continue
+            counters = {o: Counters(*row) for o, row in out.counters.items()}
+            states = self._states(view, counters)
+            if view.revoked:
+                return Decision(False, view.name, "; ".join(view.revoked), None, states)
+            if not owner_caps:
+                return self._decide(view, states, ask, None)
+            if out.reservation is not None:
+                return Decision(True, view.name, "within limits", out.reservation, states, now + self.hold)
+            if not swept and self._sweep_now():  # expired reservations gave headroom back: once more
+                swept = True
+                self.stats.full_retries += 1
+                continue
+            decision = self._decide(view, states, ask, None)
+            if decision.allowed:  # it fits, yet nothing was reserved (a counter row went missing)
+                return replace(decision, allowed=False, reason="limits are being used concurrently; retry")
+            return decision
 
     def usage(self, req: UsageRequest) -> Settled:
         view = self.view(req.who)
@@ -595,16 +518,19 @@ class QuotaBook:
         cost = self.prices.cost_micro_usd(req.model, req.input_tokens, req.output_tokens,
                                           req.cache_read_tokens, req.cache_write_tokens) if req.model else 0
         priced = bool(req.model) and self.prices.known(req.model)
-        with self.db.session_scope() as s:
-            return settle(s, self.clock, view, req, cost, through_aip, priced)
+        meter = self._meter(view) if req.tokens and not through_aip else None
+        u = usage_row(view, req, cost, through_aip, priced, meter, self.clock())
+        return settled(u, quota_sql.settle(self.sql, u))
+
+    def _meter(self, view: View) -> int:
+        """The subject's gateway meter, made on its first counted call (then remembered)."""
+        known = view.meter_id or self._meters.get(view.subject_id)
+        if known is None:
+            known = quota_sql.ensure_meter(self.sql, METER_KIND, view.name, view.subject_id, self.clock())
+            self._meters[view.subject_id] = known
+        return known
 
     # -- helpers -----------------------------------------------------------------------------
-
-    def _read(self, owners: Sequence[int]) -> dict[int, Counters]:
-        if not owners:
-            return {}
-        with self.db.session_scope() as s:
-            return _counters(s, owners)
 
     def _states(self, view: View, counters: Mapping[int, Counters]) -> tuple[LimitState, ...]:
         return tuple(limit_state(r, view.snaps.get(r.owner_id, Counters()),

@@ -166,7 +166,7 @@ def world(db: Database, tmp_path: Path) -> Iterator[World]:
         bot_env = {**base, "DATABASE_URL": db.url, "SLACK_BOT_TOKEN": "xoxb-e2e",
                    "SLACK_SIGNING_SECRET": SECRET, "SLACK_API_URL": slack.url, "BOT_ADMINS": ADMIN,
                    "BOT_ALERT_CHANNEL": ALERTS, "BOT_TIMEZONE": "UTC", "BOT_PROFILES_BACKEND": "local",
-                   "BOT_DRY_RUN": "1", "BOT_GATEWAY_TOKENS": TOKEN, "BOT_GATEWAY_REFRESH_MS": "0",
+                   "BOT_DRY_RUN": "1", "BOT_GATEWAY_TOKENS": TOKEN,
                    "AWS_REGION": "us-east-1", "AWS_ACCESS_KEY_ID": "testing",
                    "AWS_SECRET_ACCESS_KEY": "testing", "AWS_CONFIG_FILE": "/dev/null",
                    "AWS_SHARED_CREDENTIALS_FILE": "/dev/null"}
