@@ -32,6 +32,7 @@ from sqlalchemy import Connection, Engine, bindparam, text
 
 from bot.db import Database
 from bot.models import UTCDateTime
+from bot.services.ledger import floor_day
 
 COLS = ("reserved_tokens", "reserved_requests", "reserved_cost", "settled_input", "settled_output",
         "settled_requests", "settled_cost")
@@ -229,6 +230,16 @@ INSERT INTO usage (meter_id, hour, {", ".join(_LEDGER_COLS)}, updated_at)
 ON CONFLICT (meter_id, hour) DO UPDATE SET
   {", ".join(f"{c} = usage.{c} + excluded.{c}" for c in _LEDGER_COLS)}, updated_at = excluded.updated_at
 """
+# The UTC-day rollup takes the same increment (bot/services/ledger.py keeps the two equal; this
+# statement is the gateway's one-round-trip form of `ledger.add`).
+_DAY_UPSERT = f"""
+INSERT INTO usage_daily (meter_id, day, {", ".join(_LEDGER_COLS)})
+{{source}}
+ON CONFLICT (meter_id, day) DO UPDATE SET
+  {", ".join(f"{c} = usage_daily.{c} + excluded.{c}" for c in _LEDGER_COLS)}
+"""
+_DAY_VALUES = ("CAST(:meter AS bigint), :day, :input_tokens, :output_tokens, :cache_read_tokens, "
+               ":cache_write_tokens, :requests, :cost_micro_usd, :unpriced_tokens, :unpriced_requests")
 _LEDGER_VALUES = ("CAST(:meter AS bigint), :hour, :input_tokens, :output_tokens, :cache_read_tokens, "
                   ":cache_write_tokens, :requests, :cost_micro_usd, :unpriced_tokens, :unpriced_requests, "
                   ":now")
@@ -282,12 +293,16 @@ cnt AS (
 ),
 led AS (
   {_LEDGER_UPSERT.format(source=f"SELECT {_LEDGER_VALUES} FROM req WHERE CAST(:meter AS bigint) IS NOT NULL")}
+),
+led_day AS (
+  {_DAY_UPSERT.format(source=f"SELECT {_DAY_VALUES} FROM req WHERE CAST(:meter AS bigint) IS NOT NULL")}
 )
 SELECT (SELECT count(*) FROM req), (SELECT count(*) FROM rel), (SELECT subject_id FROM other),
        (SELECT state FROM other)
 """
 _SETTLE_PG_TEXT = text(_SETTLE_PG).bindparams(bindparam("now", type_=UTCDateTime()),
-                                              bindparam("hour", type_=UTCDateTime()))
+                                              bindparam("hour", type_=UTCDateTime()),
+                                              bindparam("day", type_=UTCDateTime()))
 _OTHER_SQLITE = text("SELECT subject_id, state FROM gateway_reservations WHERE id = :reservation")
 _REQUEST_SQLITE = text(f"{_REQUEST_INSERT} VALUES ({_REQUEST_VALUES}) ON CONFLICT DO NOTHING "
                        "RETURNING request_id").bindparams(bindparam("now", type_=UTCDateTime()))
@@ -300,6 +315,8 @@ WHERE subject_id = :owner
 """)
 _LEDGER_SQLITE = text(_LEDGER_UPSERT.format(source=f"SELECT {_LEDGER_VALUES} WHERE true")).bindparams(
     bindparam("now", type_=UTCDateTime()), bindparam("hour", type_=UTCDateTime()))
+_DAY_SQLITE = text(_DAY_UPSERT.format(source=f"SELECT {_DAY_VALUES} WHERE true")).bindparams(
+    bindparam("day", type_=UTCDateTime()))
 
 
 _METER = text("INSERT INTO meters (kind, key, subject_id, created_at) VALUES (:kind, :key, :subject, :now) "
@@ -347,7 +364,8 @@ class Done:
 def settle(sql: CheckSql, u: Usage) -> Done:
     """PostgreSQL: one statement (autocommit, durable). SQLite: one short transaction. A
     reservation of another subject changes nothing (the caller answers 400)."""
-    params = {**u.__dict__, "settle_owners": list(u.settle_owners), "requests": 1 if u.meter else 0}
+    params = {**u.__dict__, "settle_owners": list(u.settle_owners), "requests": 1 if u.meter else 0,
+              "day": floor_day(u.hour)}
     if sql.dialect == "postgresql":
         with sql.engine.connect() as conn:
             row = conn.execute(_SETTLE_PG_TEXT, params).one()
@@ -367,6 +385,7 @@ def settle(sql: CheckSql, u: Usage) -> Done:
             conn.execute(_COUNTERS_SQLITE, per)
         if u.meter is not None:
             conn.execute(_LEDGER_SQLITE, params)
+            conn.execute(_DAY_SQLITE, params)
         return Done(True, held is not None, other)
 
 

@@ -35,6 +35,7 @@ from handlers.gateway import Gateway
 from handlers.http import WsgiApp
 from tests.fakes.services import make_services
 from tests.harness import make_settings
+from tests.rollup_check import assert_rollup_matches
 
 TOKEN = "gw-test-token-0123456789"
 OTHER = "gw-other-token-9876543210"
@@ -246,6 +247,7 @@ def test_usage_is_idempotent_on_request_id(api: Api) -> None:
         assert status == 202 and out["duplicate"] is True
     assert ledger_total(api.db) == 1100
     with api.db.session_scope() as s:
+        assert_rollup_matches(s)  # the one-statement settle adds to the day rollup too, once
         c = s.get(GatewayCounter, directory.get(s, SubjectRef(name="alice")).id)
         assert c is not None and (c.settled_input, c.settled_output, c.settled_requests) == (1000, 100, 1)
 

@@ -17,7 +17,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import create_engine, delete, insert, inspect, select, text
-from sqlalchemy.orm import Session
 
 from bot.clock import FixedClock
 from bot.db import Database
@@ -27,6 +26,7 @@ from bot.services import directory, ledger
 from bot.services.directory import Actor, SubjectRef
 from bot.services.ledger import LedgerRow, floor_day
 from tests.conftest import _pg_reachable, drop_pg_schema, new_pg_schema_url
+from tests.rollup_check import hourly_by_day, rollup
 
 H = timedelta(hours=1)
 BASE = datetime(2026, 11, 22, 18, tzinfo=UTC)  # the random hours span four UTC days from here
@@ -61,23 +61,6 @@ def meters(db: Database) -> tuple[list[int], list[int]]:
 
 def _row(meter_ids: list[int], m: int, h: int, v: tuple[int, ...]) -> LedgerRow:
     return LedgerRow(meter_ids[m], BASE + h * H, *v)
-
-
-def _hourly_by_day(s: Session) -> dict[tuple[int, datetime], tuple[int, ...]]:
-    out: dict[tuple[int, datetime], list[int]] = {}
-    for meter_id, hour, *v in s.execute(select(Usage.meter_id, Usage.hour,
-                                               *(getattr(Usage, c) for c in VALUE_COLS))).tuples():
-        acc = out.setdefault((meter_id, floor_day(hour)), [0] * len(VALUE_COLS))
-        for i, x in enumerate(v):
-            acc[i] += x
-    return {k: tuple(v) for k, v in out.items() if any(v)}
-
-
-def _rollup(s: Session) -> dict[tuple[int, datetime], tuple[int, ...]]:
-    q = select(UsageDay.meter_id, UsageDay.day, *(getattr(UsageDay, c) for c in VALUE_COLS))
-    got = {(m, d): tuple(v) for m, d, *v in s.execute(q).tuples()}
-    assert all(d == floor_day(d) for _m, d in got), "a day key that is not 00:00 UTC"
-    return {k: v for k, v in got.items() if any(v)}
 
 
 def _merged(rs: list[LedgerRow]) -> list[LedgerRow]:
@@ -115,7 +98,7 @@ def test_rollup_equals_the_hourly_sum_after_any_writes(db: Database, meters: tup
                 chosen = select(Meter.id).where(Meter.id.in_([meter_ids[i] for i in which]))
                 ledger.delete_hours(s, chosen, BASE + start * H, BASE + (start + length) * H)
     with db.session_scope() as s:
-        assert _rollup(s) == _hourly_by_day(s)
+        assert rollup(s) == hourly_by_day(s)
         for a, b, which in sums:  # windows at any minute, before, inside and past the rows
             start, end = BASE + timedelta(minutes=a), BASE + timedelta(minutes=b)
             ids = [subjects[i] for i in which]
@@ -214,7 +197,7 @@ def test_concurrent_writers_of_one_hour_keep_the_day_exact(db: Database, meters:
         stored = s.execute(select(Usage.input_tokens, Usage.requests)
                            .where(Usage.meter_id == m, Usage.hour == hour)).one()
         assert tuple(stored) == expected
-        assert _rollup(s) == _hourly_by_day(s)
+        assert rollup(s) == hourly_by_day(s)
 
 
 # ---------------------------------------------------------------- migration 0013's backfill
@@ -256,14 +239,14 @@ def test_0013_backfills_the_rollup_with_the_hourly_sum(empty_url: str) -> None:
         db = Database(empty_url)
         try:
             with db.session_scope() as s:
-                hourly = _hourly_by_day(s)
+                hourly = hourly_by_day(s)
                 assert len(hourly) > 6
-                assert _rollup(s) == hourly
+                assert rollup(s) == hourly
             with db.session_scope() as s:  # a later write lands on the backfilled day row
                 m, h = hours[0]
                 ledger.add(s, [LedgerRow(m, h, input_tokens=1)], FixedClock(NOW)())
             with db.session_scope() as s:
-                assert _rollup(s) == _hourly_by_day(s)
+                assert rollup(s) == hourly_by_day(s)
                 days = s.execute(select(UsageDay.day).where(UsageDay.meter_id == m)).scalars().all()
                 assert len(days) == len(set(days))
         finally:
