@@ -25,9 +25,9 @@ PostgreSQL through the (meter, hour) key when they are few (`PROBE_SHARE`). Pyth
 folds ~10^5 small rows (per subject and local day, and per interval for limited subjects);
 the hourly ledger never leaves the database, and there is no query per subject.
 
-Limits are evaluated in bulk from the same rows, with exactly `usage.limit_status`'s window
-and bucket rules (the integration tests check the two agree); `limit_status` itself would
-be one query per limit.
+Limits are evaluated in bulk from the same rows, with exactly `limit_usage.limit_status`'s
+window and bucket rules (`limit_usage.limit_window`; the integration tests check the two
+agree); `limit_status` itself would be one query per limit.
 
 Cache-read/-write token counts are not summed (the digest shows none; their cost is in
 `cost_micro_usd`): in the `Totals` here they are always 0.
@@ -69,9 +69,10 @@ from bot.services import billing, unpriced
 from bot.services import raises as raise_service
 from bot.services.billing import DayBill
 from bot.services.ledger import ALL_INPUT_SQL, HOUR, Totals
+from bot.services.limit_usage import LimitStatus, limit_window
 from bot.services.raises import RaiseView
 from bot.services.unpriced import UnpricedSummary
-from bot.services.usage import LimitStatus, _forecast
+from bot.services.usage import _forecast
 
 WATCH_PERCENT = 80  # "who is above 80% of a limit" (design §5), whatever a limit's own warn levels
 CHART_STACKS = 5
@@ -414,13 +415,6 @@ class _SubjectRow:
     slack_user_id: str | None
 
 
-def _limit_window(window: str, now: datetime, tz: tzinfo, week_start: int
-                  ) -> tuple[datetime, datetime, datetime]:
-    """(start, end, end of the summed buckets) exactly as `usage.limit_status` sums them."""
-    start, end = window_bounds(Window(window), now, tz, week_start)
-    return start, end, end if end > now else now + HOUR
-
-
 def build_digest(session: Session, now: datetime, tz: tzinfo, week_start: int, top_n: int = 10,
                  chart_days: int = 14, bill_divergence_pct: float = 10.0) -> DigestData:
     """Everything the daily digest shows, for the local day before `now` in `tz`."""
@@ -441,7 +435,7 @@ def build_digest(session: Session, now: datetime, tz: tzinfo, week_start: int, t
 
     limits = list(session.execute(select(Limit.id, Limit.subject_id, Limit.metric, Limit.amount,
                                          Limit.window, Limit.action, Limit.warn)))
-    windows = {w: _limit_window(w, now, tz, week_start) for w in {lim.window for lim in limits}}
+    windows = {w: limit_window(w, now, tz, week_start) for w in {lim.window for lim in limits}}
     limited = {sid for lim in limits for sid in covered(lim.subject_id)}
     bounds = sorted({*starts, *(b for s, _e, q in windows.values() for b in (s, q))})
     owner: dict[int, int | None] = dict(conn.execute(select(Meter.id, Meter.subject_id)).tuples().all())

@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import ColumnElement, Subquery, func, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -123,11 +124,28 @@ def totals(session: Session, subject_ids: Iterable[int], start: datetime,
     ids = list(subject_ids)
     if not ids:
         return Totals()
-    cols = [func.coalesce(func.sum(getattr(Usage, c)), 0) for c in _VALUE_COLS]
-    q = (select(*cols).join(Meter, Meter.id == Usage.meter_id)
+    q = (select(*_sums()).join(Meter, Meter.id == Usage.meter_id)
          .where(Meter.subject_id.in_(ids), Usage.hour >= start, Usage.hour < end))
     row = session.execute(q).one()
     return Totals(*(int(v) for v in row))
+
+
+def totals_by_group(session: Session, groups: Subquery, start: datetime,
+                    end: datetime) -> dict[int, Totals]:
+    """`totals` for many groups of subjects in one grouped statement: `groups` has columns
+    `group_id` and `subject_id`, one row per (group, subject), no pair twice; a group sums
+    every meter of its subjects over the hour buckets that start in [start, end). Groups
+    with no usage there are absent (their totals are `Totals()`)."""
+    q = (select(groups.c.group_id, *_sums()).select_from(groups)
+         .join(Meter, Meter.subject_id == groups.c.subject_id)
+         .join(Usage, Usage.meter_id == Meter.id)
+         .where(Usage.hour >= start, Usage.hour < end)
+         .group_by(groups.c.group_id))
+    return {int(gid): Totals(*(int(v) for v in sums)) for gid, *sums in session.execute(q)}
+
+
+def _sums() -> list[ColumnElement[Any]]:
+    return [func.coalesce(func.sum(getattr(Usage, c)), 0) for c in _VALUE_COLS]
 
 
 def daily_series(session: Session, subject_ids: Iterable[int], start: datetime,

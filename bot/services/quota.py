@@ -61,8 +61,8 @@ from bot.pricing import PriceTable
 from bot.quantities import Amount, Window, format_amount
 from bot.services import directory, ledger
 from bot.services.ledger import LedgerRow, floor_hour
+from bot.services.limit_usage import limit_status
 from bot.services.logs_usage import session_user
-from bot.services.usage import limit_status
 
 log = logging.getLogger(__name__)
 
