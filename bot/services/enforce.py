@@ -15,9 +15,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import cache
+from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import select
+from sqlalchemy import delete, insert, select
 from sqlalchemy.orm import Session
 
 from bot.clock import Clock
@@ -104,8 +105,8 @@ def evaluate(session: Session, clock: Clock, tz: ZoneInfo, week_start: int) -> E
     Reads in bulk, not per limit: every limit's usage (`limit_statuses`: one grouped ledger
     statement per window), then the alert marks of the current windows, the exceptions in
     force and the active limit revocations, one statement each. Per limit, only what crosses
-    something costs more: the Slack ids of a team's members for a new warning, an INSERT for
-    a new mark (flushed together at the end), a DELETE for a re-armed one."""
+    something costs more: the Slack ids of a team's members for a new warning. New marks are
+    written in one INSERT at the end, re-armed ones in one DELETE."""
     ev = Evaluation()
     now = clock()
     limits = session.execute(select(Limit, Subject).join(Subject, Subject.id == Limit.subject_id)
@@ -117,28 +118,41 @@ def evaluate(session: Session, clock: Clock, tz: ZoneInfo, week_start: int) -> E
     for limit, subject in limits:
         ev.checked += 1
         _check(session, clock, limit, subject, statuses[limit.id], known, ev)
-    session.flush()
+    known.write(session)
     return ev
 
 
 @dataclass
 class _Known:
-    """What `evaluate` reads once for all limits rather than once per limit."""
+    """What `evaluate` reads once for all limits rather than once per limit, and the marks it
+    writes at the end (one INSERT, one DELETE)."""
 
-    marks: dict[tuple[int, datetime, int], AlertMark]  # (limit, window key, threshold)
+    marks: dict[tuple[int, datetime, int], datetime]  # (limit, window key, threshold) → marked at
+    ids: dict[tuple[int, datetime, int], int]  # of the marks already stored
     suspended: set[int]  # limits with an exception in force
     revoked: set[int]  # limits with an active revocation (LIMIT_REASONS)
+    new: list[dict[str, Any]] = field(default_factory=list)  # marks to insert
+    rearmed: list[int] = field(default_factory=list)  # ids of marks to delete
 
     @classmethod
     def load(cls, session: Session, statuses: dict[int, LimitStatus], now: datetime,
              revs: Sequence[Revocation]) -> _Known:
         """`revs`: the active limit revocations."""
         keys = {ROLLING_KEY, *(s.window_start for s in statuses.values() if not Window(s.window).rolling)}
-        marks = session.scalars(select(AlertMark).where(AlertMark.window_start.in_(sorted(keys))))
+        rows = session.execute(select(AlertMark.limit_id, AlertMark.window_start, AlertMark.threshold,
+                                      AlertMark.id, AlertMark.created_at)
+                               .where(AlertMark.window_start.in_(sorted(keys)))).tuples().all()
         excepted = select(LimitException.limit_id).where(LimitException.expires_at > now)
-        return cls({(m.limit_id, m.window_start, m.threshold): m for m in marks},
+        return cls({(lid, key, t): at for lid, key, t, _, at in rows},
+                   {(lid, key, t): mid for lid, key, t, mid, _ in rows},
                    set(session.scalars(excepted)),
                    {rev.limit_id for rev in revs if rev.limit_id is not None})
+
+    def write(self, session: Session) -> None:
+        if self.new:
+            session.execute(insert(AlertMark), self.new)
+        if self.rearmed:
+            session.execute(delete(AlertMark).where(AlertMark.id.in_(self.rearmed)))
 
 
 def _check(session: Session, clock: Clock, limit: Limit, subject: Subject, status: LimitStatus,
@@ -152,26 +166,26 @@ def _check(session: Session, clock: Clock, limit: Limit, subject: Subject, statu
 
     # Every crossed threshold is marked, but only the highest new one is announced: a jump
     # from 10% to 300% says "revoked" once, not "80%", "90%" and "revoked".
-    crossed = [t for t in sorted(limit.warn) if pct >= t and _mark(session, clock, known, limit.id, key, t)]
+    crossed = [t for t in sorted(limit.warn) if pct >= t and _mark(clock, known, limit.id, key, t)]
     if crossed and (pct < 100 or limit.action == "notify"):
         ev.warnings.append(Warning(status, crossed[-1], directory.info(subject), users()))
     if pct < 100:
         if key == ROLLING_KEY:
-            _rearm(session, known, limit.id, pct)
+            _rearm(known, limit.id, pct)
         return
     if limit.action == "notify" or limit.id in known.suspended:
         if limit.action != "notify":
             ev.suspended.append(status)
-        if _mark(session, clock, known, limit.id, key, 100) and limit.action == "notify":
+        if _mark(clock, known, limit.id, key, 100) and limit.action == "notify":
             ev.warnings[-1:] = [w for w in ev.warnings[-1:] if w.status.limit_id != limit.id]
             ev.warnings.append(Warning(status, 100, directory.info(subject), users()))
         return
     if limit.id not in known.revoked:
-        fresh = _mark(session, clock, known, limit.id, key, 100)
+        fresh = _mark(clock, known, limit.id, key, 100)
         if limit.grace_seconds:
             # The 100% mark's time is when the breach began: revoke once the grace is over.
             grace = timedelta(seconds=limit.grace_seconds)
-            ends = known.marks[(limit.id, key, 100)].created_at + grace
+            ends = known.marks[(limit.id, key, 100)] + grace
             if clock() < ends:
                 if fresh:
                     ev.graces.append(GraceNotice(status, ends, grace, directory.info(subject), users()))
@@ -195,20 +209,20 @@ def _breach_note(s: LimitStatus) -> str:
     return f"{s.metric}/{s.window} limit reached: {s.used} of {s.amount}"
 
 
-def _mark(session: Session, clock: Clock, known: _Known, limit_id: int, key: datetime,
-          threshold: int) -> bool:
+def _mark(clock: Clock, known: _Known, limit_id: int, key: datetime, threshold: int) -> bool:
     """Record that a threshold fired; False when it already had (in this window)."""
     if (limit_id, key, threshold) in known.marks:
         return False
-    mark = AlertMark(limit_id=limit_id, window_start=key, threshold=threshold, created_at=clock())
-    session.add(mark)
-    known.marks[(limit_id, key, threshold)] = mark
+    at = known.marks[(limit_id, key, threshold)] = clock()
+    known.new.append({"limit_id": limit_id, "window_start": key, "threshold": threshold, "created_at": at})
     return True
 
 
-def _rearm(session: Session, known: _Known, limit_id: int, pct: float) -> None:
-    for k in [k for k in known.marks if k[0] == limit_id and k[1] == ROLLING_KEY and pct < k[2]]:
-        session.delete(known.marks.pop(k))
+def _rearm(known: _Known, limit_id: int, pct: float) -> None:
+    """Forget the rolling window's marks above `pct`: they fire again when crossed again."""
+    for k in [k for k in known.ids if k[0] == limit_id and k[1] == ROLLING_KEY and pct < k[2]]:
+        known.rearmed.append(known.ids.pop(k))
+        del known.marks[k]
 
 
 def suspended(session: Session, limit_id: int, now: datetime) -> bool:
