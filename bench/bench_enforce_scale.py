@@ -44,10 +44,20 @@ from zoneinfo import ZoneInfo
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sqlalchemy import event, select
+from sqlalchemy import event, select, text
 from sqlalchemy.orm import Session
 
-from bench.common import BenchDb, databases, git_revision, load_average, machine, seed, table, verdict
+from bench.common import (
+    BenchDb,
+    cpu_seconds,
+    databases,
+    git_revision,
+    load_average,
+    machine,
+    seed,
+    table,
+    verdict,
+)
 from bot.clock import FixedClock
 from bot.db import Database
 from bot.models import Limit, Subject
@@ -65,6 +75,7 @@ class Figure:
     db: str
     what: str
     seconds: list[float]
+    cpu: list[float]
     statements: int
     detail: str
     target: bool  # held to TARGET_S
@@ -102,21 +113,28 @@ def batch(session: Session, now: datetime) -> dict[int, LimitStatus]:
     return limit_statuses(session, _pairs(session), now, TZ, WEEK_START)
 
 
-def timed(db: Database, runs: int, fn: Callable[[Session], Any]) -> tuple[list[float], int, Any]:
-    """`fn` in a fresh session per run, rolled back after: (seconds per run, statements, last result)."""
-    seconds, statements, result = [], 0, None
+def timed(db: Database, runs: int, fn: Callable[[Session], Any]
+          ) -> tuple[list[float], list[float], int, Any]:
+    """`fn` in a fresh session per run, rolled back after: (wall seconds per run, CPU seconds
+    per run, statements, last result). CPU = this process's, plus on PostgreSQL the backend
+    serving the session (same host): the work itself, whatever else runs on the machine."""
+    seconds, cpu, statements, result = [], [], 0, None
     for _ in range(runs):
         session = db.factory()
         try:
+            backend = session.execute(text("SELECT pg_backend_pid()")).scalar_one() \
+                if db.dialect == "postgresql" else None
             with counting(db) as n:
+                cpu0 = time.process_time() + (cpu_seconds(backend) if backend else 0.0)
                 began = time.perf_counter()
                 result = fn(session)
                 seconds.append(time.perf_counter() - began)
+                cpu.append(time.process_time() + (cpu_seconds(backend) if backend else 0.0) - cpu0)
             statements = n[0]
         finally:
             session.rollback()
             session.close()
-    return seconds, statements, result
+    return seconds, cpu, statements, result
 
 
 def _evaluation(ev: enforce.Evaluation) -> str:
@@ -132,24 +150,25 @@ def run_db(bench: BenchDb, args: argparse.Namespace) -> list[Figure]:
     clock = FixedClock(now)
     out: list[Figure] = []
     try:
-        secs, n, old = timed(db, args.runs, lambda s: baseline(s, now))
-        out.append(Figure(bench.name, "baseline: limit_status per limit", secs, n,
+        secs, cpu, n, old = timed(db, args.runs, lambda s: baseline(s, now))
+        out.append(Figure(bench.name, "baseline: limit_status per limit", secs, cpu, n,
                           f"{len(old):,} statuses", False))
-        secs, n, new = timed(db, args.runs, lambda s: batch(s, now))
+        secs, cpu, n, new = timed(db, args.runs, lambda s: batch(s, now))
         assert new == old, "limit_statuses disagrees with limit_status"
         over = sum(s.percent >= 100 for s in new.values())
-        out.append(Figure(bench.name, "limit_statuses (bulk)", secs, n,
+        out.append(Figure(bench.name, "limit_statuses (bulk)", secs, cpu, n,
                           f"equal to the baseline; {over:,} at ≥ 100%", False))
         evaluate = lambda s: enforce.evaluate(s, clock, TZ, WEEK_START)  # noqa: E731
-        secs, n, ev = timed(db, args.runs, evaluate)
-        out.append(Figure(bench.name, "evaluate, first run", secs, n, _evaluation(ev), True))
+        secs, cpu, n, ev = timed(db, args.runs, evaluate)
+        out.append(Figure(bench.name, "evaluate, first run", secs, cpu, n, _evaluation(ev), True))
         with db.session_scope() as session:  # a previous run's marks, committed
             enforce.evaluate(session, clock, TZ, WEEK_START)
         clock.advance(minutes=1)
-        secs, n, ev = timed(db, args.runs, evaluate)
-        out.append(Figure(bench.name, "evaluate, steady state", secs, n, _evaluation(ev), True))
+        secs, cpu, n, ev = timed(db, args.runs, evaluate)
+        out.append(Figure(bench.name, "evaluate, steady state", secs, cpu, n, _evaluation(ev), True))
         for f in out:
-            print(f"  {f.what}: {f.median:.3f} s, {f.statements:,} statements", file=sys.stderr)
+            print(f"  {f.what}: {f.median:.3f} s (CPU {statistics.median(f.cpu):.3f} s), "
+                  f"{f.statements:,} statements", file=sys.stderr)
     finally:
         db.dispose()
     return out
@@ -163,10 +182,13 @@ def report(figures: list[Figure]) -> bool:
         meets = f.median < TARGET_S
         ok = ok and (meets or not f.target)
         rows.append((f.db, f.what, f"{f.median:.3f} s ({max(f.seconds):.3f})",
+                     f"{statistics.median(f.cpu):.3f} s",
                      f"< {TARGET_S} s" if f.target else "—", verdict(meets) if f.target else "—",
                      f"{base.median / f.median:.1f}x" if f is not base else "1x",
                      f"{f.statements:,}", f.detail))
-    print(table(("database", "what", "seconds median (max)", "target", "result", "vs baseline",
+    print("CPU = CPU seconds of the bot process and, on PostgreSQL, of its backend (median): the work\n"
+          "itself, which wall time exceeds when other processes share the cores.")
+    print(table(("database", "what", "seconds median (max)", "CPU s", "target", "result", "vs baseline",
                  "statements", "outcome"), rows))
     return ok
 
@@ -186,8 +208,8 @@ def main() -> int:
     if args.subjects < 20 or args.days < 1 or args.runs < 1 or not 1 <= args.hours_per_day <= 24:
         p.error("--subjects ≥ 20, --days ≥ 1, --runs ≥ 1, --hours-per-day 1..24")
     print(f"# bench_enforce_scale — {git_revision()}\n{machine()}")
-    print(f"{args.subjects:,} subjects, {args.subjects // 5:,} limits, {args.days} days × 24 h of ledger; "
-          f"BOT_TIMEZONE {TZ.key}; median (max) of {args.runs} run(s)\n")
+    print(f"{args.subjects:,} subjects, {args.subjects // 5:,} limits, {args.days} days × "
+          f"{args.hours_per_day} h of ledger; BOT_TIMEZONE {TZ.key}; median (max) of {args.runs} run(s)\n")
     figures: list[Figure] = []
     with tempfile.TemporaryDirectory() as work:
         for ctx in databases(args.db, work, "bench_enforce"):
