@@ -11,6 +11,7 @@ does nothing again:
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -128,7 +129,7 @@ class _Known:
     writes at the end (one INSERT, one DELETE)."""
 
     marks: dict[tuple[int, datetime, int], datetime]  # (limit, window key, threshold) → marked at
-    ids: dict[tuple[int, datetime, int], int]  # of the marks already stored
+    ids: dict[int, dict[tuple[datetime, int], int]]  # limit → (key, threshold) → id of a stored mark
     suspended: set[int]  # limits with an exception in force
     revoked: set[int]  # limits with an active revocation (LIMIT_REASONS)
     new: list[dict[str, Any]] = field(default_factory=list)  # marks to insert
@@ -143,8 +144,10 @@ class _Known:
                                       AlertMark.id, AlertMark.created_at)
                                .where(AlertMark.window_start.in_(sorted(keys)))).tuples().all()
         excepted = select(LimitException.limit_id).where(LimitException.expires_at > now)
-        return cls({(lid, key, t): at for lid, key, t, _, at in rows},
-                   {(lid, key, t): mid for lid, key, t, mid, _ in rows},
+        ids: dict[int, dict[tuple[datetime, int], int]] = defaultdict(dict)
+        for lid, key, t, mid, _ in rows:
+            ids[lid][(key, t)] = mid
+        return cls({(lid, key, t): at for lid, key, t, _, at in rows}, ids,
                    set(session.scalars(excepted)),
                    {rev.limit_id for rev in revs if rev.limit_id is not None})
 
@@ -220,9 +223,10 @@ def _mark(clock: Clock, known: _Known, limit_id: int, key: datetime, threshold: 
 
 def _rearm(known: _Known, limit_id: int, pct: float) -> None:
     """Forget the rolling window's marks above `pct`: they fire again when crossed again."""
-    for k in [k for k in known.ids if k[0] == limit_id and k[1] == ROLLING_KEY and pct < k[2]]:
-        known.rearmed.append(known.ids.pop(k))
-        del known.marks[k]
+    stored = known.ids.get(limit_id, {})
+    for key, threshold in [k for k in stored if k[0] == ROLLING_KEY and pct < k[1]]:
+        known.rearmed.append(stored.pop((key, threshold)))
+        del known.marks[(limit_id, key, threshold)]
 
 
 def suspended(session: Session, limit_id: int, now: datetime) -> bool:

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, Subquery, func, select
+from sqlalchemy import Subquery, func, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -18,6 +18,11 @@ HOUR = timedelta(hours=1)
 # The same definitions as `Totals`, for sums done in SQL: the one place `tokens` is defined.
 ALL_INPUT_SQL = Usage.input_tokens + Usage.cache_read_tokens + Usage.cache_write_tokens
 TOKENS_SQL = ALL_INPUT_SQL + Usage.output_tokens
+# `Totals.metric` in SQL, and the unpriced tokens (tests/integration/test_limit_usage.py checks
+# that the two agree).
+METRIC_SQL: dict[str, Any] = {
+    "tokens": TOKENS_SQL, "input_tokens": ALL_INPUT_SQL, "output_tokens": Usage.output_tokens,
+    "requests": Usage.requests, "cost_usd": Usage.cost_micro_usd, "unpriced_tokens": Usage.unpriced_tokens}
 _VALUE_COLS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens",
                "requests", "cost_micro_usd", "unpriced_tokens", "unpriced_requests")
 
@@ -124,28 +129,29 @@ def totals(session: Session, subject_ids: Iterable[int], start: datetime,
     ids = list(subject_ids)
     if not ids:
         return Totals()
-    q = (select(*_sums()).join(Meter, Meter.id == Usage.meter_id)
+    cols = [func.coalesce(func.sum(getattr(Usage, c)), 0) for c in _VALUE_COLS]
+    q = (select(*cols).join(Meter, Meter.id == Usage.meter_id)
          .where(Meter.subject_id.in_(ids), Usage.hour >= start, Usage.hour < end))
     row = session.execute(q).one()
     return Totals(*(int(v) for v in row))
 
 
-def totals_by_group(session: Session, groups: Subquery, start: datetime,
-                    end: datetime) -> dict[int, Totals]:
-    """`totals` for many groups of subjects in one grouped statement: `groups` has columns
-    `group_id` and `subject_id`, one row per (group, subject), no pair twice; a group sums
-    every meter of its subjects over the hour buckets that start in [start, end). Groups
-    with no usage there are absent (their totals are `Totals()`)."""
-    q = (select(groups.c.group_id, *_sums()).select_from(groups)
+def metrics_by_group(session: Session, groups: Subquery, metrics: Collection[str], start: datetime,
+                     end: datetime) -> dict[int, dict[str, int]]:
+    """`totals(...).metric(m)` for each of `metrics` (keys of METRIC_SQL) and many groups of
+    subjects, in one grouped statement: `groups` has columns `group_id` and `subject_id`, one
+    row per (group, subject), no pair twice; a group sums every meter of its subjects over the
+    hour buckets that start in [start, end). Only the asked sums are computed (each costs per
+    ledger row). Groups with no usage there are absent (their values are 0)."""
+    names = sorted(metrics)
+    q = (select(groups.c.group_id, *(func.sum(METRIC_SQL[m]) for m in names))
+         .select_from(groups)
          .join(Meter, Meter.subject_id == groups.c.subject_id)
          .join(Usage, Usage.meter_id == Meter.id)
          .where(Usage.hour >= start, Usage.hour < end)
          .group_by(groups.c.group_id))
-    return {int(gid): Totals(*(int(v) for v in sums)) for gid, *sums in session.execute(q)}
-
-
-def _sums() -> list[ColumnElement[Any]]:
-    return [func.coalesce(func.sum(getattr(Usage, c)), 0) for c in _VALUE_COLS]
+    return {int(gid): {m: int(v or 0) for m, v in zip(names, sums, strict=True)}
+            for gid, *sums in session.execute(q)}
 
 
 def daily_series(session: Session, subject_ids: Iterable[int], start: datetime,
