@@ -11,7 +11,9 @@ The seed is one shape for every bench that needs a populated database:
 - a limit on every fifth subject, over all six windows in turn;
 - `days` × `hours_per_day` hourly ledger rows per meter, ending with the hour before `now`;
   subject m is active in the hours h with (h + m) % 24 < hours_per_day, so every hour of the day
-  has the same number of active meters. 10k subjects × 30 days × 24 h = 7.2M rows.
+  has the same number of active meters. 10k subjects × 30 days × 24 h = 7.2M rows;
+- their UTC-day rollup (`usage_daily`, one row per meter and day), summed from those rows in
+  the database (INSERT … SELECT … GROUP BY), as `ledger`'s writes keep it.
 
 PostgreSQL is loaded with COPY (indexes and the foreign key dropped first and put back after,
 then ANALYZE); SQLite with executemany in one transaction (ix_usage_hour rebuilt after).
@@ -38,6 +40,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
 from bot.migrate import upgrade
+from bot.services.ledger import VALUE_COLS
 
 ROOT = Path(__file__).resolve().parents[1]
 PG_BASE = os.environ.get("BENCH_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
@@ -348,6 +351,14 @@ _COLUMNS = {
 }
 
 
+def _rollup_sql(day: str) -> str:
+    """Fill `usage_daily` from the seeded hours: `day` is the dialect's UTC midnight of `hour`."""
+    cols = ", ".join(VALUE_COLS)
+    sums = ", ".join(f"sum({c})" for c in VALUE_COLS)
+    return (f"INSERT INTO usage_daily (meter_id, day, {cols}) SELECT meter_id, {day}, {sums} "
+            f"FROM usage GROUP BY meter_id, {day} ORDER BY {day}, meter_id")
+
+
 def _seed_sqlite(url: str, users: int, teams: int, days: int, hpd: int, now: datetime,
                  created: datetime) -> int:
     path = make_url(url).database
@@ -378,6 +389,7 @@ def _seed_sqlite(url: str, users: int, teams: int, days: int, hpd: int, now: dat
             con.executemany(f"INSERT INTO usage ({_COLUMNS['usage']}) VALUES ({', '.join('?' * 9)})", batch)
             total += len(batch)
         con.execute("CREATE INDEX ix_usage_hour ON usage (hour)")
+        con.execute(_rollup_sql("date(hour) || ' 00:00:00.000000'"))  # UTCDateTime's text at 00:00
         con.execute("COMMIT")
         con.execute("ANALYZE")
     finally:
@@ -421,6 +433,7 @@ def _seed_postgres(url: str, users: int, teams: int, days: int, hpd: int, now: d
             cur.execute("CREATE INDEX ix_usage_hour ON usage (hour)")
             cur.execute("ALTER TABLE usage ADD CONSTRAINT fk_usage_meter_id_meters FOREIGN KEY (meter_id) "
                         "REFERENCES meters (id) ON DELETE CASCADE")
+            cur.execute(_rollup_sql("date_trunc('day', hour)"))
         with eng.connect().execution_options(isolation_level="AUTOCOMMIT") as c:
             c.execute(text("VACUUM ANALYZE"))
     finally:

@@ -19,7 +19,7 @@ from bot.render.raises import request_more_button
 from bot.render.text import METRIC_LABEL, bar, code, escape, metric_value, plain, when
 from bot.services.access import RevocationView, SubjectCheck
 from bot.services.enforce import Breach, GraceNotice, Warning
-from bot.services.usage import LimitStatus
+from bot.services.limit_usage import LimitStatus
 
 REQUEST_RESTORE = "request_restore"
 

@@ -17,7 +17,8 @@ from bot.quantities import format_tokens, format_usd
 from bot.render.billing import bill_line, unpriced_line
 from bot.render.text import METRIC_LABEL, bar, metric_value, plain, trend, when
 from bot.services.ledger import Totals
-from bot.services.usage import LimitStatus, UsageReport
+from bot.services.limit_usage import LimitStatus
+from bot.services.usage import UsageReport
 
 
 def tokens_in(t: Totals) -> str:

@@ -25,9 +25,9 @@ PostgreSQL through the (meter, hour) key when they are few (`PROBE_SHARE`). Pyth
 folds ~10^5 small rows (per subject and local day, and per interval for limited subjects);
 the hourly ledger never leaves the database, and there is no query per subject.
 
-Limits are evaluated in bulk from the same rows, with exactly `usage.limit_status`'s window
-and bucket rules (the integration tests check the two agree); `limit_status` itself would
-be one query per limit.
+Limits are evaluated in bulk from the same rows, with exactly `limit_usage.limit_status`'s
+window and bucket rules (`limit_usage.limit_window`; the integration tests check the two
+agree); `limit_status` itself would be one query per limit.
 
 Cache-read/-write token counts are not summed (the digest shows none; their cost is in
 `cost_micro_usd`): in the `Totals` here they are always 0.
@@ -69,10 +69,11 @@ from bot.quantities import Window, window_bounds
 from bot.services import billing, ledger, unpriced
 from bot.services import raises as raise_service
 from bot.services.billing import DayBill
-from bot.services.ledger import HOUR, Span, Totals
+from bot.services.ledger import Span, Totals
+from bot.services.limit_usage import LimitStatus, limit_window
 from bot.services.raises import RaiseView
 from bot.services.unpriced import UnpricedSummary
-from bot.services.usage import LimitStatus, _forecast
+from bot.services.usage import _forecast
 
 WATCH_PERCENT = 80  # "who is above 80% of a limit" (design §5), whatever a limit's own warn levels
 CHART_STACKS = 5
@@ -196,10 +197,9 @@ def _sum(dialect: str, exact: bool, value: ColumnElement[Any]) -> ColumnElement[
 
 def _exprs(model: ledger.Model) -> list[ColumnElement[Any]]:
     """What is summed for each _COLS entry, from `usage` or `usage_daily`: "input_tokens" is
-    all input, cache tokens included (as `ledger.ALL_INPUT_SQL`), so the digest's Totals carry
+    all input, cache tokens included (`ledger.all_input_sql`), so the digest's Totals carry
     it as input and `tokens` and an `input_tokens` limit come out as everywhere else."""
-    return [model.input_tokens + model.cache_read_tokens + model.cache_write_tokens
-            if c == "input_tokens" else getattr(model, c) for c in _COLS]
+    return [ledger.all_input_sql(model) if c == "input_tokens" else getattr(model, c) for c in _COLS]
 
 
 # An interval only limits need is read for their meters. On PostgreSQL, when those are few,
@@ -448,13 +448,6 @@ class _SubjectRow:
     slack_user_id: str | None
 
 
-def _limit_window(window: str, now: datetime, tz: tzinfo, week_start: int
-                  ) -> tuple[datetime, datetime, datetime]:
-    """(start, end, end of the summed buckets) exactly as `usage.limit_status` sums them."""
-    start, end = window_bounds(Window(window), now, tz, week_start)
-    return start, end, end if end > now else now + HOUR
-
-
 def build_digest(session: Session, now: datetime, tz: tzinfo, week_start: int, top_n: int = 10,
                  chart_days: int = 14, bill_divergence_pct: float = 10.0,
                  rollup: bool = True) -> DigestData:
@@ -477,7 +470,7 @@ def build_digest(session: Session, now: datetime, tz: tzinfo, week_start: int, t
 
     limits = list(session.execute(select(Limit.id, Limit.subject_id, Limit.metric, Limit.amount,
                                          Limit.window, Limit.action, Limit.warn)))
-    windows = {w: _limit_window(w, now, tz, week_start) for w in {lim.window for lim in limits}}
+    windows = {w: limit_window(w, now, tz, week_start) for w in {lim.window for lim in limits}}
     bounds = sorted({*starts, *(b for s, _e, q in windows.values() for b in (s, q))})
     owner: dict[int, int | None] = dict(conn.execute(select(Meter.id, Meter.subject_id)).tuples().all())
     parts = _plan(bounds, (starts[0], starts[-1]), limits, windows, covered, owner)

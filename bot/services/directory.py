@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import select
+from sqlalchemy import Subquery, select, union
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -235,6 +236,17 @@ def covered_subject_ids(session: Session, subject: Subject) -> list[int]:
     if subject.kind == "team":
         return [subject.id, *(m.id for m in members_of(session, subject))]
     return [subject.id]
+
+
+def coverage(subject_ids: Collection[int]) -> Subquery:
+    """`covered_subject_ids` of many subjects in one SQL subquery: a row (group_id, subject_id)
+    for each subject covering itself and, for a team, for each of its members."""
+    ids = sorted(set(subject_ids))
+    return union(
+        select(Subject.id.label("group_id"), Subject.id.label("subject_id")).where(Subject.id.in_(ids)),
+        select(TeamMember.team_id, TeamMember.user_id).join(Subject, Subject.id == TeamMember.team_id)
+        .where(Subject.kind == "team", TeamMember.team_id.in_(ids)),
+    ).subquery("covered")
 
 
 def change_members(session: Session, clock: Clock, actor: Actor, team_name: str, op: str,

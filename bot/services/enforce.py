@@ -11,12 +11,15 @@ does nothing again:
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections import defaultdict
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from functools import cache
+from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import select
+from sqlalchemy import delete, insert, select
 from sqlalchemy.orm import Session
 
 from bot.clock import Clock
@@ -25,7 +28,7 @@ from bot.quantities import Window
 from bot.services import access, directory, raises
 from bot.services.access import RevocationView
 from bot.services.directory import Actor, SubjectInfo
-from bot.services.usage import LimitStatus, limit_status
+from bot.services.limit_usage import LimitStatus, limit_status, limit_statuses
 
 ACTOR = Actor.system("enforce")
 # Rolling windows have no fixed start: their marks share this key and are re-armed
@@ -101,52 +104,100 @@ def evaluate(session: Session, clock: Clock, tz: ZoneInfo, week_start: int,
              only: Collection[int] | None = None) -> Evaluation:
     """Database only: no AWS call is made while this transaction is open. `only`: just these
     limits, for breaches and warnings (the usage stream's prompt check); lifts are left to the
-    full run after each sync."""
+    full run after each sync.
+
+    Reads in bulk, not per limit: every limit's usage (`limit_statuses`: one grouped ledger
+    statement per window), then the alert marks of the current windows, the exceptions in
+    force and the active limit revocations, one statement each. Per limit, only what crosses
+    something costs more: the Slack ids of a team's members for a new warning. New marks are
+    written in one INSERT at the end, re-armed ones in one DELETE."""
     ev = Evaluation()
     now = clock()
     q = select(Limit, Subject).join(Subject, Subject.id == Limit.subject_id).order_by(Limit.id)
-    if only is None:
-        ev.lifts = _finished(session, now, tz, week_start)
-    else:
+    if only is not None:
         q = q.where(Limit.id.in_(sorted(set(only))))
-    limits = session.execute(q).all()
+    limits = session.execute(q).tuples().all()
+    statuses = limit_statuses(session, limits, now, tz, week_start)
+    revs = session.scalars(select(Revocation).where(*_ACTIVE_LIMIT_REVOCATION).order_by(Revocation.id)).all()
+    if only is None:
+        ev.lifts = _finished(session, now, tz, week_start, revs, statuses)
+    known = _Known.load(session, statuses, now, revs)
     for limit, subject in limits:
         ev.checked += 1
-        status = limit_status(session, limit, subject, now, tz, week_start)
-        _check(session, clock, limit, subject, status, ev)
+        _check(session, clock, limit, subject, statuses[limit.id], known, ev)
+    known.write(session)
     return ev
 
 
+@dataclass
+class _Known:
+    """What `evaluate` reads once for all limits rather than once per limit, and the marks it
+    writes at the end (one INSERT, one DELETE)."""
+
+    marks: dict[tuple[int, datetime, int], datetime]  # (limit, window key, threshold) → marked at
+    ids: dict[int, dict[tuple[datetime, int], int]]  # limit → (key, threshold) → id of a stored mark
+    suspended: set[int]  # limits with an exception in force
+    revoked: set[int]  # limits with an active revocation (LIMIT_REASONS)
+    new: list[dict[str, Any]] = field(default_factory=list)  # marks to insert
+    rearmed: list[int] = field(default_factory=list)  # ids of marks to delete
+
+    @classmethod
+    def load(cls, session: Session, statuses: dict[int, LimitStatus], now: datetime,
+             revs: Sequence[Revocation]) -> _Known:
+        """`revs`: the active limit revocations."""
+        keys = {ROLLING_KEY, *(s.window_start for s in statuses.values() if not Window(s.window).rolling)}
+        rows = session.execute(select(AlertMark.limit_id, AlertMark.window_start, AlertMark.threshold,
+                                      AlertMark.id, AlertMark.created_at)
+                               .where(AlertMark.window_start.in_(sorted(keys)))).tuples().all()
+        excepted = select(LimitException.limit_id).where(LimitException.expires_at > now)
+        ids: dict[int, dict[tuple[datetime, int], int]] = defaultdict(dict)
+        for lid, key, t, mid, _ in rows:
+            ids[lid][(key, t)] = mid
+        return cls({(lid, key, t): at for lid, key, t, _, at in rows}, ids,
+                   set(session.scalars(excepted)),
+                   {rev.limit_id for rev in revs if rev.limit_id is not None})
+
+    def write(self, session: Session) -> None:
+        if self.new:
+            session.execute(insert(AlertMark), self.new)
+        if self.rearmed:
+            session.execute(delete(AlertMark).where(AlertMark.id.in_(self.rearmed)))
+
+
 def _check(session: Session, clock: Clock, limit: Limit, subject: Subject, status: LimitStatus,
-           ev: Evaluation) -> None:
+           known: _Known, ev: Evaluation) -> None:
     key = ROLLING_KEY if Window(limit.window).rolling else status.window_start
     pct = status.percent
-    users = tuple(access.affected_users(session, subject))
+
+    @cache
+    def users() -> tuple[str, ...]:  # read only for what is announced
+        return tuple(access.affected_users(session, subject))
+
     # Every crossed threshold is marked, but only the highest new one is announced: a jump
     # from 10% to 300% says "revoked" once, not "80%", "90%" and "revoked".
-    crossed = [t for t in sorted(limit.warn) if pct >= t and _mark(session, clock, limit.id, key, t)]
+    crossed = [t for t in sorted(limit.warn) if pct >= t and _mark(clock, known, limit.id, key, t)]
     if crossed and (pct < 100 or limit.action == "notify"):
-        ev.warnings.append(Warning(status, crossed[-1], directory.info(subject), users))
+        ev.warnings.append(Warning(status, crossed[-1], directory.info(subject), users()))
     if pct < 100:
         if key == ROLLING_KEY:
-            _rearm(session, limit.id, pct)
+            _rearm(known, limit.id, pct)
         return
-    if limit.action == "notify" or suspended(session, limit.id, clock()):
+    if limit.action == "notify" or limit.id in known.suspended:
         if limit.action != "notify":
             ev.suspended.append(status)
-        if _mark(session, clock, limit.id, key, 100) and limit.action == "notify":
+        if _mark(clock, known, limit.id, key, 100) and limit.action == "notify":
             ev.warnings[-1:] = [w for w in ev.warnings[-1:] if w.status.limit_id != limit.id]
-            ev.warnings.append(Warning(status, 100, directory.info(subject), users))
+            ev.warnings.append(Warning(status, 100, directory.info(subject), users()))
         return
-    if limit_revocation(session, limit.id) is None:
-        fresh = _mark(session, clock, limit.id, key, 100)
+    if limit.id not in known.revoked:
+        fresh = _mark(clock, known, limit.id, key, 100)
         if limit.grace_seconds:
             # The 100% mark's time is when the breach began: revoke once the grace is over.
             grace = timedelta(seconds=limit.grace_seconds)
-            ends = _marked_at(session, limit.id, key, 100) + grace
+            ends = known.marks[(limit.id, key, 100)] + grace
             if clock() < ends:
                 if fresh:
-                    ev.graces.append(GraceNotice(status, ends, grace, directory.info(subject), users))
+                    ev.graces.append(GraceNotice(status, ends, grace, directory.info(subject), users()))
                 return
         ev.breaches.append(BreachPlan(status, subject.id, _breach_note(status)))
 
@@ -163,36 +214,25 @@ def still_breached(session: Session, clock: Clock, limit_id: int, amount: int | 
     return not suspended(session, limit_id, now)
 
 
-def _marked_at(session: Session, limit_id: int, key: datetime, threshold: int) -> datetime:
-    at = session.scalar(select(AlertMark.created_at).where(
-        AlertMark.limit_id == limit_id, AlertMark.window_start == key, AlertMark.threshold == threshold))
-    assert at is not None
-    return at
-
-
 def _breach_note(s: LimitStatus) -> str:
     return f"{s.metric}/{s.window} limit reached: {s.used} of {s.amount}"
 
 
-def _mark(session: Session, clock: Clock, limit_id: int, key: datetime, threshold: int) -> bool:
+def _mark(clock: Clock, known: _Known, limit_id: int, key: datetime, threshold: int) -> bool:
     """Record that a threshold fired; False when it already had (in this window)."""
-    exists = session.scalar(select(AlertMark.id).where(
-        AlertMark.limit_id == limit_id, AlertMark.window_start == key,
-        AlertMark.threshold == threshold))
-    if exists is not None:
+    if (limit_id, key, threshold) in known.marks:
         return False
-    session.add(AlertMark(limit_id=limit_id, window_start=key, threshold=threshold,
-                          created_at=clock()))
-    session.flush()
+    at = known.marks[(limit_id, key, threshold)] = clock()
+    known.new.append({"limit_id": limit_id, "window_start": key, "threshold": threshold, "created_at": at})
     return True
 
 
-def _rearm(session: Session, limit_id: int, pct: float) -> None:
-    for mark in session.scalars(select(AlertMark).where(
-            AlertMark.limit_id == limit_id, AlertMark.window_start == ROLLING_KEY)):
-        if pct < mark.threshold:
-            session.delete(mark)
-    session.flush()
+def _rearm(known: _Known, limit_id: int, pct: float) -> None:
+    """Forget the rolling window's marks above `pct`: they fire again when crossed again."""
+    stored = known.ids.get(limit_id, {})
+    for key, threshold in [k for k in stored if k[0] == ROLLING_KEY and pct < k[1]]:
+        known.rearmed.append(stored.pop((key, threshold)))
+        del known.marks[(limit_id, key, threshold)]
 
 
 def suspended(session: Session, limit_id: int, now: datetime) -> bool:
@@ -202,18 +242,18 @@ def suspended(session: Session, limit_id: int, now: datetime) -> bool:
 
 
 LIMIT_REASONS = ("limit", "alarm", "budget")  # revocations that belong to a limit's window
+_ACTIVE_LIMIT_REVOCATION = (Revocation.reason.in_(LIMIT_REASONS), Revocation.state == "active")
 
 
 def limit_revocation(session: Session, limit_id: int) -> Revocation | None:
     return session.scalar(select(Revocation).where(
-        Revocation.limit_id == limit_id, Revocation.reason.in_(LIMIT_REASONS),
-        Revocation.state == "active").limit(1))
+        Revocation.limit_id == limit_id, *_ACTIVE_LIMIT_REVOCATION).limit(1))
 
 
-def _finished(session: Session, now: datetime, tz: ZoneInfo, week_start: int) -> list[LiftPlan]:
+def _finished(session: Session, now: datetime, tz: ZoneInfo, week_start: int, revs: Sequence[Revocation],
+              statuses: dict[int, LimitStatus]) -> list[LiftPlan]:
+    """`statuses`: of every limit, by its owner (a revocation of another subject is asked apart)."""
     lifts = []
-    revs = session.scalars(select(Revocation).where(
-        Revocation.reason.in_(LIMIT_REASONS), Revocation.state == "active").order_by(Revocation.id)).all()
     for rev in revs:
         limit = session.get(Limit, rev.limit_id) if rev.limit_id else None
         subject = session.get(Subject, rev.subject_id)
@@ -222,7 +262,8 @@ def _finished(session: Session, now: datetime, tz: ZoneInfo, week_start: int) ->
         if limit is None:
             lifts.append(LiftPlan(rev.id, "limit removed"))
             continue
-        status = limit_status(session, limit, subject, now, tz, week_start)
+        status = statuses[limit.id] if limit.subject_id == subject.id and limit.id in statuses \
+            else limit_status(session, limit, subject, now, tz, week_start)
         # An alarm's or budget's verdict stands until its window is over: our own estimate
         # may disagree with CloudWatch's or the bill's, and must not undo it early.
         held = rev.reason != "limit" and rev.window_end is not None and rev.window_end > now

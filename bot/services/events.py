@@ -29,7 +29,7 @@ from bot.services import access, audit, budget_window
 from bot.services.access import RevocationView
 from bot.services.directory import SubjectInfo, info
 from bot.services.enforce import suspended
-from bot.services.usage import LimitStatus, limit_status
+from bot.services.limit_usage import LimitStatus, limit_status
 
 Confirm = Callable[[str, str], None]  # (topic ARN, token) → ConfirmSubscription
 

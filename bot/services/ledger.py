@@ -5,7 +5,7 @@ caller's transaction, so a day row is always the sum of its hours."""
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -14,6 +14,7 @@ from sqlalchemy import (
     ColumnElement,
     Select,
     String,
+    Subquery,
     TextClause,
     bindparam,
     delete,
@@ -32,9 +33,41 @@ from bot.models import Meter, Usage, UsageDay, UTCDateTime
 
 HOUR = timedelta(hours=1)
 DAY = timedelta(days=1)
-# The same definitions as `Totals`, for sums done in SQL: the one place `tokens` is defined.
-ALL_INPUT_SQL = Usage.input_tokens + Usage.cache_read_tokens + Usage.cache_write_tokens
-TOKENS_SQL = ALL_INPUT_SQL + Usage.output_tokens
+Model = type[Usage] | type[UsageDay]
+
+
+# The same definitions as `Totals`, for sums done in SQL, on the hourly rows or the day rollup
+# (the two tables have the same value columns): the one place `tokens` is defined.
+def all_input_sql(model: Model) -> ColumnElement[int]:
+    """`Totals.all_input_tokens`: fresh input plus cache read and cache write tokens."""
+    return model.input_tokens + model.cache_read_tokens + model.cache_write_tokens
+
+
+def tokens_sql(model: Model) -> ColumnElement[int]:
+    """`Totals.tokens`: all input plus output."""
+    return all_input_sql(model) + model.output_tokens
+
+
+ALL_INPUT_SQL = all_input_sql(Usage)
+TOKENS_SQL = tokens_sql(Usage)
+# The names `metric_sql` knows: `Totals.metric`'s, and the unpriced tokens
+# (tests/integration/test_limit_usage.py checks that the two agree).
+METRICS = ("tokens", "input_tokens", "output_tokens", "requests", "cost_usd", "unpriced_tokens")
+
+
+def metric_sql(model: Model, name: str) -> ColumnElement[int]:
+    """`Totals.metric(name)` in SQL, on `usage` or `usage_daily` (a name of METRICS)."""
+    if name == "tokens":
+        return tokens_sql(model)
+    if name == "input_tokens":
+        return all_input_sql(model)
+    if name == "cost_usd":
+        return model.cost_micro_usd  # type: ignore[return-value]
+    if name in ("output_tokens", "requests", "unpriced_tokens"):
+        return getattr(model, name)  # type: ignore[no-any-return]
+    raise ValueError(f"no SQL for metric {name!r}")
+
+
 VALUE_COLS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens",
                "requests", "cost_micro_usd", "unpriced_tokens", "unpriced_requests")
 
@@ -281,8 +314,6 @@ _ADD_DAYS_PG = _add_pg("usage_daily", "day", stamp=False)
 
 # ---- reads --------------------------------------------------------------------------
 
-Model = type[Usage] | type[UsageDay]
-
 
 @dataclass(frozen=True)
 class Span:
@@ -399,6 +430,40 @@ def hourly_totals(session: Session, subject_ids: Iterable[int], start: datetime,
          .where(Meter.subject_id.in_(ids), Usage.hour >= start, Usage.hour < end))
     row = session.execute(q).one()
     return Totals(*(int(v) for v in row))
+
+
+def metrics_by_group(session: Session, groups: Subquery, metrics: Collection[str], start: datetime,
+                     end: datetime, rollup: bool = True) -> dict[int, dict[str, int]]:
+    """`totals(...).metric(m)` for each of `metrics` (names of METRICS) and many groups of
+    subjects, in one statement: `groups` has columns `group_id` and `subject_id`, one row per
+    (group, subject), no pair twice; a group sums every meter of its subjects over the hour
+    buckets that start in [start, end). Groups with no usage there are absent (their values
+    are 0).
+
+    Read like `totals`: whole UTC days from the rollup and hour edges (`spans`), each piece
+    limited to the groups' meters, UNION ALL-ed and summed per meter, then per group (a meter
+    counts in every group holding its owner). Only the asked sums are computed (each costs per
+    ledger row read). `rollup` False reads the hourly rows alone (the bench's baseline)."""
+    names = sorted(metrics)
+    pieces = spans(start, end) if rollup else [Span(False, start, end)]
+    if not names or not pieces:
+        return {}
+    meters = select(Meter.id).where(Meter.subject_id.in_(select(groups.c.subject_id)))
+
+    def exprs(model: Model) -> list[ColumnElement[Any]]:
+        return [metric_sql(model, m) for m in names]
+
+    parts = [span_select(p, exprs, lambda m: m.meter_id.in_(meters)) for p in pieces]
+    rows = union_all(*parts).subquery() if len(parts) > 1 else parts[0].subquery()
+    meter_sums = (func.sum(rows.c[f"v{i}"]).label(f"s{i}") for i in range(len(names)))
+    per_meter = select(rows.c.meter_id, *meter_sums).group_by(rows.c.meter_id).subquery()
+    q = (select(groups.c.group_id, *(func.sum(per_meter.c[f"s{i}"]) for i in range(len(names))))
+         .select_from(groups)
+         .join(Meter, Meter.subject_id == groups.c.subject_id)
+         .join(per_meter, per_meter.c.meter_id == Meter.id)
+         .group_by(groups.c.group_id))
+    return {int(gid): {m: int(v or 0) for m, v in zip(names, sums, strict=True)}
+            for gid, *sums in session.execute(q)}
 
 
 def daily_series(session: Session, subject_ids: Iterable[int], start: datetime,

@@ -60,9 +60,9 @@ from bot.pricing import PriceTable
 from bot.quantities import Amount, Window, format_amount
 from bot.services import directory, quota_sql
 from bot.services.ledger import floor_hour
+from bot.services.limit_usage import limit_statuses
 from bot.services.logs_usage import session_user
 from bot.services.quota_sql import COLS, CheckSql, Stamp, stamp_now
-from bot.services.usage import limit_status
 
 log = logging.getLogger(__name__)
 
@@ -241,8 +241,9 @@ def load_view(session: Session, subject: Subject, now: datetime, tz: ZoneInfo, w
         .group_by(LimitException.limit_id)).tuples().all()) if limits else {}
     by_id = {o.id: o for o in owners}
     rules, ends = [], [now + VIEW_MAX_AGE]
+    statuses = limit_statuses(session, [(lim, by_id[lim.subject_id]) for lim in limits], now, tz, week_start)
     for lim in limits:
-        status = limit_status(session, lim, by_id[lim.subject_id], now, tz, week_start)
+        status = statuses[lim.id]
         rolling = Window(lim.window).rolling
         if not rolling:
             ends.append(status.window_end)

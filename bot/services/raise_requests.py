@@ -22,8 +22,8 @@ from bot.models import Limit, RaiseRequest, Subject
 from bot.quantities import Amount, Metric, Window, format_amount
 from bot.services import access, audit, directory, raises
 from bot.services.directory import Actor, SubjectInfo, SubjectRef
+from bot.services.limit_usage import limit_status
 from bot.services.raises import RaiseView
-from bot.services.usage import limit_status
 
 DECISIONS = {"approve": "approved", "approve_half": "approved", "deny": "denied"}
 MAX_REASON = 500

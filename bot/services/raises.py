@@ -64,6 +64,13 @@ def raised(session: Session, limit_id: int, now: datetime) -> int:
         LimitRaise.limit_id == limit_id, _active(now))) or 0)
 
 
+def raised_by_limit(session: Session, now: datetime) -> dict[int, int]:
+    """`raised` for every limit with a raise active now, in one query (others: 0)."""
+    q = (select(LimitRaise.limit_id, func.sum(LimitRaise.amount)).where(_active(now))
+         .group_by(LimitRaise.limit_id))
+    return {int(lid): int(total) for lid, total in session.execute(q)}
+
+
 def effective_amount(session: Session, limit: Limit, now: datetime) -> int:
     return limit.amount + raised(session, limit.id, now)
 
@@ -173,7 +180,7 @@ def revocation_to_lift(session: Session, limit_id: int, now: datetime, tz: ZoneI
     """After a raise: the limit's active revocation, when usage is now under the raised
     amount. A person approved more, so an alarm's or budget's verdict is lifted too."""
     from bot.services.enforce import limit_revocation  # enforce imports this module
-    from bot.services.usage import limit_status
+    from bot.services.limit_usage import limit_status
 
     limit = session.get(Limit, limit_id)
     rev = limit_revocation(session, limit_id) if limit is not None else None

@@ -25,10 +25,11 @@ from bot.errors import Denied, NotFound
 from bot.models import Limit, Meter, PollMark, Profile, Revocation, Subject, SyncCursor
 from bot.pricing import PriceTable
 from bot.quantities import Window, window_bounds, window_label
-from bot.services import billing, directory, ledger, poll_cadence, raises, unpriced
+from bot.services import billing, directory, ledger, poll_cadence, unpriced
 from bot.services.billing import BillComparison
 from bot.services.directory import Actor, SubjectInfo, SubjectRef
 from bot.services.ledger import HOUR, LedgerRow, Totals, floor_hour
+from bot.services.limit_usage import LimitStatus, limit_statuses
 from bot.services.poll_cadence import Cadence
 
 CURSOR = "usage_sync"
@@ -316,31 +317,6 @@ DEFAULT_PERIOD = "month"
 
 
 @dataclass(frozen=True)
-class LimitStatus:
-    limit_id: int
-    subject: str
-    metric: str
-    amount: int
-    window: str
-    used: int
-    window_start: datetime
-    window_end: datetime
-    action: str
-    warn: tuple[int, ...]
-    # for a cost_usd limit: tokens in the window that no price covers, so not in `used`
-    unpriced_tokens: int = 0
-    raised: int = 0  # active temporary raises, already included in `amount`
-
-    @property
-    def base_amount(self) -> int:
-        return self.amount - self.raised
-
-    @property
-    def percent(self) -> float:
-        return 100.0 * self.used / self.amount if self.amount else 0.0
-
-
-@dataclass(frozen=True)
 class UsageReport:
     subject: SubjectInfo
     period: str
@@ -372,17 +348,6 @@ def period_bounds(period: str, now: datetime, tz: ZoneInfo, week_start: int
         return start, end, start - length, start
     prev_start, prev_end = window_bounds(window, start - timedelta(seconds=1), tz, week_start)
     return start, end, prev_start, prev_end
-
-
-def limit_status(session: Session, limit: Limit, subject: Subject, now: datetime, tz: ZoneInfo,
-                 week_start: int) -> LimitStatus:
-    start, end = window_bounds(Window(limit.window), now, tz, week_start)
-    ids = directory.covered_subject_ids(session, subject)
-    t = ledger.totals(session, ids, start, end if end > now else now + HOUR)
-    extra = raises.raised(session, limit.id, now)
-    return LimitStatus(limit.id, subject.name, limit.metric, limit.amount + extra, limit.window,
-                       t.metric(limit.metric), start, end, limit.action, tuple(limit.warn),
-                       t.unpriced_tokens if limit.metric == "cost_usd" else 0, extra)
 
 
 def report(session: Session, clock: Clock, tz: ZoneInfo, week_start: int, actor: Actor,
@@ -431,12 +396,11 @@ def _limits_for(session: Session, subject: Subject, now: datetime, tz: ZoneInfo,
                 week_start: int) -> list[LimitStatus]:
     """The subject's own limits, then those of the teams it belongs to."""
     owners = [subject, *(directory.teams_of(session, subject) if subject.kind == "user" else [])]
-    out = []
-    for owner in owners:
-        for limit in session.scalars(select(Limit).where(Limit.subject_id == owner.id)
-                                     .order_by(Limit.window, Limit.metric)):
-            out.append(limit_status(session, limit, owner, now, tz, week_start))
-    return out
+    pairs = [(limit, owner) for owner in owners
+             for limit in session.scalars(select(Limit).where(Limit.subject_id == owner.id)
+                                          .order_by(Limit.window, Limit.metric))]
+    statuses = limit_statuses(session, pairs, now, tz, week_start)
+    return [statuses[limit.id] for limit, _ in pairs]
 
 
 def _revoked(session: Session, subject: Subject) -> list[str]:

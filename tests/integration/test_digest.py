@@ -26,7 +26,7 @@ from bot.services import directory, ledger
 from bot.services.digest import OTHERS, DigestData, build_digest, day_starts, digest_day
 from bot.services.directory import Actor, SubjectRef
 from bot.services.ledger import LedgerRow, Totals
-from bot.services.usage import limit_status
+from bot.services.limit_usage import limit_status
 from bot.slack.notifier import SlackNotifier
 from handlers.app import slack_client
 from jobs import daily_digest

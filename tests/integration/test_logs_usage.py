@@ -36,8 +36,9 @@ from bot.pricing import PriceTable
 from bot.services import directory
 from bot.services.directory import Actor, SubjectRef
 from bot.services.ledger import LedgerRow, floor_hour, upsert
+from bot.services.limit_usage import limit_status
 from bot.services.logs_usage import CURSOR, LogsSyncResult, map_metadata
-from bot.services.usage import limit_status, report
+from bot.services.usage import report
 from tests.aips import provision_aip
 
 ACCOUNT = "123456789012"

@@ -23,7 +23,7 @@ from bot.quantities import Amount, Metric, Window
 from bot.services import audit, directory, ledger, limits, raise_requests, raises
 from bot.services.directory import Actor, SubjectRef
 from bot.services.ledger import LedgerRow
-from bot.services.usage import limit_status
+from bot.services.limit_usage import limit_status
 from tests.fakes.services import make_services
 
 ADMINS = ["UADMIN01", "UADMIN02", "UADMIN03", "UADMIN04"]

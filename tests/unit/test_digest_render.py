@@ -27,7 +27,7 @@ from bot.services.digest import (
     SubjectDay,
 )
 from bot.services.ledger import Totals
-from bot.services.usage import LimitStatus
+from bot.services.limit_usage import LimitStatus
 
 SNAPSHOT = Path(__file__).parent / "snapshots" / "digest_blocks.json"
 BERLIN = ZoneInfo("Europe/Berlin")
