@@ -1,6 +1,6 @@
 """The daily digest on SQLite and PostgreSQL: the numbers from a seeded ledger (overall once,
 teams with their members, change vs the day before, local days in a non-UTC zone), limits at
-80% with forecasts (agreeing with `usage.limit_status`), revocations and pending requests,
+80% with forecasts (agreeing with `limit_usage.limit_status`), revocations and pending requests,
 the chart series; and the job against the fake Slack: exactly once per (channel, day)
 across runs, restarts and racing replicas, a failed post releasing its claim, a dead run's
 claim taken over, `force`, and the chart uploaded as a PNG in the message's thread."""
