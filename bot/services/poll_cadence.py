@@ -16,16 +16,12 @@ from datetime import datetime
 from decimal import Decimal
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from bot.models import Limit, Meter, Profile, Subject, TeamMember, Usage
+from bot.models import Limit, Meter, Profile, Subject, TeamMember
 from bot.pricing import PriceTable, bare_id
-from bot.quantities import Window, window_bounds
-from bot.services.ledger import HOUR, Totals
-
-SUM_COLUMNS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens",
-               "requests", "cost_micro_usd")
+from bot.services.limit_usage import limit_statuses
 
 
 @dataclass(frozen=True)
@@ -91,14 +87,16 @@ def rate_per_minute(metric: str, models: Iterable[str], projects: int,
 
 
 def subject_intervals(session: Session, now: datetime, cadence: Cadence) -> dict[int, float]:
-    """subject id → seconds its meters may go unread (the idle cadence when absent)."""
-    limits = list(session.scalars(select(Limit)))
-    if not limits:
+    """subject id → seconds its meters may go unread (the idle cadence when absent). A limit's
+    usage is enforce's own reading of it (`limit_usage.limit_statuses`: one grouped statement
+    per window, whole days from the rollup), so the planner and enforce never disagree."""
+    pairs = list(session.execute(select(Limit, Subject)
+                                 .join(Subject, Subject.id == Limit.subject_id)).tuples())
+    if not pairs:
         return {}
     members: defaultdict[int, set[int]] = defaultdict(set)
     for team_id, user_id in session.execute(select(TeamMember.team_id, TeamMember.user_id)):
         members[team_id].add(user_id)
-    teams = set(session.scalars(select(Subject.id).where(Subject.kind == "team")))
     models: defaultdict[int, set[str]] = defaultdict(set)
     for sid, model in session.execute(select(Profile.subject_id, Profile.model_id)):
         if sid is not None:
@@ -107,29 +105,17 @@ def subject_intervals(session: Session, now: datetime, cadence: Cadence) -> dict
     for sid in session.scalars(select(Meter.subject_id).where(Meter.kind == "mantle")):
         if sid is not None:
             projects[sid] += 1
-    used = {w: _totals_by_subject(session, Window(w), now, cadence) for w in {lim.window for lim in limits}}
+    statuses = limit_statuses(session, pairs, now, cadence.tz, cadence.week_start)
     out: dict[int, float] = {}
-    for lim in limits:
-        covered = {lim.subject_id} | (members[lim.subject_id] if lim.subject_id in teams else set())
-        value = sum(used[lim.window].get(s, Totals()).metric(lim.metric) for s in covered)
+    for lim, owner in pairs:
+        covered = {owner.id} | (members[owner.id] if owner.kind == "team" else set())
+        status = statuses[lim.id]
         rate = rate_per_minute(lim.metric, (m for s in covered for m in models[s]),
                                sum(projects[s] for s in covered), cadence)
-        wait = interval_seconds(headroom(lim.amount, lim.warn or (), value), rate, cadence)
+        wait = interval_seconds(headroom(status.amount, lim.warn or (), status.used), rate, cadence)
         for s in covered:
             out[s] = min(out.get(s, float(cadence.idle_seconds)), wait)
     return out
-
-
-def _totals_by_subject(session: Session, window: Window, now: datetime,
-                       cadence: Cadence) -> dict[int, Totals]:
-    """Each subject's ledger sums (own meters only) in the window containing `now`."""
-    start, end = window_bounds(window, now, cadence.tz, cadence.week_start)
-    end = end if end > now else now + HOUR
-    cols = [func.coalesce(func.sum(getattr(Usage, c)), 0) for c in SUM_COLUMNS]
-    q = (select(Meter.subject_id, *cols).join(Meter, Meter.id == Usage.meter_id)
-         .where(Usage.hour >= start, Usage.hour < end, Meter.subject_id.is_not(None))
-         .group_by(Meter.subject_id))
-    return {sid: Totals(*(int(v) for v in values)) for sid, *values in session.execute(q)}
 
 
 def is_due(read_at: datetime | None, wait: float, now: datetime) -> bool:
