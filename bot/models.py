@@ -127,10 +127,10 @@ class Meter(Base):
     created_at: Mapped[datetime]
 
 
-class Usage(Base):
-    __tablename__ = "usage"
-    meter_id: Mapped[int] = mapped_column(ForeignKey("meters.id", ondelete="CASCADE"), primary_key=True)
-    hour: Mapped[datetime] = mapped_column(primary_key=True)
+class LedgerValues:
+    """The counted values of a ledger row: an hour of `usage`, or a day of `usage_daily`
+    (`bot.services.ledger.VALUE_COLS` names them in this order)."""
+
     input_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
     output_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
     cache_read_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
@@ -141,13 +141,19 @@ class Usage(Base):
     # tokens, never silently $0 (their cost is not in cost_micro_usd).
     unpriced_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
     unpriced_requests: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class Usage(LedgerValues, Base):
+    __tablename__ = "usage"
+    meter_id: Mapped[int] = mapped_column(ForeignKey("meters.id", ondelete="CASCADE"), primary_key=True)
+    hour: Mapped[datetime] = mapped_column(primary_key=True)
     updated_at: Mapped[datetime]
 
 
 Index("ix_usage_hour", Usage.hour)
 
 
-class UsageDay(Base):
+class UsageDay(LedgerValues, Base):
     """The hourly ledger summed per UTC day (`day` is 00:00 UTC): kept equal to `usage` by
     `bot.services.ledger`, the only writer of both, in the same transaction. Long windows read
     whole days here and only the partial-day edges from `usage` (docs/architecture.md)."""
@@ -155,14 +161,6 @@ class UsageDay(Base):
     __tablename__ = "usage_daily"
     meter_id: Mapped[int] = mapped_column(ForeignKey("meters.id", ondelete="CASCADE"), primary_key=True)
     day: Mapped[datetime] = mapped_column(primary_key=True)
-    input_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
-    output_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
-    cache_read_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
-    cache_write_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
-    requests: Mapped[int] = mapped_column(BigInteger, default=0)
-    cost_micro_usd: Mapped[int] = mapped_column(BigInteger, default=0)
-    unpriced_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
-    unpriced_requests: Mapped[int] = mapped_column(BigInteger, default=0)
 
 
 Index("ix_usage_daily_day", UsageDay.day)
