@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import sqlite3
+import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from contextvars import ContextVar
 from typing import Any
 
@@ -37,31 +39,117 @@ def make_quick_engine(url: str) -> Engine:
                          isolation_level="AUTOCOMMIT")
 
 
+_READING: ContextVar[bool] = ContextVar("sqlite_reading", default=False)
+_GATES: dict[str, threading.Lock] = {}
+_GATES_LOCK = threading.Lock()
+GATE_WAIT = 30.0  # seconds, as the busy timeout; past it BEGIN IMMEDIATE waits and fails as before
+
+
+@contextmanager
+def reading() -> Iterator[None]:
+    """Transactions begun in this block only read. On SQLite they begin DEFERRED under
+    `PRAGMA query_only` (a write raises), so they neither take nor wait for the write lock:
+    WAL readers see the last commit while a writer works. PostgreSQL readers never block."""
+    token = _READING.set(True)
+    try:
+        yield
+    finally:
+        _READING.reset(token)
+
+
+def _gate(url: str) -> threading.Lock:
+    with _GATES_LOCK:
+        return _GATES.setdefault(url, threading.Lock())
+
+
+class _GatedConnection(sqlite3.Connection):
+    """A pysqlite connection that holds its process's write gate from BEGIN IMMEDIATE until its
+    COMMIT or ROLLBACK has returned. Writers of one process then queue on a lock instead of in
+    SQLite's busy handler, which sleeps up to 100 ms between retries and lets a late writer
+    overtake: 20 concurrent replay claims had ack tails of 0.5–2 s (issue 19)."""
+
+    gate_key = ""
+    held: Any = None  # the gate, while this connection's write transaction is open
+    query_only = False
+
+    def commit(self) -> None:
+        try:
+            super().commit()
+        finally:
+            self.release()
+
+    def rollback(self) -> None:
+        try:
+            super().rollback()
+        finally:
+            self.release()
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            self.release()
+
+    def release(self) -> None:
+        held, self.held = self.held, None
+        if held is not None:
+            held.release()
+
+
 def _sqlite_engine(url: str, synchronous: str | None = None, **kwargs: Any) -> Engine:
     connect_args = kwargs.pop("connect_args", {})
     connect_args.setdefault("check_same_thread", False)
     connect_args.setdefault("timeout", 30)
+    memory = ":memory:" in url
+    if not memory:
+        connect_args.setdefault("factory", _GatedConnection)
     engine = create_engine(url, connect_args=connect_args, **kwargs)
+    key = engine.url.database or url
 
-    # pysqlite's deferred BEGIN lets two writers read the same audit head and then fail
-    # on upgrade; BEGIN IMMEDIATE serialises writers up front, which is what we want for
-    # an embedded, low-write database.
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
         dbapi_conn.isolation_level = None
+        if isinstance(dbapi_conn, _GatedConnection):
+            dbapi_conn.gate_key = key
         cur = dbapi_conn.cursor()
         cur.execute("PRAGMA foreign_keys=ON")
-        if ":memory:" not in url:
+        if not memory:
             cur.execute("PRAGMA journal_mode=WAL")
             if synchronous:
                 cur.execute(f"PRAGMA synchronous={synchronous}")
         cur.close()
 
+    # pysqlite's deferred BEGIN lets two writers read the same audit head and then fail
+    # on upgrade; BEGIN IMMEDIATE serialises writers up front, which is what we want for
+    # an embedded, low-write database. Readers (`reading()`) begin deferred instead.
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Any) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        _begin(conn, _READING.get())
 
     return engine
+
+
+def _begin(conn: Any, read_only: bool) -> None:
+    dbapi_conn = conn.connection.dbapi_connection
+    gated = isinstance(dbapi_conn, _GatedConnection)
+    if gated and dbapi_conn.query_only != read_only:
+        dbapi_conn.execute(f"PRAGMA query_only={int(read_only)}")
+        dbapi_conn.query_only = read_only
+    if read_only:
+        conn.exec_driver_sql("BEGIN")
+        return
+    if gated and dbapi_conn.held is None:
+        gate = _gate(dbapi_conn.gate_key)
+        # Past the wait (a thread nesting two write transactions), go on ungated: BEGIN
+        # IMMEDIATE then waits out the busy timeout and fails, as it would without a gate.
+        if gate.acquire(timeout=GATE_WAIT):
+            dbapi_conn.held = gate
+    try:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+    except BaseException:
+        if gated:
+            dbapi_conn.release()
+        raise
 
 
 def _check_fence(session: Session) -> None:
@@ -91,11 +179,13 @@ class Database:
         return self.engine.dialect.name
 
     @contextmanager
-    def session_scope(self, join: bool = False) -> Iterator[Session]:
+    def session_scope(self, join: bool = False, read_only: bool = False) -> Iterator[Session]:
         """One transaction: commit when the block ends cleanly, roll back otherwise.
 
         `join=True` reuses the transaction already open in this thread, if any (the local
         AIP registry lives in our own database; on SQLite a second writer would deadlock).
+        `read_only=True`: the block only reads (`reading()`: on SQLite it takes no write lock,
+        and a write raises).
         """
         current = self._current.get()
         if join and current is not None:
@@ -104,7 +194,8 @@ class Database:
         session = self.factory()
         token = self._current.set(session)
         try:
-            yield session
+            with reading() if read_only else nullcontext():
+                yield session
             _check_fence(session)
             session.commit()
         except BaseException:

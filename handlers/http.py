@@ -30,6 +30,7 @@ from slack_bolt.adapter.wsgi import SlackRequestHandler
 from sqlalchemy import text
 
 from bot.aws.sns import SnsRejected
+from bot.db import reading
 from bot.runtime import Services
 from handlers.gateway import PATHS as GATEWAY_PATHS
 from handlers.gateway import Gateway
@@ -171,7 +172,7 @@ class WsgiApp:
 
     def health(self) -> Answer:
         try:
-            with self.services.db.engine.connect() as conn:
+            with reading(), self.services.db.engine.connect() as conn:
                 conn.execute(text("select 1"))
             return 200, [("content-type", "application/json")], b'{"status":"ok"}'
         except Exception as exc:

@@ -36,4 +36,4 @@ def provision(s: Services, actor: Actor, ref: SubjectRef, model: str, tags: dict
 
 def list_profiles(s: Services, actor: Actor, ref: SubjectRef | None) -> list[ProfileView]:
     return step(s.db, s.clock, actor, "profile.list", str(ref or "all"),
-                lambda session: profiles.list_profiles(session, ref))
+                lambda session: profiles.list_profiles(session, ref), read_only=True)

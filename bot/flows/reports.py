@@ -1,5 +1,6 @@
-"""Read-only answers: usage, limits, profiles, the audit trail. One audited transaction each
-(a refusal — not allowed to see it, no such subject — leaves an audit row)."""
+"""Read-only answers: usage, limits, profiles, the audit trail. One read-only transaction each
+(on SQLite it neither takes nor waits for the write lock; a refusal — not allowed to see it, no
+such subject — leaves an audit row, written in a transaction of its own)."""
 
 from __future__ import annotations
 
@@ -16,12 +17,12 @@ from bot.services.usage import UsageReport
 
 def usage_report(s: Services, actor: Actor, ref: SubjectRef | None, period: str | None) -> UsageReport:
     return step(s.db, s.clock, actor, "usage.view", str(ref or actor.label), lambda session: usage.report(
-        session, s.clock, s.tz, s.week_start, actor, ref, period))
+        session, s.clock, s.tz, s.week_start, actor, ref, period), read_only=True)
 
 
 def list_limits(s: Services, actor: Actor, ref: SubjectRef | None) -> list[LimitView]:
     return step(s.db, s.clock, actor, "limit.list", str(ref or "all"),
-                lambda session: limits.list_limits(session, ref, s.clock()))
+                lambda session: limits.list_limits(session, ref, s.clock()), read_only=True)
 
 
 def audit_trail(s: Services, actor: Actor, ref: SubjectRef | None, count: int) -> list[AuditLine]:
@@ -33,4 +34,4 @@ def audit_trail(s: Services, actor: Actor, ref: SubjectRef | None, count: int) -
             target = f"{subject.kind}:{subject.name}"
         return audit.recent(session, target, count)
 
-    return step(s.db, s.clock, actor, "audit.view", str(ref or "all"), work)
+    return step(s.db, s.clock, actor, "audit.view", str(ref or "all"), work, read_only=True)

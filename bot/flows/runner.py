@@ -25,10 +25,11 @@ log = logging.getLogger(__name__)
 
 
 def step(db: Database, clock: Clock, actor: Actor, action: str, target: str,
-         work: Callable[[Session], T]) -> T:
-    """Run `work` in one transaction; on a BotError roll back, audit the refusal, re-raise."""
+         work: Callable[[Session], T], read_only: bool = False) -> T:
+    """Run `work` in one transaction; on a BotError roll back, audit the refusal, re-raise.
+    `read_only`: `work` only reads (on SQLite it then neither takes nor waits for the write lock)."""
     try:
-        with db.session_scope() as session:
+        with db.session_scope(read_only=read_only) as session:
             return work(session)
     except BotError as exc:
         log.info("%s by %s refused: %s", action, actor.label, exc)

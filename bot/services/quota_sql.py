@@ -30,7 +30,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, bindparam, text
 
-from bot.db import Database
+from bot.db import Database, reading
 from bot.models import UTCDateTime
 from bot.services.ledger import floor_day
 
@@ -159,7 +159,7 @@ class CheckSql:
         self.durable: Engine = db.engine  # commits with a full fsync (SQLite's usage reports)
 
     def read(self, owners: Sequence[int], stamp: Stamp) -> Outcome:
-        with self.engine.connect() as conn:
+        with reading(), self.engine.connect() as conn:
             out = self._read(conn, owners, stamp)
             conn.commit()
             return out
