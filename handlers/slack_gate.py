@@ -92,14 +92,20 @@ class SlackGate:
 
     def claim(self, signature: str, timestamp: int) -> bool:
         """First sight of this signature? With the database down the request goes on (every
-        command needs the database and will say it is not answering); logged."""
+        command needs the database and will say it is not answering); logged.
+
+        On the quick engine, since the ack waits for it: PostgreSQL runs the claim as one
+        autocommit statement (no BEGIN, COMMIT or pre-ping round trips); SQLite commits it
+        without an fsync (WAL, `synchronous=NORMAL`), so a power cut may forget the claims of its
+        last moments, and those requests could be replayed until their 5 minutes are up."""
         expires = datetime.fromtimestamp(timestamp + WINDOW, UTC)
         try:
-            with self.services.db.session_scope() as session:
-                first = replay.claim(session, signature, expires)
-                if first and next(self._claims) % PURGE_EVERY == 0:
-                    replay.purge(session, datetime.fromtimestamp(self.now(), UTC) - SKEW)
-                return first
+            with self.services.db.quick.begin() as conn:
+                first = replay.claim(conn, signature, expires)
+            if first and next(self._claims) % PURGE_EVERY == 0:
+                with self.services.db.quick.begin() as conn:
+                    replay.purge(conn, datetime.fromtimestamp(self.now(), UTC) - SKEW)
+            return first
         except DBAPIError as exc:
             log.warning("replay check skipped, the database is not answering: %s",
                         type(exc).__name__)
