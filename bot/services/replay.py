@@ -17,12 +17,10 @@ from __future__ import annotations
 import hashlib
 from datetime import datetime
 
-from sqlalchemy import Connection, delete
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy import Connection, String, bindparam, delete, text
 from sqlalchemy.orm import Session
 
-from bot.models import SlackSignature
+from bot.models import SlackSignature, UTCDateTime
 
 
 def digest(signature: str) -> str:
@@ -30,14 +28,18 @@ def digest(signature: str) -> str:
     return hashlib.sha256(signature.encode("utf-8", "surrogateescape")).hexdigest()
 
 
+# Text compiled once: the ORM's INSERT … ON CONFLICT … RETURNING was compiled anew for every
+# claim (about 1 ms of the ack's CPU). SQLite (3.35+) and PostgreSQL take the same SQL.
+_CLAIM = text("INSERT INTO slack_signatures (digest, expires_at) VALUES (:digest, :expires_at) "
+              "ON CONFLICT DO NOTHING RETURNING digest").bindparams(
+    bindparam("digest", type_=String()), bindparam("expires_at", type_=UTCDateTime()))
+
+
 def claim(conn: Connection | Session, signature: str, expires_at: datetime) -> bool:
     """Record `signature` until `expires_at`; False when it was already recorded (a replay)."""
-    dialect = conn.dialect if isinstance(conn, Connection) else conn.get_bind().dialect
-    insert = pg_insert if dialect.name == "postgresql" else sqlite_insert
-    stmt = insert(SlackSignature).values(digest=digest(signature), expires_at=expires_at)
     # RETURNING, not rowcount: psycopg reports -1 for INSERT … ON CONFLICT.
-    returning = stmt.on_conflict_do_nothing().returning(SlackSignature.digest)
-    return conn.execute(returning).first() is not None
+    found = conn.execute(_CLAIM, {"digest": digest(signature), "expires_at": expires_at})
+    return found.first() is not None
 
 
 def purge(conn: Connection | Session, now: datetime) -> int:
