@@ -31,8 +31,15 @@ from typing import Any
 from sqlalchemy import Connection, Engine, bindparam, text
 
 from bot.db import Database, reading
-from bot.models import UTCDateTime
+from bot.models import UTCDateTime, naive_utc
 from bot.services.ledger import floor_day
+
+
+def compact(sql: str) -> str:
+    """One space between tokens: psycopg parses a statement once and caches it only while it is
+    at most 4,096 characters (`MAX_CACHED_STATEMENT_LENGTH`); longer, every execution re-parses
+    it (about 1 ms of CPU for the settle). No `--` comments or quoted runs of spaces here."""
+    return " ".join(sql.split())
 
 COLS = ("reserved_tokens", "reserved_requests", "reserved_cost", "settled_input", "settled_output",
         "settled_requests", "settled_cost")
@@ -117,7 +124,7 @@ INSERT INTO gateway_reservations (id, subject_id, owners, tokens, requests, cost
 VALUES (:rid, :subject, :owners_json, :tokens, :requests, :cost, 'held', :now, :expires)
 """).bindparams(bindparam("now", type_=UTCDateTime()), bindparam("expires", type_=UTCDateTime()))
 _READ = {"sqlite": text(_READ_SQLITE), "postgresql": text(_READ_PG)}
-_RESERVE_PG_TEXT = text(_RESERVE_PG).bindparams(bindparam("now", type_=UTCDateTime()),
+_RESERVE_PG_TEXT = text(compact(_RESERVE_PG)).bindparams(bindparam("now", type_=UTCDateTime()),
                                                 bindparam("expires", type_=UTCDateTime()))
 
 Row = tuple[int, ...]  # one owner's counters, in COLS order
@@ -225,24 +232,22 @@ INSERT INTO gateway_requests (request_id, subject_id, reservation_id, model, inp
 _REQUEST_VALUES = (":request_id, :subject, CAST(:reservation AS varchar), :model, :input_tokens, "
                    ":output_tokens, :cache_read_tokens, :cache_write_tokens, :cost_micro_usd, :counted, :now")
 _LEDGER_UPSERT = f"""
-INSERT INTO usage (meter_id, hour, {", ".join(_LEDGER_COLS)}, updated_at)
+INSERT INTO usage AS u (hour, updated_at, meter_id, {", ".join(_LEDGER_COLS)})
 {{source}}
 ON CONFLICT (meter_id, hour) DO UPDATE SET
-  {", ".join(f"{c} = usage.{c} + excluded.{c}" for c in _LEDGER_COLS)}, updated_at = excluded.updated_at
+  {", ".join(f"{c} = u.{c} + excluded.{c}" for c in _LEDGER_COLS)}, updated_at = excluded.updated_at
 """
 # The UTC-day rollup takes the same increment (bot/services/ledger.py keeps the two equal; this
 # statement is the gateway's one-round-trip form of `ledger.add`).
 _DAY_UPSERT = f"""
-INSERT INTO usage_daily (meter_id, day, {", ".join(_LEDGER_COLS)})
+INSERT INTO usage_daily AS d (day, meter_id, {", ".join(_LEDGER_COLS)})
 {{source}}
 ON CONFLICT (meter_id, day) DO UPDATE SET
-  {", ".join(f"{c} = usage_daily.{c} + excluded.{c}" for c in _LEDGER_COLS)}
+  {", ".join(f"{c} = d.{c} + excluded.{c}" for c in _LEDGER_COLS)}
 """
-_DAY_VALUES = ("CAST(:meter AS bigint), :day, :input_tokens, :output_tokens, :cache_read_tokens, "
-               ":cache_write_tokens, :requests, :cost_micro_usd, :unpriced_tokens, :unpriced_requests")
-_LEDGER_VALUES = ("CAST(:meter AS bigint), :hour, :input_tokens, :output_tokens, :cache_read_tokens, "
-                  ":cache_write_tokens, :requests, :cost_micro_usd, :unpriced_tokens, :unpriced_requests, "
-                  ":now")
+_INCREMENT = f"CAST(:meter AS bigint), {', '.join(f':{c}' for c in _LEDGER_COLS)}"  # meter_id, columns
+_DAY_VALUES = f":day, {_INCREMENT}"
+_LEDGER_VALUES = f":hour, :now, {_INCREMENT}"
 # One counters UPDATE per owner row: a reservation given back and/or settled usage added (a row
 # may be updated only once by one statement). On PostgreSQL the rows are locked in id order
 # first (`lk`), as a reservation locks them, so the two never wait on each other in a cycle.
@@ -277,10 +282,9 @@ adds AS (
 t AS (
   SELECT coalesce(b.owner, a.owner) AS owner, coalesce(b.tokens, 0) AS tokens,
          coalesce(b.requests, 0) AS requests, coalesce(b.cost, 0) AS cost,
-         CASE WHEN a.owner IS NULL THEN 0 ELSE :input_tokens END AS s_input,
-         CASE WHEN a.owner IS NULL THEN 0 ELSE :output_tokens END AS s_output,
-         CASE WHEN a.owner IS NULL THEN 0 ELSE 1 END AS s_requests,
-         CASE WHEN a.owner IS NULL THEN 0 ELSE :cost_micro_usd END AS s_cost
+         CAST(a.owner IS NOT NULL AS int) AS s_requests, CAST(a.owner IS NOT NULL AS int) * :input_tokens
+         AS s_input, CAST(a.owner IS NOT NULL AS int) * :output_tokens AS s_output,
+         CAST(a.owner IS NOT NULL AS int) * :cost_micro_usd AS s_cost
   FROM back AS b FULL JOIN adds AS a ON a.owner = b.owner
 ),
 lk AS (
@@ -291,18 +295,16 @@ cnt AS (
   UPDATE gateway_counters AS c SET {_COUNTERS_SET} FROM t
   WHERE c.subject_id = t.owner AND (SELECT count(*) FROM lk) >= 0
 ),
-led AS (
-  {_LEDGER_UPSERT.format(source=f"SELECT {_LEDGER_VALUES} FROM req WHERE CAST(:meter AS bigint) IS NOT NULL")}
-),
-led_day AS (
-  {_DAY_UPSERT.format(source=f"SELECT {_DAY_VALUES} FROM req WHERE CAST(:meter AS bigint) IS NOT NULL")}
-)
+v AS (SELECT {_INCREMENT} FROM req WHERE CAST(:meter AS bigint) IS NOT NULL),
+led AS ({_LEDGER_UPSERT.format(source="SELECT :hour, :now, v.* FROM v")}),
+led_day AS ({_DAY_UPSERT.format(source="SELECT :day, v.* FROM v")})
 SELECT (SELECT count(*) FROM req), (SELECT count(*) FROM rel), (SELECT subject_id FROM other),
        (SELECT state FROM other)
 """
-_SETTLE_PG_TEXT = text(_SETTLE_PG).bindparams(bindparam("now", type_=UTCDateTime()),
-                                              bindparam("hour", type_=UTCDateTime()),
-                                              bindparam("day", type_=UTCDateTime()))
+# Its times are bound as naive UTC by `settle` (no `CAST(… AS TIMESTAMP WITHOUT TIME ZONE)` from
+# the UTCDateTime type: that kept the text over psycopg's cache limit).
+_SETTLE_PG_TEXT = text(compact(_SETTLE_PG))
+TIMES = ("now", "hour", "day")
 _OTHER_SQLITE = text("SELECT subject_id, state FROM gateway_reservations WHERE id = :reservation")
 _REQUEST_SQLITE = text(f"{_REQUEST_INSERT} VALUES ({_REQUEST_VALUES}) ON CONFLICT DO NOTHING "
                        "RETURNING request_id").bindparams(bindparam("now", type_=UTCDateTime()))
@@ -367,6 +369,7 @@ def settle(sql: CheckSql, u: Usage) -> Done:
     params = {**u.__dict__, "settle_owners": list(u.settle_owners), "requests": 1 if u.meter else 0,
               "day": floor_day(u.hour)}
     if sql.dialect == "postgresql":
+        params.update({k: naive_utc(params[k]) for k in TIMES})
         with sql.engine.connect() as conn:
             row = conn.execute(_SETTLE_PG_TEXT, params).one()
             conn.commit()
