@@ -30,10 +30,9 @@ def slack_client(settings: Settings) -> WebClient:
 
 
 def listener_pool() -> ThreadPoolExecutor:
-    """Bolt acks from the listener's thread. Listeners only ack and hand their work to the answer
-    pool, so they hold a thread for well under a millisecond; 16 (serve's request threads) is
-    enough that an ack never queues for one."""
-    return ThreadPoolExecutor(max_workers=16, thread_name_prefix="bolt")
+    """Bolt's executor for lazy listeners (the bot has none: listeners run in the request thread,
+    see `create_app`); small, since nothing queues on it."""
+    return ThreadPoolExecutor(max_workers=2, thread_name_prefix="bolt")
 
 
 def create_app(settings: Settings, services: Services, client: WebClient | None = None,
@@ -41,13 +40,16 @@ def create_app(settings: Settings, services: Services, client: WebClient | None 
                answer_executor: Executor | None = None) -> App:
     """The Bolt app with every listener and the one error handler behind them.
 
-    `listener_executor` runs the listeners up to their ack, `answer_executor` the work after it
-    (tests pass executors they can wait on)."""
+    Every listener acks and hands its work to `answer_executor` (tests pass executors they can
+    wait on), so it returns within a millisecond: Bolt runs it in the request thread and sends
+    the 200 when it returns (`process_before_response=True`). With False, Bolt ran the listener on
+    another thread and the request thread polled for the ack every 10 ms, waking on a GIL shared
+    with the answers (slack_bolt/listener/thread_runner.py): 5 ms and a thread hop per ack."""
     client = client or slack_client(settings)
     if isinstance(services.notifier, NullNotifier):
         services.notifier = OutboxNotifier(SlackNotifier(client), services.db, services.clock)
     app = App(client=client, signing_secret=settings.slack.signing_secret or "unset",
-              token_verification_enabled=False, process_before_response=False,
+              token_verification_enabled=False, process_before_response=True,
               ignoring_self_events_enabled=False,
               listener_executor=listener_executor or listener_pool())
     errors.register(app, services)

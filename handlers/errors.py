@@ -11,7 +11,7 @@ import logging
 import re
 from typing import Any
 
-from slack_bolt import App, BoltContext
+from slack_bolt import App, BoltContext, BoltResponse
 from sqlalchemy.exc import DBAPIError
 
 from bot.runtime import Services
@@ -26,9 +26,24 @@ DB_DOWN = "⚠️ The bot's database is not answering right now. Please try agai
 
 def register(app: App, services: Services) -> None:
     @app.error
-    def on_error(error: Exception, body: Any, context: BoltContext) -> None:
+    def on_error(error: Exception, body: Any, context: BoltContext, response: BoltResponse | None) -> None:
         respond = context.respond if context.response_url else None
         handle(services, error, body, respond)
+        keep_ack(context, body, response)
+
+
+def keep_ack(context: BoltContext, body: Any, response: BoltResponse | None) -> None:
+    """A listener that failed after its ack() still answers Slack with that ack, and an event
+    (acked by Bolt itself) with 200: Bolt runs listeners in the request thread
+    (`process_before_response`) and would otherwise answer 500, which Slack shows the person
+    as an error on top of our polite line, or retries (an event, up to 3 times)."""
+    if response is None:
+        return
+    acked = getattr(context.ack, "response", None) if context.ack is not None else None
+    if isinstance(acked, BoltResponse) and acked is not response:
+        response.status, response.body, response.headers = acked.status, acked.body, acked.headers
+    elif acked is None and isinstance(body, dict) and body.get("type") == "event_callback":
+        response.status, response.body = 200, ""
 
 
 def handle(services: Services, error: Exception, body: Any, respond: Any | None) -> None:
