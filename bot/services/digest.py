@@ -35,11 +35,13 @@ Cache-read/-write token counts are not summed (the digest shows none; their cost
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, tzinfo
+from functools import lru_cache
 from itertools import chain, pairwise
 from operator import itemgetter
 from typing import Any
@@ -51,6 +53,7 @@ from sqlalchemy import (
     Double,
     Integer,
     Select,
+    Text,
     bindparam,
     cast,
     func,
@@ -80,7 +83,6 @@ CHART_STACKS = 5
 # Subject names are [a-z0-9._-]: a name with a space can never collide with a subject.
 OTHERS = "all others"
 _COLS = ("input_tokens", "output_tokens", "requests", "cost_micro_usd")
-_ZERO: tuple[float, float, float, float] = (0, 0, 0, 0)
 
 # In _COLS order. Floats when PostgreSQL summed as float8: integers all the same (every sum
 # stays below 2**53, checked), made int where they leave this module.
@@ -372,6 +374,11 @@ class _Ledger:
         for sid in (*owner.values(), *groups, *(m for ids in groups.values() for m in ids)):
             self.slot.setdefault(sid, len(self.slot))
         self.groups = groups
+        # A group's row is the sum of its members' rows (`_cover`): the pairs as index arrays.
+        pairs = [(self.slot[g], self.slot[m]) for g, ids in groups.items() for m in ids]
+        self._group_slots = np.array(sorted({g for g, _m in pairs}), dtype=np.int64)
+        self._group_slots_rep = np.array([g for g, _m in pairs], dtype=np.int64)
+        self._member_slots = np.array([m for _g, m in pairs], dtype=np.int64)
         exact = bool(rows) and not isinstance(rows[0][2], float)
         self._dtype: Any = object if exact else np.float64
         self.acc = np.zeros((len(self.slot), len(bounds) + 1, 4), dtype=self._dtype)
@@ -390,36 +397,40 @@ class _Ledger:
             in_days = np.unique(slots[(ks >= cuts[0]) & (ks < cuts[-1])]).tolist()
             self.with_rows = {by_slot[i] for i in in_days}
         self.days = np.stack([self.acc[:, a:b, :].sum(axis=1) for a, b in pairwise(cuts)], axis=1)
-        self._covered: dict[tuple[str, int, int], list[list[float]]] = {}
+        self._covered: dict[tuple[str, int, int], Any] = {}
 
-    def _cover(self, key: tuple[str, int, int], table: Callable[[], Any]) -> list[list[float]]:
+    def _cover(self, key: tuple[str, int, int], table: Callable[[], Any]) -> Any:
         """`table()` (4 sums per slot) with each group's row replaced by its members' total,
-        as plain Python numbers by slot; made once per `key`."""
+        plus a last row of zeros (`ZERO_ROW`: a subject with no slot); made once per `key`."""
         got = self._covered.get(key)
         if got is None:
             base = table()
-            out = base.copy()
-            for sid, ids in self.groups.items():
-                out[self.slot[sid]] = base[[self.slot[m] for m in ids]].sum(axis=0)
-            got = self._covered[key] = out.tolist()
+            got = np.concatenate([base, np.zeros((1, 4), dtype=base.dtype)])
+            if len(self._member_slots):
+                got[self._group_slots] = 0
+                np.add.at(got, self._group_slots_rep, base[self._member_slots])
+            self._covered[key] = got
         return got
 
-    def _row(self, table: list[list[float]], sid: int) -> Sums:
-        slot = self.slot.get(sid)
-        if slot is None:
-            return _ZERO
-        a, b, c, d = table[slot]
-        return (a, b, c, d)
+    @property
+    def zero_row(self) -> int:
+        """The row of `day`'s and `window`'s tables that is all zeros."""
+        return len(self.slot)
 
-    def day(self, sid: int, d: int) -> Sums:
-        """What `sid` covers on day d (negative counts from the last)."""
+    def slots_of(self, sids: Sequence[int]) -> Any:
+        """Each subject's row in the tables (`zero_row` for one without a meter or member)."""
+        z = self.zero_row
+        return np.fromiter((self.slot.get(sid, z) for sid in sids), dtype=np.int64, count=len(sids))
+
+    def day(self, d: int) -> Any:
+        """What each slot covers on day d (negative counts from the last): rows of 4 sums."""
         d %= self.n_days
-        return self._row(self._cover(("day", d, d), lambda: self.days[:, d, :]), sid)
+        return self._cover(("day", d, d), lambda: self.days[:, d, :])
 
-    def window(self, sid: int, start: datetime, end: datetime) -> Sums:
-        """What `sid` covers over [start, end) (both are boundaries)."""
+    def window(self, start: datetime, end: datetime) -> Any:
+        """What each slot covers over [start, end) (both are boundaries): rows of 4 sums."""
         i, j = self.index[start], self.index[end]
-        return self._row(self._cover(("window", i, j), lambda: self.acc[:, i + 1:j + 1, :].sum(axis=1)), sid)
+        return self._cover(("window", i, j), lambda: self.acc[:, i + 1:j + 1, :].sum(axis=1))
 
     def overall(self) -> list[Sums]:
         """Every meter once, per day."""
@@ -459,17 +470,17 @@ def build_digest(session: Session, now: datetime, tz: tzinfo, week_start: int, t
 
     conn = session.connection()  # Core rows for the big reads: no ORM bookkeeping
     subjects = {sid: _SubjectRow(sid, kind, name, slack) for sid, kind, name, slack in conn.execute(
-        select(Subject.id, Subject.kind, Subject.name, Subject.slack_user_id)).tuples()}
+        select(Subject.id, Subject.kind, Subject.name, Subject.slack_user_id)).tuples().all()}
     members: dict[int, list[int]] = defaultdict(list)
-    for team_id, user_id in conn.execute(select(TeamMember.team_id, TeamMember.user_id)).tuples():
+    for team_id, user_id in conn.execute(select(TeamMember.team_id, TeamMember.user_id)).tuples().all():
         members[team_id].append(user_id)
 
     def covered(sid: int) -> list[int]:
         s = subjects.get(sid)
         return [sid, *members.get(sid, [])] if s is not None and s.kind == "team" else [sid]
 
-    limits = list(session.execute(select(Limit.id, Limit.subject_id, Limit.metric, Limit.amount,
-                                         Limit.window, Limit.action, Limit.warn)))
+    limits = conn.execute(select(Limit.id, Limit.subject_id, Limit.metric, Limit.amount, Limit.window,
+                                 Limit.action, cast(Limit.warn, Text).label("warn"))).all()
     windows = {w: limit_window(w, now, tz, week_start) for w in {lim.window for lim in limits}}
     bounds = sorted({*starts, *(b for s, _e, q in windows.values() for b in (s, q))})
     owner: dict[int, int | None] = dict(conn.execute(select(Meter.id, Meter.subject_id)).tuples().all())
@@ -478,7 +489,7 @@ def build_digest(session: Session, now: datetime, tz: tzinfo, week_start: int, t
     groups = {sid: covered(sid) for sid, row in subjects.items() if row.kind == "team"}
     folded = _Ledger(bounds, starts, rows, owner, groups)
 
-    per_subject = _per_subject(folded, subjects, covered)
+    per_subject = _per_subject(folded, subjects)
     top = [s for s in per_subject if s.totals.cost_micro_usd or s.totals.tokens][:max(0, top_n)]
     overall = folded.overall()
     return DigestData(
@@ -527,40 +538,64 @@ def _plan(bounds: list[datetime], every_meter: tuple[datetime, datetime], limits
     return parts
 
 
-def _per_subject(folded: _Ledger, subjects: dict[int, _SubjectRow], covered: Covers) -> list[SubjectDay]:
-    """Yesterday and the day before for every subject with usage on either (teams with members)."""
-    with_usage = {sid for sid in folded.with_rows if sid is not None}
-    for sid, row in subjects.items():  # a team has usage when a member has
-        if row.kind == "team" and any(m in with_usage for m in covered(sid)):
-            with_usage.add(sid)
+def _ints(table: Any) -> list[list[int]]:
+    """Rows of sums as Python ints (float64 sums are exact integers: see _FLOAT_EXACT)."""
+    return table.astype(np.int64).tolist() if table.dtype != object else table.tolist()
+
+
+def _per_subject(folded: _Ledger, subjects: dict[int, _SubjectRow]) -> list[SubjectDay]:
+    """Yesterday and the day before for every subject with usage on either (a team with its
+    members), by cost, then tokens, then name. Filtered in numpy: objects only for the lines."""
+    rows = list(subjects.values())
+    slots = folded.slots_of([r.id for r in rows])
+    now_t, before = folded.day(-1)[slots], folded.day(-2)[slots]
+    keep = np.flatnonzero((now_t != 0).any(axis=1) | (before != 0).any(axis=1))
+    now_l, before_l, kept = _ints(now_t[keep]), _ints(before[keep]), keep.tolist()
+    order = sorted(range(len(kept)), key=lambda i: (-now_l[i][3], -(now_l[i][0] + now_l[i][1]),
+                                                    rows[kept[i]].name))
     out = []
-    for sid in with_usage:
-        s = subjects.get(sid)
-        if s is None:
-            continue
-        now_t, before = _totals(folded.day(sid, -1)), _totals(folded.day(sid, -2))
-        if now_t == Totals() and before == Totals():
-            continue
-        out.append(SubjectDay(s.name, s.kind, s.slack_user_id, now_t, before))
-    out.sort(key=lambda d: (-d.totals.cost_micro_usd, -d.totals.tokens, d.name))
+    for i in order:
+        s, (a, b, c, d), (e, f, g, h) = rows[kept[i]], now_l[i], before_l[i]
+        out.append(SubjectDay(s.name, s.kind, s.slack_user_id, Totals(a, b, 0, 0, c, d),
+                              Totals(e, f, 0, 0, g, h)))
     return out
+
+
+# Where `Totals.metric(name)` is in the row [tokens, input, output, requests, micro-USD].
+_METRIC_COL = {"tokens": 0, "input_tokens": 1, "output_tokens": 2, "requests": 3, "cost_usd": 4}
+
+
+@lru_cache(maxsize=64)
+def _warn(text: str) -> tuple[int, ...]:
+    """A limit's warn levels from their JSON text (a handful of distinct lists among many limits)."""
+    return tuple(json.loads(text))
 
 
 def _at_risk(limits: Sequence[Any], windows: dict[str, tuple[datetime, datetime, datetime]],
              folded: _Ledger, subjects: dict[int, _SubjectRow], now: datetime) -> list[AtRisk]:
-    out = []
+    """Limits at or above WATCH_PERCENT: every limit's use compared in numpy, per window; a
+    LimitStatus made only for those near it (within a point: the exact test is its own)."""
+    by_window: dict[str, list[Any]] = defaultdict(list)
     for lim in limits:
-        s = subjects.get(lim.subject_id)
-        if s is None:
-            continue
-        start, end, q_end = windows[lim.window]
-        totals = _totals(folded.window(lim.subject_id, start, q_end))
-        status = LimitStatus(lim.id, s.name, lim.metric, lim.amount, lim.window,
-                             totals.metric(lim.metric), start, end, lim.action, tuple(lim.warn))
-        if status.percent < WATCH_PERCENT:
-            continue
-        projected = _forecast(totals, start, end, now, Window(lim.window))
-        out.append(AtRisk(status, s.kind, projected.metric(lim.metric) if projected else None))
+        if lim.subject_id in subjects:
+            by_window[lim.window].append(lim)
+    out = []
+    for window, lims in by_window.items():
+        start, end, q_end = windows[window]
+        table = folded.window(start, q_end)[folded.slots_of([lim.subject_id for lim in lims])]
+        values = np.column_stack([table[:, 0] + table[:, 1], table])
+        used = values[np.arange(len(lims)), [_METRIC_COL[lim.metric] for lim in lims]]
+        amount = np.array([lim.amount for lim in lims], dtype=table.dtype)
+        near = np.flatnonzero(used * 100 >= amount * (WATCH_PERCENT - 1))
+        for i, (a, b, c, d) in zip(near.tolist(), _ints(table[near]), strict=True):
+            lim, s = lims[i], subjects[lims[i].subject_id]
+            totals = Totals(a, b, 0, 0, c, d)
+            status = LimitStatus(lim.id, s.name, lim.metric, lim.amount, lim.window,
+                                 totals.metric(lim.metric), start, end, lim.action, _warn(lim.warn))
+            if status.percent < WATCH_PERCENT:
+                continue
+            projected = _forecast(totals, start, end, now, Window(lim.window))
+            out.append(AtRisk(status, s.kind, projected.metric(lim.metric) if projected else None))
     out.sort(key=lambda a: (-a.status.percent, a.status.subject, a.status.metric, a.status.window))
     return out
 
