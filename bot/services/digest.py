@@ -67,7 +67,7 @@ from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import Session
 
-from bot.models import Limit, Meter, RestoreRequest, Revocation, Subject, TeamMember
+from bot.models import Limit, Meter, RestoreRequest, Revocation, Subject, TeamMember, Usage, UsageDay
 from bot.quantities import Window, window_bounds
 from bot.services import billing, ledger, unpriced
 from bot.services import raises as raise_service
@@ -215,13 +215,18 @@ _PROBE_MIN = timedelta(hours=24)  # shorter intervals are cheap to scan anyway
 @dataclass(frozen=True)
 class Part:
     """Interval k = [start, end): read for every meter (windows None), or only for the meters
-    of limits on one of `windows` (`meters` lists them, for the choice to probe)."""
+    of limits on one of `windows` (`meters` lists them, for the choice to probe), or (`only`)
+    for these meters alone."""
 
     k: int
     start: datetime
     end: datetime
     windows: tuple[str, ...] | None
     meters: tuple[int, ...] = ()
+    only: tuple[int, ...] | None = None
+    # Starts after `now`: hours that hold no usage yet. Read by hours (an empty index range),
+    # where the rollup's cheapest pieces would read today's day row less every hour before.
+    ahead: bool = False
 
 
 def _limited_meters(windows: tuple[str, ...]) -> Select[tuple[int]]:
@@ -236,7 +241,7 @@ def _limited_meters(windows: tuple[str, ...]) -> Select[tuple[int]]:
 def _pieces(p: Part, rollup: bool) -> list[Span]:
     """How part p is read: whole UTC days of the rollup and hourly edges (`ledger.spans`),
     or (rollup False, the reference the tests and the bench compare with) its hours."""
-    return ledger.spans(p.start, p.end) if rollup else [Span(False, p.start, p.end)]
+    return ledger.spans(p.start, p.end) if rollup and not p.ahead else [Span(False, p.start, p.end)]
 
 
 def _part_select(p: Part, pieces: list[Span], dialect: str, exact: bool, probe: bool) -> Select[Any]:
@@ -244,15 +249,15 @@ def _part_select(p: Part, pieces: list[Span], dialect: str, exact: bool, probe: 
     if probe:
         return _probe_select(p, k, pieces, dialect, exact)
     where = None
-    if p.windows is not None:
-        limited = _limited_meters(p.windows)
+    if p.windows is not None or p.only is not None:
+        limited = _limited_meters(p.windows) if p.windows is not None else list(p.only or ())
 
         def where(m: ledger.Model) -> ColumnElement[bool]:
             return m.meter_id.in_(limited)
     selects = [ledger.span_select(piece, _exprs, where) for piece in pieces]
     rows = (union_all(*selects) if len(selects) > 1 else selects[0]).subquery(f"r_{p.k}")
-    return (select(k, rows.c.meter_id, *(_sum(dialect, exact, rows.c[f"v{i}"]) for i in range(len(_COLS))))
-            .group_by(rows.c.meter_id))
+    sums = [_sum(dialect, exact, rows.c[f"v{i}"]) for i in range(len(_COLS))]
+    return select(k, rows.c.meter_id, *sums).group_by(rows.c.meter_id)
 
 
 def _probe_select(p: Part, k: ColumnElement[Any], pieces: list[Span], dialect: str, exact: bool
@@ -291,7 +296,7 @@ def interval_sums(session: Session, parts: list[Part], n_meters: int, exact: boo
     pg = dialect == "postgresql"
     work: list[tuple[float, Select[Any]]] = []
     for p in parts:
-        if p.windows is not None and not p.meters:
+        if (p.windows is not None and not p.meters) or p.only == ():
             continue
         pieces = _pieces(p, rollup)
         probe = (pg and p.windows is not None and p.end - p.start >= _PROBE_MIN
@@ -357,19 +362,16 @@ def _totals(v: Sums) -> Totals:
 
 class _Ledger:
     """The read intervals, folded per subject (the meter's owner; None: no subject) in numpy:
-    `acc[slot, k]` holds the 4 sums of interval k, `days[slot, d]` those of local day d of
-    `starts`. float64 when PostgreSQL summed as float8 (exact integers: see _FLOAT_EXACT),
-    else Python ints in object arrays (SQLite, and the exact re-read), so nothing rounds.
-    About 10^5 rows: a Python loop over them was most of the digest's time. What a subject
-    covers (a team: itself and its members, `groups`) is summed once per day or window asked
-    for, for every subject at once.
+    `acc[slot, k]` holds the 4 sums of interval k. float64 when PostgreSQL summed as float8
+    (exact integers: see _FLOAT_EXACT), else Python ints in object arrays (SQLite, and the
+    exact re-read), so nothing rounds. About 10^5 rows: a Python loop over them was most of
+    the digest's time. What a subject covers (a team: itself and its members, `groups`) is
+    summed once per window asked for, for every subject at once.
     """
 
-    def __init__(self, bounds: list[datetime], starts: list[datetime], rows: Sequence[Any],
-                 owner: dict[int, int | None], groups: dict[int, list[int]]) -> None:
+    def __init__(self, bounds: list[datetime], rows: Sequence[Any], owner: dict[int, int | None],
+                 groups: dict[int, list[int]]) -> None:
         self.index = {b: i for i, b in enumerate(bounds)}
-        self.n_days = len(starts) - 1
-        cuts = [self.index[a] + 1 for a in starts]  # day d is intervals cuts[d] .. cuts[d+1] - 1
         self.slot: dict[int | None, int] = {None: 0}
         for sid in (*owner.values(), *groups, *(m for ids in groups.values() for m in ids)):
             self.slot.setdefault(sid, len(self.slot))
@@ -382,7 +384,6 @@ class _Ledger:
         exact = bool(rows) and not isinstance(rows[0][2], float)
         self._dtype: Any = object if exact else np.float64
         self.acc = np.zeros((len(self.slot), len(bounds) + 1, 4), dtype=self._dtype)
-        self.with_rows: set[int | None] = set()  # subjects with a row in the days
         if rows:
             flat = chain.from_iterable(rows)
             cols = np.fromiter(flat, dtype=self._dtype, count=6 * len(rows)).reshape(-1, 6)
@@ -391,12 +392,7 @@ class _Ledger:
             lut = np.zeros(max(int(meters.max()), max(owner, default=0)) + 1, dtype=np.int64)  # meter → slot
             for m, sid in owner.items():
                 lut[m] = self.slot[sid]
-            slots = lut[meters]
-            np.add.at(self.acc, (slots, ks), cols[:, 2:6])
-            by_slot = {v: k for k, v in self.slot.items()}
-            in_days = np.unique(slots[(ks >= cuts[0]) & (ks < cuts[-1])]).tolist()
-            self.with_rows = {by_slot[i] for i in in_days}
-        self.days = np.stack([self.acc[:, a:b, :].sum(axis=1) for a, b in pairwise(cuts)], axis=1)
+            np.add.at(self.acc, (lut[meters], ks), cols[:, 2:6])
         self._covered: dict[tuple[str, int, int], Any] = {}
 
     def _cover(self, key: tuple[str, int, int], table: Callable[[], Any]) -> Any:
@@ -414,7 +410,7 @@ class _Ledger:
 
     @property
     def zero_row(self) -> int:
-        """The row of `day`'s and `window`'s tables that is all zeros."""
+        """The row of `window`'s tables that is all zeros."""
         return len(self.slot)
 
     def slots_of(self, sids: Sequence[int]) -> Any:
@@ -422,31 +418,17 @@ class _Ledger:
         z = self.zero_row
         return np.fromiter((self.slot.get(sid, z) for sid in sids), dtype=np.int64, count=len(sids))
 
-    def day(self, d: int) -> Any:
-        """What each slot covers on day d (negative counts from the last): rows of 4 sums."""
-        d %= self.n_days
-        return self._cover(("day", d, d), lambda: self.days[:, d, :])
-
     def window(self, start: datetime, end: datetime) -> Any:
         """What each slot covers over [start, end) (both are boundaries): rows of 4 sums."""
         i, j = self.index[start], self.index[end]
         return self._cover(("window", i, j), lambda: self.acc[:, i + 1:j + 1, :].sum(axis=1))
 
-    def overall(self) -> list[Sums]:
-        """Every meter once, per day."""
-        return [(a, b, c, d) for a, b, c, d in self.days.sum(axis=0).tolist()]
-
-    def tokens(self, first: int) -> dict[int | None, int]:
-        """Tokens (input + output) of each subject's own meters over days first.. (a team's
-        members not included)."""
-        per_slot = (self.days[:, first:, 0] + self.days[:, first:, 1]).sum(axis=1).tolist()
-        return {sid: int(per_slot[slot]) for sid, slot in self.slot.items()}
-
-    def tokens_per_day(self, sid: int | None) -> list[int]:
-        slot = self.slot.get(sid)
-        if slot is None:
-            return [0] * self.n_days
-        return [int(v) for v in (self.days[slot, :, 0] + self.days[slot, :, 1]).tolist()]
+    def own_tokens(self, start: datetime, end: datetime) -> dict[int | None, int]:
+        """Tokens (input + output) of each subject's own meters over [start, end) (both are
+        boundaries; a team's members not included)."""
+        i, j = self.index[start], self.index[end]
+        per_slot = [int(v) for v in self.acc[:, i + 1:j + 1, 0:2].sum(axis=(1, 2)).tolist()]
+        return {sid: per_slot[slot] for sid, slot in self.slot.items()}
 
 
 # ---- the digest ----------------------------------------------------------------------
@@ -466,6 +448,7 @@ def build_digest(session: Session, now: datetime, tz: tzinfo, week_start: int, t
     False reads the hourly ledger alone (the reference the tests and the bench compare with)."""
     chart_days = max(1, chart_days)
     starts = day_starts(now, tz, max(chart_days, 2))
+    first = len(starts) - 1 - chart_days  # the chart's first day
     y_start, y_end = starts[-2], starts[-1]
 
     conn = session.connection()  # Core rows for the big reads: no ORM bookkeeping
@@ -482,16 +465,20 @@ def build_digest(session: Session, now: datetime, tz: tzinfo, week_start: int, t
     limits = conn.execute(select(Limit.id, Limit.subject_id, Limit.metric, Limit.amount, Limit.window,
                                  Limit.action, cast(Limit.warn, Text).label("warn"))).all()
     windows = {w: limit_window(w, now, tz, week_start) for w in {lim.window for lim in limits}}
-    bounds = sorted({*starts, *(b for s, _e, q in windows.values() for b in (s, q))})
+    # Per meter: the chart's whole span, the digest's two days and the limits' windows; each
+    # day's total over every meter apart (`_day_totals`).
+    kept = {starts[first], *starts[-3:]}
+    bounds = sorted({*kept, *(b for s, _e, q in windows.values() for b in (s, q))})
     owner: dict[int, int | None] = dict(conn.execute(select(Meter.id, Meter.subject_id)).tuples().all())
-    parts = _plan(bounds, (starts[0], starts[-1]), limits, windows, covered, owner)
+    parts = _plan(bounds, (starts[0], starts[-1]), limits, windows, covered, owner, now)
     rows = interval_sums(session, parts, len(owner), rollup=rollup)
+    overall = _day_totals(session, starts, rollup)
     groups = {sid: covered(sid) for sid, row in subjects.items() if row.kind == "team"}
-    folded = _Ledger(bounds, starts, rows, owner, groups)
+    folded = _Ledger(bounds, rows, owner, groups)
 
-    per_subject = _per_subject(folded, subjects)
+    per_subject = _per_subject(folded, subjects, starts)
     top = [s for s in per_subject if s.totals.cost_micro_usd or s.totals.tokens][:max(0, top_n)]
-    overall = folded.overall()
+    named = _stacks(folded, subjects, starts[first], starts[-1])
     return DigestData(
         day=y_start.astimezone(tz).date(), start=y_start, end=y_end, now=now,
         tz_name=str(getattr(tz, "key", tz)),
@@ -501,7 +488,8 @@ def build_digest(session: Session, now: datetime, tz: tzinfo, week_start: int, t
         at_risk=_at_risk(limits, windows, folded, subjects, now),
         revocations=_revocations(session),
         requests=_pending(session, now),
-        chart=_chart(folded, subjects, overall, starts, chart_days, tz),
+        chart=_chart(subjects, named, _stack_tokens(session, named, owner, starts[first:], rollup),
+                     overall[first:], starts[first:], tz),
         subjects=per_subject,
         unpriced=unpriced.summary(session, y_start, y_end),
         bill=billing.latest_day_bill(session, now, bill_divergence_pct),
@@ -511,7 +499,7 @@ def build_digest(session: Session, now: datetime, tz: tzinfo, week_start: int, t
 
 def _plan(bounds: list[datetime], every_meter: tuple[datetime, datetime], limits: Sequence[Any],
           windows: dict[str, tuple[datetime, datetime, datetime]], covered: Covers,
-          owner: dict[int, int | None]) -> list[Part]:
+          owner: dict[int, int | None], now: datetime) -> list[Part]:
     """Which interval is read for whom: the chart's days for every meter, the rest for the
     meters of the limits whose windows reach into it."""
     by_window: dict[str, set[int]] = defaultdict(set)  # window → the subjects its limits cover
@@ -534,7 +522,7 @@ def _plan(bounds: list[datetime], every_meter: tuple[datetime, datetime], limits
         if meters is None:  # neighbouring intervals mostly have the same windows reaching in
             subjects = set().union(*(by_window[w] for w in reaching))
             meters = wanted[reaching] = tuple(sorted(m for sid in subjects for m in meters_of.get(sid, ())))
-        parts.append(Part(k, a, b, reaching, meters))
+        parts.append(Part(k, a, b, reaching, meters, ahead=a > now))
     return parts
 
 
@@ -543,12 +531,13 @@ def _ints(table: Any) -> list[list[int]]:
     return table.astype(np.int64).tolist() if table.dtype != object else table.tolist()
 
 
-def _per_subject(folded: _Ledger, subjects: dict[int, _SubjectRow]) -> list[SubjectDay]:
+def _per_subject(folded: _Ledger, subjects: dict[int, _SubjectRow], starts: list[datetime]
+                 ) -> list[SubjectDay]:
     """Yesterday and the day before for every subject with usage on either (a team with its
     members), by cost, then tokens, then name. Filtered in numpy: objects only for the lines."""
     rows = list(subjects.values())
     slots = folded.slots_of([r.id for r in rows])
-    now_t, before = folded.day(-1)[slots], folded.day(-2)[slots]
+    now_t, before = folded.window(starts[-2], starts[-1])[slots], folded.window(starts[-3], starts[-2])[slots]
     keep = np.flatnonzero((now_t != 0).any(axis=1) | (before != 0).any(axis=1))
     now_l, before_l, kept = _ints(now_t[keep]), _ints(before[keep]), keep.tolist()
     order = sorted(range(len(kept)), key=lambda i: (-now_l[i][3], -(now_l[i][0] + now_l[i][1]),
@@ -620,17 +609,68 @@ def _pending(session: Session, now: datetime) -> list[PendingLine]:
             for rid, name, requester, reason, created in session.execute(q)]
 
 
-def _chart(folded: _Ledger, subjects: dict[int, _SubjectRow], overall: list[Sums], starts: list[datetime],
-           chart_days: int, tz: tzinfo) -> ChartData:
+def _day_totals(session: Session, starts: list[datetime], rollup: bool) -> list[Sums]:
+    """Each local day's total over every meter (exact sums). The days' pieces (`ledger.spans`)
+    are read once each, summed per UTC day of the rollup and per hour of the edges (a few
+    dozen rows), then added up per local day here: neighbouring days share their edge hour."""
+    pieces = [(d, piece) for d, (a, b) in enumerate(pairwise(starts))
+              for piece in (ledger.spans(a, b) if rollup else [Span(False, a, b)])]
+    selects = []
+    for daily in (True, False):
+        model = UsageDay if daily else Usage
+        key = UsageDay.day if daily else Usage.hour
+        tag = literal_column("1" if daily else "0", Integer).label("daily")
+        selects += [select(tag, key.label("at"), *(cast(func.sum(v), BigInteger) for v in _exprs(model)))
+                    .where(key >= lo, key < hi).group_by(key)
+                    for lo, hi in _merged([(p.lo, p.hi) for _d, p in pieces if p.daily == daily])]
+    rows = session.connection().execute(union_all(*selects)).tuples().all() if selects else []
+    out = [[0, 0, 0, 0] for _ in range(len(starts) - 1)]
+    for d, p in pieces:
+        for daily, at, *values in rows:
+            if bool(daily) == p.daily and p.lo <= at < p.hi:
+                for c, v in enumerate(values):
+                    out[d][c] += p.sign * int(v)
+    return [(a, b, c, d) for a, b, c, d in out]
+
+
+def _merged(ranges: list[tuple[datetime, datetime]]) -> list[tuple[datetime, datetime]]:
+    """The same instants as these [lo, hi) ranges, overlapping and touching ones joined."""
+    out: list[tuple[datetime, datetime]] = []
+    for lo, hi in sorted(ranges):
+        if out and lo <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], hi))
+        else:
+            out.append((lo, hi))
+    return out
+
+
+def _stacks(folded: _Ledger, subjects: dict[int, _SubjectRow], start: datetime, end: datetime) -> list[int]:
+    """The CHART_STACKS subjects whose own meters used the most tokens over [start, end)."""
+    own = folded.own_tokens(start, end)
+    period = {sid: t for sid, t in own.items() if sid is not None and sid in subjects and t > 0}
+    return sorted(period, key=lambda sid: (-period[sid], subjects[sid].name))[:CHART_STACKS]
+
+
+def _stack_tokens(session: Session, named: list[int], owner: dict[int, int | None], starts: list[datetime],
+                  rollup: bool) -> dict[int, list[int]]:
+    """Tokens per local day of each stacked subject's own meters: a part per day, for their
+    meters alone (a few: read through the (meter, hour|day) keys)."""
+    out = {sid: [0] * (len(starts) - 1) for sid in named}
+    meters = tuple(sorted(m for m, sid in owner.items() if sid in out))
+    parts = [Part(d + 1, a, b, None, only=meters) for d, (a, b) in enumerate(pairwise(starts))]
+    for k, meter, i, o, _r, _c in interval_sums(session, parts, len(owner), rollup=rollup) if meters else ():
+        sid = owner[meter]
+        assert sid is not None  # only the stacked subjects' meters were read
+        out[sid][k - 1] += int(i) + int(o)
+    return out
+
+
+def _chart(subjects: dict[int, _SubjectRow], named: list[int], per_day: dict[int, list[int]],
+           overall: list[Sums], starts: list[datetime], tz: tzinfo) -> ChartData:
     """Tokens per day by the meter's owning subject: the top CHART_STACKS, then OTHERS."""
-    first = folded.n_days - chart_days
-    totals = [int(v[0] + v[1]) for v in overall[first:]]
-    own = folded.tokens(first)
-    period = {sid: own[sid] for sid in folded.with_rows if sid is not None and sid in subjects}
-    named = sorted((sid for sid, t in period.items() if t > 0),
-                   key=lambda sid: (-period[sid], subjects[sid].name))
-    series = {subjects[sid].name: folded.tokens_per_day(sid)[first:] for sid in named[:CHART_STACKS]}
+    totals = [int(v[0] + v[1]) for v in overall]
+    series = {subjects[sid].name: per_day[sid] for sid in named}
     rest = [t - sum(row[i] for row in series.values()) for i, t in enumerate(totals)]
     if any(rest):
         series[OTHERS] = rest
-    return ChartData([a.astimezone(tz).date() for a in starts[first:-1]], series, totals)
+    return ChartData([a.astimezone(tz).date() for a in starts[:-1]], series, totals)
