@@ -215,15 +215,13 @@ _PROBE_MIN = timedelta(hours=24)  # shorter intervals are cheap to scan anyway
 @dataclass(frozen=True)
 class Part:
     """Interval k = [start, end): read for every meter (windows None), or only for the meters
-    of limits on one of `windows` (`meters` lists them, for the choice to probe), or (`only`)
-    for these meters alone."""
+    of limits on one of `windows` (`meters` lists them, for the choice to probe)."""
 
     k: int
     start: datetime
     end: datetime
     windows: tuple[str, ...] | None
     meters: tuple[int, ...] = ()
-    only: tuple[int, ...] | None = None
     # Starts after `now`: hours that hold no usage yet. Read by hours (an empty index range),
     # where the rollup's cheapest pieces would read today's day row less every hour before.
     ahead: bool = False
@@ -249,8 +247,8 @@ def _part_select(p: Part, pieces: list[Span], dialect: str, exact: bool, probe: 
     if probe:
         return _probe_select(p, k, pieces, dialect, exact)
     where = None
-    if p.windows is not None or p.only is not None:
-        limited = _limited_meters(p.windows) if p.windows is not None else list(p.only or ())
+    if p.windows is not None:
+        limited = _limited_meters(p.windows)
 
         def where(m: ledger.Model) -> ColumnElement[bool]:
             return m.meter_id.in_(limited)
@@ -296,7 +294,7 @@ def interval_sums(session: Session, parts: list[Part], n_meters: int, exact: boo
     pg = dialect == "postgresql"
     work: list[tuple[float, Select[Any]]] = []
     for p in parts:
-        if (p.windows is not None and not p.meters) or p.only == ():
+        if p.windows is not None and not p.meters:
             continue
         pieces = _pieces(p, rollup)
         probe = (pg and p.windows is not None and p.end - p.start >= _PROBE_MIN
@@ -609,28 +607,41 @@ def _pending(session: Session, now: datetime) -> list[PendingLine]:
             for rid, name, requester, reason, created in session.execute(q)]
 
 
-def _day_totals(session: Session, starts: list[datetime], rollup: bool) -> list[Sums]:
-    """Each local day's total over every meter (exact sums). The days' pieces (`ledger.spans`)
-    are read once each, summed per UTC day of the rollup and per hour of the edges (a few
-    dozen rows), then added up per local day here: neighbouring days share their edge hour."""
+def _day_sums(session: Session, starts: list[datetime], rollup: bool, meters: Sequence[int] | None = None
+              ) -> dict[int | None, list[list[int]]]:
+    """Each local day's sums (exact) over every meter (key None), or per meter of `meters`
+    (those with usage in the days). The days' pieces (`ledger.spans`) are read once each,
+    summed per UTC day of the rollup and per hour of the edges (a few dozen rows a meter),
+    then added up per local day here: neighbouring days share their edge hour."""
     pieces = [(d, piece) for d, (a, b) in enumerate(pairwise(starts))
               for piece in (ledger.spans(a, b) if rollup else [Span(False, a, b)])]
     selects = []
     for daily in (True, False):
-        model = UsageDay if daily else Usage
+        model: ledger.Model = UsageDay if daily else Usage
         key = UsageDay.day if daily else Usage.hour
         tag = literal_column("1" if daily else "0", Integer).label("daily")
-        selects += [select(tag, key.label("at"), *(cast(func.sum(v), BigInteger) for v in _exprs(model)))
-                    .where(key >= lo, key < hi).group_by(key)
-                    for lo, hi in _merged([(p.lo, p.hi) for _d, p in pieces if p.daily == daily])]
+        meter = model.meter_id if meters is not None else cast(None, Integer)
+        for lo, hi in _merged([(p.lo, p.hi) for _d, p in pieces if p.daily == daily]):
+            q = select(tag, meter.label("meter_id"), key.label("at"),
+                       *(cast(func.sum(v), BigInteger) for v in _exprs(model))).where(key >= lo, key < hi)
+            if meters is not None:
+                q = q.where(model.meter_id.in_(list(meters))).group_by(model.meter_id)
+            selects.append(q.group_by(key))
     rows = session.connection().execute(union_all(*selects)).tuples().all() if selects else []
-    out = [[0, 0, 0, 0] for _ in range(len(starts) - 1)]
-    for d, p in pieces:
-        for daily, at, *values in rows:
-            if bool(daily) == p.daily and p.lo <= at < p.hi:
+    out: dict[int | None, list[list[int]]] = {}
+    for daily, meter_id, at, *values in rows:
+        days = out.setdefault(meter_id, [[0, 0, 0, 0] for _ in range(len(starts) - 1)])
+        for d, p in pieces:
+            if p.daily == bool(daily) and p.lo <= at < p.hi:
                 for c, v in enumerate(values):
-                    out[d][c] += p.sign * int(v)
-    return [(a, b, c, d) for a, b, c, d in out]
+                    days[d][c] += p.sign * int(v)
+    return out
+
+
+def _day_totals(session: Session, starts: list[datetime], rollup: bool) -> list[Sums]:
+    """Each local day's total over every meter."""
+    days = _day_sums(session, starts, rollup).get(None) or [[0, 0, 0, 0] for _ in range(len(starts) - 1)]
+    return [(a, b, c, d) for a, b, c, d in days]
 
 
 def _merged(ranges: list[tuple[datetime, datetime]]) -> list[tuple[datetime, datetime]]:
@@ -653,15 +664,14 @@ def _stacks(folded: _Ledger, subjects: dict[int, _SubjectRow], start: datetime, 
 
 def _stack_tokens(session: Session, named: list[int], owner: dict[int, int | None], starts: list[datetime],
                   rollup: bool) -> dict[int, list[int]]:
-    """Tokens per local day of each stacked subject's own meters: a part per day, for their
-    meters alone (a few: read through the (meter, hour|day) keys)."""
+    """Tokens per local day of each stacked subject's own meters (a few: read through the
+    (meter, hour|day) keys)."""
     out = {sid: [0] * (len(starts) - 1) for sid in named}
-    meters = tuple(sorted(m for m, sid in owner.items() if sid in out))
-    parts = [Part(d + 1, a, b, None, only=meters) for d, (a, b) in enumerate(pairwise(starts))]
-    for k, meter, i, o, _r, _c in interval_sums(session, parts, len(owner), rollup=rollup) if meters else ():
-        sid = owner[meter]
+    meters = [m for m, sid in owner.items() if sid in out]
+    for meter, days in (_day_sums(session, starts, rollup, meters) if meters else {}).items():
+        sid = owner[meter] if meter is not None else None
         assert sid is not None  # only the stacked subjects' meters were read
-        out[sid][k - 1] += int(i) + int(o)
+        out[sid] = [t + i + o for t, (i, o, _r, _c) in zip(out[sid], days, strict=True)]
     return out
 
 
