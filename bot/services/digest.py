@@ -35,10 +35,12 @@ Cache-read/-write token counts are not summed (the digest shows none; their cost
 
 from __future__ import annotations
 
+import gc
 import json
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, tzinfo
 from functools import lru_cache
@@ -439,11 +441,33 @@ class _SubjectRow:
     slack_user_id: str | None
 
 
+@contextmanager
+def _collector_paused() -> Iterator[None]:
+    """The cyclic garbage collector off while a digest is built. The build allocates ~10^5
+    short-lived containers at once (driver rows, the lines); each burst set off full
+    collections walking the whole heap, a third of its CPU at 10k subjects
+    (bench/bench_digest.py). Reference counting frees them all the same. Left as found: of
+    two overlapping builds, the one that turned it off turns it back on."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
 def build_digest(session: Session, now: datetime, tz: tzinfo, week_start: int, top_n: int = 10,
                  chart_days: int = 14, bill_divergence_pct: float = 10.0,
                  rollup: bool = True) -> DigestData:
     """Everything the daily digest shows, for the local day before `now` in `tz`. `rollup`
     False reads the hourly ledger alone (the reference the tests and the bench compare with)."""
+    with _collector_paused():
+        return _build(session, now, tz, week_start, top_n, chart_days, bill_divergence_pct, rollup)
+
+
+def _build(session: Session, now: datetime, tz: tzinfo, week_start: int, top_n: int, chart_days: int,
+           bill_divergence_pct: float, rollup: bool) -> DigestData:
     chart_days = max(1, chart_days)
     starts = day_starts(now, tz, max(chart_days, 2))
     first = len(starts) - 1 - chart_days  # the chart's first day
@@ -524,9 +548,10 @@ def _plan(bounds: list[datetime], every_meter: tuple[datetime, datetime], limits
     return parts
 
 
-def _ints(table: Any) -> list[list[int]]:
-    """Rows of sums as Python ints (float64 sums are exact integers: see _FLOAT_EXACT)."""
-    return table.astype(np.int64).tolist() if table.dtype != object else table.tolist()
+def _columns(table: Any) -> list[list[int]]:
+    """Rows of 4 sums as 4 lists of Python ints, one a column (float64 sums are exact integers:
+    see _FLOAT_EXACT): plain ints, not a list per row for the cycle collector to track."""
+    return (table if table.dtype == object else table.astype(np.int64)).T.tolist()  # type: ignore[no-any-return]
 
 
 def _per_subject(folded: _Ledger, subjects: dict[int, _SubjectRow], starts: list[datetime]
@@ -537,14 +562,13 @@ def _per_subject(folded: _Ledger, subjects: dict[int, _SubjectRow], starts: list
     slots = folded.slots_of([r.id for r in rows])
     now_t, before = folded.window(starts[-2], starts[-1])[slots], folded.window(starts[-3], starts[-2])[slots]
     keep = np.flatnonzero((now_t != 0).any(axis=1) | (before != 0).any(axis=1))
-    now_l, before_l, kept = _ints(now_t[keep]), _ints(before[keep]), keep.tolist()
-    order = sorted(range(len(kept)), key=lambda i: (-now_l[i][3], -(now_l[i][0] + now_l[i][1]),
-                                                    rows[kept[i]].name))
+    (a, b, c, d), (e, f, g, h), kept = _columns(now_t[keep]), _columns(before[keep]), keep.tolist()
+    order = sorted(range(len(kept)), key=lambda i: (-d[i], -(a[i] + b[i]), rows[kept[i]].name))
     out = []
     for i in order:
-        s, (a, b, c, d), (e, f, g, h) = rows[kept[i]], now_l[i], before_l[i]
-        out.append(SubjectDay(s.name, s.kind, s.slack_user_id, Totals(a, b, 0, 0, c, d),
-                              Totals(e, f, 0, 0, g, h)))
+        s = rows[kept[i]]
+        out.append(SubjectDay(s.name, s.kind, s.slack_user_id, Totals(a[i], b[i], 0, 0, c[i], d[i]),
+                              Totals(e[i], f[i], 0, 0, g[i], h[i])))
     return out
 
 
@@ -574,7 +598,7 @@ def _at_risk(limits: Sequence[Any], windows: dict[str, tuple[datetime, datetime,
         used = values[np.arange(len(lims)), [_METRIC_COL[lim.metric] for lim in lims]]
         amount = np.array([lim.amount for lim in lims], dtype=table.dtype)
         near = np.flatnonzero(used * 100 >= amount * (WATCH_PERCENT - 1))
-        for i, (a, b, c, d) in zip(near.tolist(), _ints(table[near]), strict=True):
+        for i, a, b, c, d in zip(near.tolist(), *_columns(table[near]), strict=True):
             lim, s = lims[i], subjects[lims[i].subject_id]
             totals = Totals(a, b, 0, 0, c, d)
             status = LimitStatus(lim.id, s.name, lim.metric, lim.amount, lim.window,
