@@ -378,7 +378,6 @@ class _Ledger:
         self.slot: dict[int | None, int] = {None: 0}
         for sid in (*owner.values(), *groups, *(m for ids in groups.values() for m in ids)):
             self.slot.setdefault(sid, len(self.slot))
-        self.groups = groups
         # A group's row is the sum of its members' rows (`_cover`): the pairs as index arrays.
         pairs = [(self.slot[g], self.slot[m]) for g, ids in groups.items() for m in ids]
         self._group_slots = np.array(sorted({g for g, _m in pairs}), dtype=np.int64)
@@ -400,7 +399,7 @@ class _Ledger:
 
     def _cover(self, key: tuple[str, int, int], table: Callable[[], Any]) -> Any:
         """`table()` (4 sums per slot) with each group's row replaced by its members' total,
-        plus a last row of zeros (`ZERO_ROW`: a subject with no slot); made once per `key`."""
+        plus a last row of zeros (`zero_row`: a subject with no slot); made once per `key`."""
         got = self._covered.get(key)
         if got is None:
             base = table()
