@@ -10,8 +10,9 @@ the bot knows about them, and the request is theirs).
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Sequence
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
 from zoneinfo import ZoneInfo
 
 from slack_sdk.models.blocks import (
@@ -31,17 +32,20 @@ from bot.services.digest import OTHERS, AtRisk, DigestData, PendingLine, Revoked
 _BUDGET = SECTION_LIMIT - 100  # room for the "…and N more" line
 _SLACK_ID = re.compile(r"^[UW][A-Z0-9]{2,31}$")
 _WEEKDAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+T = TypeVar("T")
 
 
-def _list_section(title: str, lines: list[str], empty: str) -> SectionBlock:
-    """A titled list cut to fit one section; says how many lines did not fit."""
-    if not lines:
+def _list_section(title: str, items: Sequence[T], line: Callable[[int, T], str], empty: str) -> SectionBlock:
+    """A titled list cut to fit one section; says how many lines did not fit. `line(rank, item)`
+    is called only for the lines shown (thousands of limits can be at risk)."""
+    if not items:
         return section(f"*{title}*\n_{empty}_")
     text = f"*{title}*"
-    for i, line in enumerate(lines):
-        if len(text) + 1 + len(line) > _BUDGET:
-            return section(f"{text}\n_…and {len(lines) - i} more_")
-        text += "\n" + line
+    for i, item in enumerate(items):
+        shown = line(i + 1, item)
+        if len(text) + 1 + len(shown) > _BUDGET:
+            return section(f"{text}\n_…and {len(items) - i} more_")
+        text += "\n" + shown
     return section(text)
 
 
@@ -113,12 +117,10 @@ def digest_blocks(d: DigestData, tz: ZoneInfo) -> Reply:
         HeaderBlock(text=f"Bedrock usage digest: {day}"[:150]),
         SectionBlock(fields=fields),
         DividerBlock(),
-        _list_section("Top subjects", [top_line(i, s) for i, s in enumerate(d.top, 1)],
-                      "No usage."),
-        _list_section("At or above 80% of a limit", [risk_line(a, tz) for a in d.at_risk],
-                      "Nobody."),
-        _list_section("Revoked now", [revoked_line(r, tz) for r in d.revocations], "Nobody."),
-        _list_section("Restore requests waiting", [request_line(r) for r in d.requests], "None."),
+        _list_section("Top subjects", d.top, top_line, "No usage."),
+        _list_section("At or above 80% of a limit", d.at_risk, lambda _i, a: risk_line(a, tz), "Nobody."),
+        _list_section("Revoked now", d.revocations, lambda _i, r: revoked_line(r, tz), "Nobody."),
+        _list_section("Restore requests waiting", d.requests, lambda _i, r: request_line(r), "None."),
         *_raise_blocks(d, tz),
         *_money_blocks(d),
         ContextBlock(elements=[MarkdownTextObject(text=(
@@ -135,7 +137,7 @@ def _raise_blocks(d: DigestData, tz: ZoneInfo) -> list[Any]:
         return []
     lines = [f"`{r.subject}` +{r.amount_text} {METRIC_LABEL[r.metric]}/{r.window} until "
              f"{when(r.expires_at, tz)}, {_granter(r.granted_by)}: {plain(r.reason[:200])}" for r in d.raises]
-    return [_list_section("Raises granted", lines, "None.")]
+    return [_list_section("Raises granted", lines, lambda _i, line: line, "None.")]
 
 
 def _granter(label: str) -> str:

@@ -13,17 +13,20 @@ How the numbers add up (nothing is counted twice where it is summed):
   with no subject. The stacks partition the meters, so each day's bar is that day's
   overall total.
 
-Scale (10k subjects × 30 days of hourly rows in < 2 s on PostgreSQL; `bench/bench_digest.py`):
-the ledger is read once, in one statement. Every boundary the digest needs (local midnights
-of the chart's days, the limit windows' starts and ends) is computed in Python (DST-safe)
-and sorted; for each interval between two neighbouring boundaries a `GROUP BY meter` over
-that hour range (the `usage.hour` index) is UNION ALL-ed. Grouping by meter alone keeps each
-hash table small: grouping by meter *and* an interval expression is 3-4× slower at 10k
-meters. The chart's days are read for every meter; an interval outside them only limits
+Scale (10k subjects × 30 days of hourly rows, a limit on each; `bench/bench_digest.py`): the
+ledger never leaves the database and there is no query per subject. Every boundary the
+per-meter read needs (the chart's first day, the digest's two days, the limit windows' starts
+and ends) is computed in Python (DST-safe) and sorted; for each interval between two
+neighbouring boundaries a `GROUP BY meter` over that range (whole UTC days of the rollup and
+hourly edges, `ledger.spans`) is UNION ALL-ed. Grouping by meter alone keeps each hash table
+small: grouping by meter *and* an interval expression is 3-4× slower at 10k meters. The
+chart's span and the two days are read for every meter; an interval outside them only limits
 need, so it is read only for the meters of the limits whose windows reach into it — on
-PostgreSQL through the (meter, hour) key when they are few (`PROBE_SHARE`). Python then
-folds ~10^5 small rows (per subject and local day, and per interval for limited subjects);
-the hourly ledger never leaves the database, and there is no query per subject.
+PostgreSQL through the (meter, hour) key when they are few (`PROBE_SHARE`); an interval
+after `now` by its (empty) hours. Each local day's total over every meter is summed apart,
+per UTC day and edge hour (`_day_sums`), and the chart's few stacked subjects per meter and
+day through the keys. Python folds the ~7·10^4 rows in numpy, selects the lines and the limits
+at or above WATCH_PERCENT there, and makes objects only for those.
 
 Limits are evaluated in bulk from the same rows, with exactly `limit_usage.limit_status`'s
 window and bucket rules (`limit_usage.limit_window`; the integration tests check the two
@@ -35,11 +38,15 @@ Cache-read/-write token counts are not summed (the digest shows none; their cost
 
 from __future__ import annotations
 
+import gc
+import json
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, tzinfo
+from functools import lru_cache
 from itertools import chain, pairwise
 from operator import itemgetter
 from typing import Any
@@ -51,6 +58,7 @@ from sqlalchemy import (
     Double,
     Integer,
     Select,
+    Text,
     bindparam,
     cast,
     func,
@@ -64,7 +72,7 @@ from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import Session
 
-from bot.models import Limit, Meter, RestoreRequest, Revocation, Subject, TeamMember
+from bot.models import Limit, Meter, RestoreRequest, Revocation, Subject, TeamMember, Usage, UsageDay
 from bot.quantities import Window, window_bounds
 from bot.services import billing, ledger, unpriced
 from bot.services import raises as raise_service
@@ -80,7 +88,6 @@ CHART_STACKS = 5
 # Subject names are [a-z0-9._-]: a name with a space can never collide with a subject.
 OTHERS = "all others"
 _COLS = ("input_tokens", "output_tokens", "requests", "cost_micro_usd")
-_ZERO: tuple[float, float, float, float] = (0, 0, 0, 0)
 
 # In _COLS order. Floats when PostgreSQL summed as float8: integers all the same (every sum
 # stays below 2**53, checked), made int where they leave this module.
@@ -220,6 +227,9 @@ class Part:
     end: datetime
     windows: tuple[str, ...] | None
     meters: tuple[int, ...] = ()
+    # Starts after `now`: hours that hold no usage yet. Read by hours (an empty index range),
+    # where the rollup's cheapest pieces would read today's day row less every hour before.
+    ahead: bool = False
 
 
 def _limited_meters(windows: tuple[str, ...]) -> Select[tuple[int]]:
@@ -234,7 +244,7 @@ def _limited_meters(windows: tuple[str, ...]) -> Select[tuple[int]]:
 def _pieces(p: Part, rollup: bool) -> list[Span]:
     """How part p is read: whole UTC days of the rollup and hourly edges (`ledger.spans`),
     or (rollup False, the reference the tests and the bench compare with) its hours."""
-    return ledger.spans(p.start, p.end) if rollup else [Span(False, p.start, p.end)]
+    return ledger.spans(p.start, p.end) if rollup and not p.ahead else [Span(False, p.start, p.end)]
 
 
 def _part_select(p: Part, pieces: list[Span], dialect: str, exact: bool, probe: bool) -> Select[Any]:
@@ -249,8 +259,8 @@ def _part_select(p: Part, pieces: list[Span], dialect: str, exact: bool, probe: 
             return m.meter_id.in_(limited)
     selects = [ledger.span_select(piece, _exprs, where) for piece in pieces]
     rows = (union_all(*selects) if len(selects) > 1 else selects[0]).subquery(f"r_{p.k}")
-    return (select(k, rows.c.meter_id, *(_sum(dialect, exact, rows.c[f"v{i}"]) for i in range(len(_COLS))))
-            .group_by(rows.c.meter_id))
+    sums = [_sum(dialect, exact, rows.c[f"v{i}"]) for i in range(len(_COLS))]
+    return select(k, rows.c.meter_id, *sums).group_by(rows.c.meter_id)
 
 
 def _probe_select(p: Part, k: ColumnElement[Any], pieces: list[Span], dialect: str, exact: bool
@@ -355,27 +365,27 @@ def _totals(v: Sums) -> Totals:
 
 class _Ledger:
     """The read intervals, folded per subject (the meter's owner; None: no subject) in numpy:
-    `acc[slot, k]` holds the 4 sums of interval k, `days[slot, d]` those of local day d of
-    `starts`. float64 when PostgreSQL summed as float8 (exact integers: see _FLOAT_EXACT),
-    else Python ints in object arrays (SQLite, and the exact re-read), so nothing rounds.
-    About 10^5 rows: a Python loop over them was most of the digest's time. What a subject
-    covers (a team: itself and its members, `groups`) is summed once per day or window asked
-    for, for every subject at once.
+    `acc[slot, k]` holds the 4 sums of interval k. float64 when PostgreSQL summed as float8
+    (exact integers: see _FLOAT_EXACT), else Python ints in object arrays (SQLite, and the
+    exact re-read), so nothing rounds. About 10^5 rows: a Python loop over them was most of
+    the digest's time. What a subject covers (a team: itself and its members, `groups`) is
+    summed once per window asked for, for every subject at once.
     """
 
-    def __init__(self, bounds: list[datetime], starts: list[datetime], rows: Sequence[Any],
-                 owner: dict[int, int | None], groups: dict[int, list[int]]) -> None:
+    def __init__(self, bounds: list[datetime], rows: Sequence[Any], owner: dict[int, int | None],
+                 groups: dict[int, list[int]]) -> None:
         self.index = {b: i for i, b in enumerate(bounds)}
-        self.n_days = len(starts) - 1
-        cuts = [self.index[a] + 1 for a in starts]  # day d is intervals cuts[d] .. cuts[d+1] - 1
         self.slot: dict[int | None, int] = {None: 0}
         for sid in (*owner.values(), *groups, *(m for ids in groups.values() for m in ids)):
             self.slot.setdefault(sid, len(self.slot))
-        self.groups = groups
+        # A group's row is the sum of its members' rows (`_cover`): the pairs as index arrays.
+        pairs = [(self.slot[g], self.slot[m]) for g, ids in groups.items() for m in ids]
+        self._group_slots = np.array(sorted({g for g, _m in pairs}), dtype=np.int64)
+        self._group_slots_rep = np.array([g for g, _m in pairs], dtype=np.int64)
+        self._member_slots = np.array([m for _g, m in pairs], dtype=np.int64)
         exact = bool(rows) and not isinstance(rows[0][2], float)
         self._dtype: Any = object if exact else np.float64
         self.acc = np.zeros((len(self.slot), len(bounds) + 1, 4), dtype=self._dtype)
-        self.with_rows: set[int | None] = set()  # subjects with a row in the days
         if rows:
             flat = chain.from_iterable(rows)
             cols = np.fromiter(flat, dtype=self._dtype, count=6 * len(rows)).reshape(-1, 6)
@@ -384,58 +394,43 @@ class _Ledger:
             lut = np.zeros(max(int(meters.max()), max(owner, default=0)) + 1, dtype=np.int64)  # meter → slot
             for m, sid in owner.items():
                 lut[m] = self.slot[sid]
-            slots = lut[meters]
-            np.add.at(self.acc, (slots, ks), cols[:, 2:6])
-            by_slot = {v: k for k, v in self.slot.items()}
-            in_days = np.unique(slots[(ks >= cuts[0]) & (ks < cuts[-1])]).tolist()
-            self.with_rows = {by_slot[i] for i in in_days}
-        self.days = np.stack([self.acc[:, a:b, :].sum(axis=1) for a, b in pairwise(cuts)], axis=1)
-        self._covered: dict[tuple[str, int, int], list[list[float]]] = {}
+            np.add.at(self.acc, (lut[meters], ks), cols[:, 2:6])
+        self._covered: dict[tuple[str, int, int], Any] = {}
 
-    def _cover(self, key: tuple[str, int, int], table: Callable[[], Any]) -> list[list[float]]:
+    def _cover(self, key: tuple[str, int, int], table: Callable[[], Any]) -> Any:
         """`table()` (4 sums per slot) with each group's row replaced by its members' total,
-        as plain Python numbers by slot; made once per `key`."""
+        plus a last row of zeros (`zero_row`: a subject with no slot); made once per `key`."""
         got = self._covered.get(key)
         if got is None:
             base = table()
-            out = base.copy()
-            for sid, ids in self.groups.items():
-                out[self.slot[sid]] = base[[self.slot[m] for m in ids]].sum(axis=0)
-            got = self._covered[key] = out.tolist()
+            got = np.concatenate([base, np.zeros((1, 4), dtype=base.dtype)])
+            if len(self._member_slots):
+                got[self._group_slots] = 0
+                np.add.at(got, self._group_slots_rep, base[self._member_slots])
+            self._covered[key] = got
         return got
 
-    def _row(self, table: list[list[float]], sid: int) -> Sums:
-        slot = self.slot.get(sid)
-        if slot is None:
-            return _ZERO
-        a, b, c, d = table[slot]
-        return (a, b, c, d)
+    @property
+    def zero_row(self) -> int:
+        """The row of `window`'s tables that is all zeros."""
+        return len(self.slot)
 
-    def day(self, sid: int, d: int) -> Sums:
-        """What `sid` covers on day d (negative counts from the last)."""
-        d %= self.n_days
-        return self._row(self._cover(("day", d, d), lambda: self.days[:, d, :]), sid)
+    def slots_of(self, sids: Sequence[int]) -> Any:
+        """Each subject's row in the tables (`zero_row` for one without a meter or member)."""
+        z = self.zero_row
+        return np.fromiter((self.slot.get(sid, z) for sid in sids), dtype=np.int64, count=len(sids))
 
-    def window(self, sid: int, start: datetime, end: datetime) -> Sums:
-        """What `sid` covers over [start, end) (both are boundaries)."""
+    def window(self, start: datetime, end: datetime) -> Any:
+        """What each slot covers over [start, end) (both are boundaries): rows of 4 sums."""
         i, j = self.index[start], self.index[end]
-        return self._row(self._cover(("window", i, j), lambda: self.acc[:, i + 1:j + 1, :].sum(axis=1)), sid)
+        return self._cover(("window", i, j), lambda: self.acc[:, i + 1:j + 1, :].sum(axis=1))
 
-    def overall(self) -> list[Sums]:
-        """Every meter once, per day."""
-        return [(a, b, c, d) for a, b, c, d in self.days.sum(axis=0).tolist()]
-
-    def tokens(self, first: int) -> dict[int | None, int]:
-        """Tokens (input + output) of each subject's own meters over days first.. (a team's
-        members not included)."""
-        per_slot = (self.days[:, first:, 0] + self.days[:, first:, 1]).sum(axis=1).tolist()
-        return {sid: int(per_slot[slot]) for sid, slot in self.slot.items()}
-
-    def tokens_per_day(self, sid: int | None) -> list[int]:
-        slot = self.slot.get(sid)
-        if slot is None:
-            return [0] * self.n_days
-        return [int(v) for v in (self.days[slot, :, 0] + self.days[slot, :, 1]).tolist()]
+    def own_tokens(self, start: datetime, end: datetime) -> dict[int | None, int]:
+        """Tokens (input + output) of each subject's own meters over [start, end) (both are
+        boundaries; a team's members not included)."""
+        i, j = self.index[start], self.index[end]
+        per_slot = [int(v) for v in self.acc[:, i + 1:j + 1, 0:2].sum(axis=(1, 2)).tolist()]
+        return {sid: per_slot[slot] for sid, slot in self.slot.items()}
 
 
 # ---- the digest ----------------------------------------------------------------------
@@ -448,39 +443,66 @@ class _SubjectRow:
     slack_user_id: str | None
 
 
+@contextmanager
+def _collector_paused() -> Iterator[None]:
+    """The cyclic garbage collector off while a digest is built. The build allocates ~10^5
+    short-lived containers at once (driver rows, the lines); each burst set off full
+    collections walking the whole heap, a third of its CPU at 10k subjects
+    (bench/bench_digest.py). Reference counting frees them all the same. Left as found: of
+    two overlapping builds, the one that turned it off turns it back on."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
 def build_digest(session: Session, now: datetime, tz: tzinfo, week_start: int, top_n: int = 10,
                  chart_days: int = 14, bill_divergence_pct: float = 10.0,
                  rollup: bool = True) -> DigestData:
     """Everything the daily digest shows, for the local day before `now` in `tz`. `rollup`
     False reads the hourly ledger alone (the reference the tests and the bench compare with)."""
+    with _collector_paused():
+        return _build(session, now, tz, week_start, top_n, chart_days, bill_divergence_pct, rollup)
+
+
+def _build(session: Session, now: datetime, tz: tzinfo, week_start: int, top_n: int, chart_days: int,
+           bill_divergence_pct: float, rollup: bool) -> DigestData:
     chart_days = max(1, chart_days)
     starts = day_starts(now, tz, max(chart_days, 2))
+    first = len(starts) - 1 - chart_days  # the chart's first day
     y_start, y_end = starts[-2], starts[-1]
 
     conn = session.connection()  # Core rows for the big reads: no ORM bookkeeping
     subjects = {sid: _SubjectRow(sid, kind, name, slack) for sid, kind, name, slack in conn.execute(
-        select(Subject.id, Subject.kind, Subject.name, Subject.slack_user_id)).tuples()}
+        select(Subject.id, Subject.kind, Subject.name, Subject.slack_user_id)).tuples().all()}
     members: dict[int, list[int]] = defaultdict(list)
-    for team_id, user_id in conn.execute(select(TeamMember.team_id, TeamMember.user_id)).tuples():
+    for team_id, user_id in conn.execute(select(TeamMember.team_id, TeamMember.user_id)).tuples().all():
         members[team_id].append(user_id)
 
     def covered(sid: int) -> list[int]:
         s = subjects.get(sid)
         return [sid, *members.get(sid, [])] if s is not None and s.kind == "team" else [sid]
 
-    limits = list(session.execute(select(Limit.id, Limit.subject_id, Limit.metric, Limit.amount,
-                                         Limit.window, Limit.action, Limit.warn)))
+    limits = conn.execute(select(Limit.id, Limit.subject_id, Limit.metric, Limit.amount, Limit.window,
+                                 Limit.action, cast(Limit.warn, Text).label("warn"))).all()
     windows = {w: limit_window(w, now, tz, week_start) for w in {lim.window for lim in limits}}
-    bounds = sorted({*starts, *(b for s, _e, q in windows.values() for b in (s, q))})
+    # Per meter: the chart's whole span, the digest's two days and the limits' windows; each
+    # day's total over every meter apart (`_day_totals`).
+    kept = {starts[first], *starts[-3:]}
+    bounds = sorted({*kept, *(b for s, _e, q in windows.values() for b in (s, q))})
     owner: dict[int, int | None] = dict(conn.execute(select(Meter.id, Meter.subject_id)).tuples().all())
-    parts = _plan(bounds, (starts[0], starts[-1]), limits, windows, covered, owner)
+    parts = _plan(bounds, (starts[0], starts[-1]), limits, windows, covered, owner, now)
     rows = interval_sums(session, parts, len(owner), rollup=rollup)
+    overall = _day_totals(session, starts, rollup)
     groups = {sid: covered(sid) for sid, row in subjects.items() if row.kind == "team"}
-    folded = _Ledger(bounds, starts, rows, owner, groups)
+    folded = _Ledger(bounds, rows, owner, groups)
 
-    per_subject = _per_subject(folded, subjects, covered)
+    per_subject = _per_subject(folded, subjects, starts)
     top = [s for s in per_subject if s.totals.cost_micro_usd or s.totals.tokens][:max(0, top_n)]
-    overall = folded.overall()
+    named = _stacks(folded, subjects, starts[first], starts[-1])
     return DigestData(
         day=y_start.astimezone(tz).date(), start=y_start, end=y_end, now=now,
         tz_name=str(getattr(tz, "key", tz)),
@@ -490,7 +512,8 @@ def build_digest(session: Session, now: datetime, tz: tzinfo, week_start: int, t
         at_risk=_at_risk(limits, windows, folded, subjects, now),
         revocations=_revocations(session),
         requests=_pending(session, now),
-        chart=_chart(folded, subjects, overall, starts, chart_days, tz),
+        chart=_chart(subjects, named, _stack_tokens(session, named, owner, starts[first:], rollup),
+                     overall[first:], starts[first:], tz),
         subjects=per_subject,
         unpriced=unpriced.summary(session, y_start, y_end),
         bill=billing.latest_day_bill(session, now, bill_divergence_pct),
@@ -500,7 +523,7 @@ def build_digest(session: Session, now: datetime, tz: tzinfo, week_start: int, t
 
 def _plan(bounds: list[datetime], every_meter: tuple[datetime, datetime], limits: Sequence[Any],
           windows: dict[str, tuple[datetime, datetime, datetime]], covered: Covers,
-          owner: dict[int, int | None]) -> list[Part]:
+          owner: dict[int, int | None], now: datetime) -> list[Part]:
     """Which interval is read for whom: the chart's days for every meter, the rest for the
     meters of the limits whose windows reach into it."""
     by_window: dict[str, set[int]] = defaultdict(set)  # window → the subjects its limits cover
@@ -523,44 +546,69 @@ def _plan(bounds: list[datetime], every_meter: tuple[datetime, datetime], limits
         if meters is None:  # neighbouring intervals mostly have the same windows reaching in
             subjects = set().union(*(by_window[w] for w in reaching))
             meters = wanted[reaching] = tuple(sorted(m for sid in subjects for m in meters_of.get(sid, ())))
-        parts.append(Part(k, a, b, reaching, meters))
+        parts.append(Part(k, a, b, reaching, meters, ahead=a > now))
     return parts
 
 
-def _per_subject(folded: _Ledger, subjects: dict[int, _SubjectRow], covered: Covers) -> list[SubjectDay]:
-    """Yesterday and the day before for every subject with usage on either (teams with members)."""
-    with_usage = {sid for sid in folded.with_rows if sid is not None}
-    for sid, row in subjects.items():  # a team has usage when a member has
-        if row.kind == "team" and any(m in with_usage for m in covered(sid)):
-            with_usage.add(sid)
+def _columns(table: Any) -> list[list[int]]:
+    """Rows of 4 sums as 4 lists of Python ints, one a column (float64 sums are exact integers:
+    see _FLOAT_EXACT): plain ints, not a list per row for the cycle collector to track."""
+    return (table if table.dtype == object else table.astype(np.int64)).T.tolist()  # type: ignore[no-any-return]
+
+
+def _per_subject(folded: _Ledger, subjects: dict[int, _SubjectRow], starts: list[datetime]
+                 ) -> list[SubjectDay]:
+    """Yesterday and the day before for every subject with usage on either (a team with its
+    members), by cost, then tokens, then name. Filtered in numpy: objects only for the lines."""
+    rows = list(subjects.values())
+    slots = folded.slots_of([r.id for r in rows])
+    now_t, before = folded.window(starts[-2], starts[-1])[slots], folded.window(starts[-3], starts[-2])[slots]
+    keep = np.flatnonzero((now_t != 0).any(axis=1) | (before != 0).any(axis=1))
+    (a, b, c, d), (e, f, g, h), kept = _columns(now_t[keep]), _columns(before[keep]), keep.tolist()
+    order = sorted(range(len(kept)), key=lambda i: (-d[i], -(a[i] + b[i]), rows[kept[i]].name))
     out = []
-    for sid in with_usage:
-        s = subjects.get(sid)
-        if s is None:
-            continue
-        now_t, before = _totals(folded.day(sid, -1)), _totals(folded.day(sid, -2))
-        if now_t == Totals() and before == Totals():
-            continue
-        out.append(SubjectDay(s.name, s.kind, s.slack_user_id, now_t, before))
-    out.sort(key=lambda d: (-d.totals.cost_micro_usd, -d.totals.tokens, d.name))
+    for i in order:
+        s = rows[kept[i]]
+        out.append(SubjectDay(s.name, s.kind, s.slack_user_id, Totals(a[i], b[i], 0, 0, c[i], d[i]),
+                              Totals(e[i], f[i], 0, 0, g[i], h[i])))
     return out
+
+
+# Where `Totals.metric(name)` is in the row [tokens, input, output, requests, micro-USD].
+_METRIC_COL = {"tokens": 0, "input_tokens": 1, "output_tokens": 2, "requests": 3, "cost_usd": 4}
+
+
+@lru_cache(maxsize=64)
+def _warn(text: str) -> tuple[int, ...]:
+    """A limit's warn levels from their JSON text (a handful of distinct lists among many limits)."""
+    return tuple(json.loads(text))
 
 
 def _at_risk(limits: Sequence[Any], windows: dict[str, tuple[datetime, datetime, datetime]],
              folded: _Ledger, subjects: dict[int, _SubjectRow], now: datetime) -> list[AtRisk]:
-    out = []
+    """Limits at or above WATCH_PERCENT: every limit's use compared in numpy, per window; a
+    LimitStatus made only for those near it (within a point: the exact test is its own)."""
+    by_window: dict[str, list[Any]] = defaultdict(list)
     for lim in limits:
-        s = subjects.get(lim.subject_id)
-        if s is None:
-            continue
-        start, end, q_end = windows[lim.window]
-        totals = _totals(folded.window(lim.subject_id, start, q_end))
-        status = LimitStatus(lim.id, s.name, lim.metric, lim.amount, lim.window,
-                             totals.metric(lim.metric), start, end, lim.action, tuple(lim.warn))
-        if status.percent < WATCH_PERCENT:
-            continue
-        projected = _forecast(totals, start, end, now, Window(lim.window))
-        out.append(AtRisk(status, s.kind, projected.metric(lim.metric) if projected else None))
+        if lim.subject_id in subjects:
+            by_window[lim.window].append(lim)
+    out = []
+    for window, lims in by_window.items():
+        start, end, q_end = windows[window]
+        table = folded.window(start, q_end)[folded.slots_of([lim.subject_id for lim in lims])]
+        values = np.column_stack([table[:, 0] + table[:, 1], table])
+        used = values[np.arange(len(lims)), [_METRIC_COL[lim.metric] for lim in lims]]
+        amount = np.array([lim.amount for lim in lims], dtype=table.dtype)
+        near = np.flatnonzero(used * 100 >= amount * (WATCH_PERCENT - 1))
+        for i, a, b, c, d in zip(near.tolist(), *_columns(table[near]), strict=True):
+            lim, s = lims[i], subjects[lims[i].subject_id]
+            totals = Totals(a, b, 0, 0, c, d)
+            status = LimitStatus(lim.id, s.name, lim.metric, lim.amount, lim.window,
+                                 totals.metric(lim.metric), start, end, lim.action, _warn(lim.warn))
+            if status.percent < WATCH_PERCENT:
+                continue
+            projected = _forecast(totals, start, end, now, Window(lim.window))
+            out.append(AtRisk(status, s.kind, projected.metric(lim.metric) if projected else None))
     out.sort(key=lambda a: (-a.status.percent, a.status.subject, a.status.metric, a.status.window))
     return out
 
@@ -585,17 +633,80 @@ def _pending(session: Session, now: datetime) -> list[PendingLine]:
             for rid, name, requester, reason, created in session.execute(q)]
 
 
-def _chart(folded: _Ledger, subjects: dict[int, _SubjectRow], overall: list[Sums], starts: list[datetime],
-           chart_days: int, tz: tzinfo) -> ChartData:
+def _day_sums(session: Session, starts: list[datetime], rollup: bool, meters: Sequence[int] | None = None
+              ) -> dict[int | None, list[list[int]]]:
+    """Each local day's sums (exact) over every meter (key None), or per meter of `meters`
+    (those with usage in the days). The days' pieces (`ledger.spans`) are read once each,
+    summed per UTC day of the rollup and per hour of the edges (a few dozen rows a meter),
+    then added up per local day here: neighbouring days share their edge hour."""
+    pieces = [(d, piece) for d, (a, b) in enumerate(pairwise(starts))
+              for piece in (ledger.spans(a, b) if rollup else [Span(False, a, b)])]
+    selects = []
+    for daily in (True, False):
+        model: ledger.Model = UsageDay if daily else Usage
+        key = UsageDay.day if daily else Usage.hour
+        tag = literal_column("1" if daily else "0", Integer).label("daily")
+        meter = model.meter_id if meters is not None else cast(None, Integer)
+        for lo, hi in _merged([(p.lo, p.hi) for _d, p in pieces if p.daily == daily]):
+            q = select(tag, meter.label("meter_id"), key.label("at"),
+                       *(cast(func.sum(v), BigInteger) for v in _exprs(model))).where(key >= lo, key < hi)
+            if meters is not None:
+                q = q.where(model.meter_id.in_(list(meters))).group_by(model.meter_id)
+            selects.append(q.group_by(key))
+    rows = session.connection().execute(union_all(*selects)).tuples().all() if selects else []
+    out: dict[int | None, list[list[int]]] = {}
+    for daily, meter_id, at, *values in rows:
+        days = out.setdefault(meter_id, [[0, 0, 0, 0] for _ in range(len(starts) - 1)])
+        for d, p in pieces:
+            if p.daily == bool(daily) and p.lo <= at < p.hi:
+                for c, v in enumerate(values):
+                    days[d][c] += p.sign * int(v)
+    return out
+
+
+def _day_totals(session: Session, starts: list[datetime], rollup: bool) -> list[Sums]:
+    """Each local day's total over every meter."""
+    days = _day_sums(session, starts, rollup).get(None) or [[0, 0, 0, 0] for _ in range(len(starts) - 1)]
+    return [(a, b, c, d) for a, b, c, d in days]
+
+
+def _merged(ranges: list[tuple[datetime, datetime]]) -> list[tuple[datetime, datetime]]:
+    """The same instants as these [lo, hi) ranges, overlapping and touching ones joined."""
+    out: list[tuple[datetime, datetime]] = []
+    for lo, hi in sorted(ranges):
+        if out and lo <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], hi))
+        else:
+            out.append((lo, hi))
+    return out
+
+
+def _stacks(folded: _Ledger, subjects: dict[int, _SubjectRow], start: datetime, end: datetime) -> list[int]:
+    """The CHART_STACKS subjects whose own meters used the most tokens over [start, end)."""
+    own = folded.own_tokens(start, end)
+    period = {sid: t for sid, t in own.items() if sid is not None and sid in subjects and t > 0}
+    return sorted(period, key=lambda sid: (-period[sid], subjects[sid].name))[:CHART_STACKS]
+
+
+def _stack_tokens(session: Session, named: list[int], owner: dict[int, int | None], starts: list[datetime],
+                  rollup: bool) -> dict[int, list[int]]:
+    """Tokens per local day of each stacked subject's own meters (a few: read through the
+    (meter, hour|day) keys)."""
+    out = {sid: [0] * (len(starts) - 1) for sid in named}
+    meters = [m for m, sid in owner.items() if sid in out]
+    for meter, days in (_day_sums(session, starts, rollup, meters) if meters else {}).items():
+        sid = owner[meter] if meter is not None else None
+        assert sid is not None  # only the stacked subjects' meters were read
+        out[sid] = [t + i + o for t, (i, o, _r, _c) in zip(out[sid], days, strict=True)]
+    return out
+
+
+def _chart(subjects: dict[int, _SubjectRow], named: list[int], per_day: dict[int, list[int]],
+           overall: list[Sums], starts: list[datetime], tz: tzinfo) -> ChartData:
     """Tokens per day by the meter's owning subject: the top CHART_STACKS, then OTHERS."""
-    first = folded.n_days - chart_days
-    totals = [int(v[0] + v[1]) for v in overall[first:]]
-    own = folded.tokens(first)
-    period = {sid: own[sid] for sid in folded.with_rows if sid is not None and sid in subjects}
-    named = sorted((sid for sid, t in period.items() if t > 0),
-                   key=lambda sid: (-period[sid], subjects[sid].name))
-    series = {subjects[sid].name: folded.tokens_per_day(sid)[first:] for sid in named[:CHART_STACKS]}
+    totals = [int(v[0] + v[1]) for v in overall]
+    series = {subjects[sid].name: per_day[sid] for sid in named}
     rest = [t - sum(row[i] for row in series.values()) for i, t in enumerate(totals)]
     if any(rest):
         series[OTHERS] = rest
-    return ChartData([a.astimezone(tz).date() for a in starts[first:-1]], series, totals)
+    return ChartData([a.astimezone(tz).date() for a in starts[:-1]], series, totals)
