@@ -11,6 +11,8 @@ makes it. The variant comes from BENCH_SERVE_VARIANT:
   the request thread and the 200 goes out as it returns, without Bolt's 10 ms polling for the ack. Only
   sound when every listener hands its work off the same way (handlers/approvals.py does not yet).
 
+- `switch5ms`: serve keeps Python's default GIL switch interval (5 ms) instead of 1 ms.
+
 - `before`: 8fafb28's handlers (the baseline of issue 19): the `/bedrock` listener computes its answer
   in Bolt's listener thread, on a pool of 32, before it returns.
 
@@ -89,7 +91,13 @@ def _before() -> None:
     app_module.listener_pool = lambda: ThreadPoolExecutor(max_workers=32, thread_name_prefix="bolt")
 
 
-VARIANTS = {"pool32": _pool32, "handoff": _handoff, "inline": _inline, "before": _before}
+def _switch5ms() -> None:
+    import handlers.main as main_module
+    main_module.SWITCH_INTERVAL = 0.005  # Python's default
+
+
+VARIANTS = {"pool32": _pool32, "handoff": _handoff, "inline": _inline, "before": _before,
+            "switch5ms": _switch5ms}
 
 if __name__ == "__main__":
     VARIANTS[os.environ["BENCH_SERVE_VARIANT"]]()

@@ -15,6 +15,7 @@ from bot.runtime import Services, build_services
 from bot.services import directory
 
 log = logging.getLogger(__name__)
+SWITCH_INTERVAL = 0.001  # seconds; bench/serve_variant.py `switch5ms` measures the default beside it
 
 
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
@@ -40,6 +41,11 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     # requests allocate (each one pauses every thread, an ack included).
     gc.collect()
     gc.freeze()
+    # A thread that blocked (on a socket, SQLite, a lock) waits up to the switch interval for
+    # the GIL when another thread computes; the default 5 ms, paid at each of an ack's few
+    # blocking calls while answers compute, made ack tails (issue 19). 1 ms costs the answers
+    # a little throughput.
+    sys.setswitchinterval(SWITCH_INTERVAL)
     server = create_server(app, host=args.host, port=port, threads=args.threads, ident="bedrock-bot")
     log.info("serving on %s:%d (Slack at /slack/events, SNS at /sns)", args.host, port)
     try:

@@ -15,12 +15,15 @@ PostgreSQL), since the ack waits for the claim.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from datetime import datetime
 
-from sqlalchemy import Connection, String, bindparam, delete, text
+from sqlalchemy import Connection, delete
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
-from bot.models import SlackSignature, UTCDateTime
+from bot.models import SlackSignature
 
 
 def digest(signature: str) -> str:
@@ -28,18 +31,34 @@ def digest(signature: str) -> str:
     return hashlib.sha256(signature.encode("utf-8", "surrogateescape")).hexdigest()
 
 
-# Text compiled once: the ORM's INSERT … ON CONFLICT … RETURNING was compiled anew for every
-# claim (about 1 ms of the ack's CPU). SQLite (3.35+) and PostgreSQL take the same SQL.
-_CLAIM = text("INSERT INTO slack_signatures (digest, expires_at) VALUES (:digest, :expires_at) "
-              "ON CONFLICT DO NOTHING RETURNING digest").bindparams(
-    bindparam("digest", type_=String()), bindparam("expires_at", type_=UTCDateTime()))
+# Built once: an insert with its values inlined was compiled anew for every claim (about 1 ms
+# of the ack's CPU). Executed with a list of rows, one statement for the lot (SQLAlchemy's
+# "insertmanyvalues"), RETURNING the digests that were new.
+_CLAIM = {name: insert(SlackSignature).on_conflict_do_nothing().returning(SlackSignature.digest)
+          for name, insert in (("postgresql", pg_insert), ("sqlite", sqlite_insert))}
 
 
 def claim(conn: Connection | Session, signature: str, expires_at: datetime) -> bool:
     """Record `signature` until `expires_at`; False when it was already recorded (a replay)."""
+    return claim_many(conn, [(signature, expires_at)])[0]
+
+
+def claim_many(conn: Connection | Session, claims: Sequence[tuple[str, datetime]]) -> list[bool]:
+    """`claim` for several signatures in one statement, one answer each in order; a signature
+    given twice is first only the first time."""
+    keys = [digest(signature) for signature, _ in claims]
+    rows: dict[str, datetime] = {}
+    for key, (_, expires_at) in zip(keys, claims, strict=True):
+        rows.setdefault(key, expires_at)
+    dialect = conn.dialect if isinstance(conn, Connection) else conn.get_bind().dialect
     # RETURNING, not rowcount: psycopg reports -1 for INSERT … ON CONFLICT.
-    found = conn.execute(_CLAIM, {"digest": digest(signature), "expires_at": expires_at})
-    return found.first() is not None
+    result = conn.execute(_CLAIM[dialect.name], [{"digest": k, "expires_at": e} for k, e in rows.items()])
+    new = {str(row[0]) for row in result}
+    answers = []
+    for key in keys:
+        answers.append(key in new)
+        new.discard(key)
+    return answers
 
 
 def purge(conn: Connection | Session, now: datetime) -> int:

@@ -10,10 +10,9 @@ from sqlalchemy import TextClause
 from sqlalchemy.dialects import postgresql
 
 from bot.services import quota_sql
-from bot.services.replay import _CLAIM
 
 HOT = {"settle": quota_sql._SETTLE_PG_TEXT, "reserve": quota_sql._RESERVE_PG_TEXT,
-       "read": quota_sql._READ["postgresql"], "replay claim": _CLAIM}
+       "read": quota_sql._READ["postgresql"]}
 
 
 @pytest.mark.parametrize("name", sorted(HOT))
