@@ -22,12 +22,14 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import event, insert, select, text
+from sqlalchemy import Table, event, insert, select, text
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from bot.clock import Clock
@@ -130,20 +132,26 @@ def record(session: Session, clock: Clock, actor: str, action: str, target: str,
 @event.listens_for(Session, "before_commit")
 def _write_pending(session: Session) -> None:
     queue: list[Pending] = session.info.pop(_PENDING, [])
+    head: Head | None = session.info.pop(_HEAD, None)
     if queue:
-        _append(session, queue)
+        _append(session, queue, head)
 
 
 @event.listens_for(Session, "after_rollback")
 def _drop_pending(session: Session) -> None:
     session.info.pop(_PENDING, None)
+    session.info.pop(_HEAD, None)
 
 
-def _append(session: Session, queue: list[Pending]) -> None:
-    """Chain the queued events onto the head, under the lock, in one ORM bulk INSERT of plain
-    rows (no objects for the unit of work to track)."""
-    head = _locked_head(session)
-    row_id, prev = (head[0], head[1]) if head else (0, GENESIS)
+Head = tuple[tuple[int, str] | None]  # the chain's head (id, hash), or None on an empty chain
+_HEAD = "audit_head"  # session.info: the head read under the lock by `lock_after`
+
+
+def _append(session: Session, queue: list[Pending], head: Head | None = None) -> None:
+    """Chain the queued events onto the head, under the lock, in one Core INSERT of plain rows
+    (executemany; compiled once, no ORM bulk-persistence pass and no objects to track)."""
+    top = head[0] if head is not None else _locked_head(session)
+    row_id, prev = (top[0], top[1]) if top else (0, GENESIS)
     keyring: Keyring = session.info.get(KEYRING_INFO) or NO_KEY
     rows = []
     for p in queue:
@@ -154,25 +162,64 @@ def _append(session: Session, queue: list[Pending]) -> None:
                      "details": p.details, "outcome": p.outcome, "prev_hash": prev, "hash": digest,
                      "alg": alg})
         prev = digest
-    session.execute(insert(AuditEvent), rows)
+    session.execute(_INSERT, rows)
+
+
+_INSERT = insert(cast(Table, AuditEvent.__table__))
+_LOCK = "SELECT pg_advisory_xact_lock(%s)"
+_HEAD_SQL = "SELECT id, hash FROM audit_events ORDER BY id DESC LIMIT 1"
+
+
+def pipelined(session: Session) -> Any | None:
+    """The psycopg 3 connection under this session's transaction when it can pipeline
+    (PostgreSQL), else None."""
+    if session.get_bind().dialect.name != "postgresql":
+        return None
+    raw = session.connection().connection.driver_connection
+    return raw if raw is not None and hasattr(raw, "pipeline") else None
+
+
+def lock_after(session: Session, raw: Any, sql: str, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
+    """Run `sql` (psycopg placeholders) on `raw` (from `pipelined`), then take the chain lock and
+    read the head, all in one pipeline: with the transaction's BEGIN, one round trip instead
+    of three. The head is kept for this transaction's append at commit (the lock is held until
+    then, so it cannot move); returns `sql`'s rows. The lock comes after `sql`, as it would at
+    commit, so a statement waiting on another transaction's row never does so holding it."""
+    with _as_sqlalchemy_errors(session, sql), raw.pipeline():
+        cur = raw.execute(sql, params)
+        raw.execute(_LOCK, (_PG_LOCK_KEY,))
+        head = raw.execute(_HEAD_SQL)
+    rows: list[tuple[Any, ...]] = cur.fetchall()
+    got = head.fetchone()
+    session.info[_HEAD] = ((int(got[0]), str(got[1])) if got else None,)
+    return rows
+
+
+@contextmanager
+def _as_sqlalchemy_errors(session: Session, sql: str) -> Iterator[None]:
+    """Statements sent on the driver's connection raise what the engine would have raised
+    (sqlalchemy.exc.IntegrityError, OperationalError …), so callers catch one family."""
+    dbapi = session.get_bind().dialect.loaded_dbapi
+    try:
+        yield
+    except dbapi.Error as exc:
+        raise DBAPIError.instance(sql, None, exc, dbapi.Error) from exc
 
 
 def _locked_head(session: Session) -> tuple[int, str] | None:
     """Take the chain lock, then read the head (id, hash). The head is read by a statement that
     starts after the lock is held, so it sees every append committed before (READ COMMITTED: a
     snapshot per statement). With psycopg 3 both statements go in one pipeline: one round trip."""
-    head_query = select(AuditEvent.id, AuditEvent.hash).order_by(AuditEvent.id.desc()).limit(1)
-    if session.get_bind().dialect.name != "postgresql":
-        row = session.execute(head_query).first()
-        return (row[0], row[1]) if row else None
-    raw = session.connection().connection.driver_connection
-    if raw is not None and hasattr(raw, "pipeline"):
-        with raw.pipeline():
-            raw.execute("SELECT pg_advisory_xact_lock(%s)", (_PG_LOCK_KEY,))
-            cur = raw.execute("SELECT id, hash FROM audit_events ORDER BY id DESC LIMIT 1")
+    raw = pipelined(session)
+    if raw is not None:
+        with _as_sqlalchemy_errors(session, _HEAD_SQL), raw.pipeline():
+            raw.execute(_LOCK, (_PG_LOCK_KEY,))
+            cur = raw.execute(_HEAD_SQL)
         got = cur.fetchone()
         return (int(got[0]), str(got[1])) if got else None
-    session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_LOCK_KEY})
+    head_query = select(AuditEvent.id, AuditEvent.hash).order_by(AuditEvent.id.desc()).limit(1)
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_LOCK_KEY})
     row = session.execute(head_query).first()
     return (row[0], row[1]) if row else None
 
