@@ -3,8 +3,9 @@
 Statement counts come from the engine's cursor events and round trips from libpq's protocol
 trace, so they are exact (not timings). A 'posted' message used to take 7 statements in one
 transaction on PostgreSQL (claim, re-read the row, lock, UPDATE, audit head, audit INSERT) and 10
-round trips with the pool ping, BEGIN and COMMIT; it is now the claim INSERT carrying the final
-outcome, then the audit chain's lock and head (one pipeline) and its INSERT: 6 round trips.
+round trips with the pool ping, BEGIN and COMMIT; then 6 (the claim INSERT carrying the final
+outcome, the chain's lock and head in one pipeline, its INSERT); now 4: BEGIN, the claim, the lock
+and the head go in one pipeline, then the audit INSERT and COMMIT.
 """
 
 from __future__ import annotations
