@@ -7,7 +7,9 @@ while holding a lock, so the chain never forks and a deleted row leaves a visibl
 chained and inserted together right before it commits (a `before_commit` hook). The chain
 lock (an advisory lock on PostgreSQL) is therefore taken once, at the end, and held for a
 few milliseconds — never across the AWS calls a flow makes — and a transaction that rolls
-back leaves no audit row and never took the lock.
+back leaves no audit row and never took the lock. One exception: `lock_after` takes the lock
+(and reads the head) earlier, pipelined after a statement of the caller's, for a transaction
+that goes straight on to commit (the SNS store).
 
 With `BOT_AUDIT_KEY` set, hash = HMAC-SHA256(key, prev_hash + canonical JSON) and the row's
 `alg` names the key (`hmac-sha256:<key id>`): someone who can write the database but does not

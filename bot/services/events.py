@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -78,7 +78,7 @@ def claim_many(session: Session, clock: Clock, items: Sequence[tuple[SnsEnvelope
                       ensure_ascii=False)  # a lone surrogate fails to encode, before anything is sent
     raw = audit.pipelined(session) if lock_chain else None
     if raw is not None:
-        now = clock().astimezone(UTC).replace(tzinfo=None)  # as UTCDateTime stores it
+        now = UTCDateTime().process_bind_param(clock(), session.get_bind().dialect)  # naive UTC, as stored
         return {r[0] for r in audit.lock_after(session, raw, _CLAIM_RAW, {"rows": rows, "now": now})}
     # RETURNING, not rowcount: psycopg reports -1 for INSERT … ON CONFLICT.
     return set(session.scalars(_CLAIM[session.get_bind().dialect.name], {"rows": rows, "now": clock()}))
