@@ -74,17 +74,20 @@ Stored = tuple[SnsEnvelope, EventOutcome]
 def store_group(s: Services) -> GroupCommit[Stored, EventOutcome]:
     """Messages `events.classify` decided, stored with whoever else is storing at the moment:
     one transaction, one commit and one audit-chain lock for the lot (see group_commit)."""
+    return GroupCommit(lambda items: store_together(s, items), lambda item: store_alone(s, item))
 
-    def together(items: Sequence[Stored]) -> list[EventOutcome]:
-        with s.db.session_scope() as session:
-            return events.store(session, s.clock, items)
 
-    def alone(item: Stored) -> EventOutcome:
-        env = item[0]
-        return step(s.db, s.clock, Actor(f"sns:{env.topic_arn}"), "sns.receive", env.topic_arn,
-                    lambda session: events.store(session, s.clock, [item])[0])
+def store_together(s: Services, items: Sequence[Stored]) -> list[EventOutcome]:
+    """A batch in one transaction (it fails, and rolls back, as a whole)."""
+    with s.db.session_scope() as session:
+        return events.store(session, s.clock, items)
 
-    return GroupCommit(together, alone)
+
+def store_alone(s: Services, item: Stored) -> EventOutcome:
+    """One message in its own transaction, audited as a failed step if it fails."""
+    env = item[0]
+    return step(s.db, s.clock, Actor(f"sns:{env.topic_arn}"), "sns.receive", env.topic_arn,
+                lambda session: events.store(session, s.clock, [item])[0])
 
 
 def _act(s: Services, actor: Actor, env: SnsEnvelope, result: EventOutcome,
@@ -115,12 +118,15 @@ def confirm(s: Services, topic_arn: str, token: str) -> None:
 
 
 def announce(s: Services, result: EventOutcome) -> None:
-    msg = event_message(result, s.tz)
     channel = s.settings.bot.alert_channel
+    dms = result.outcome == "revoked" and bool(result.users)
+    if not channel and not dms:
+        return  # nobody to tell: render nothing (Block Kit is a large share of the CPU)
+    msg = event_message(result, s.tz)
     if msg is None:
         return
     if channel:
         safe(s.notifier.post, channel, msg[0], msg[1])
-    if result.outcome == "revoked":
+    if dms:
         for user in result.users:
             safe(s.notifier.dm, user, msg[0], msg[1])

@@ -7,7 +7,9 @@ while holding a lock, so the chain never forks and a deleted row leaves a visibl
 chained and inserted together right before it commits (a `before_commit` hook). The chain
 lock (an advisory lock on PostgreSQL) is therefore taken once, at the end, and held for a
 few milliseconds — never across the AWS calls a flow makes — and a transaction that rolls
-back leaves no audit row and never took the lock.
+back leaves no audit row and never took the lock. One exception: `lock_after` takes the lock
+(and reads the head) earlier, pipelined after a statement of the caller's, for a transaction
+that goes straight on to commit (the SNS store).
 
 With `BOT_AUDIT_KEY` set, hash = HMAC-SHA256(key, prev_hash + canonical JSON) and the row's
 `alg` names the key (`hmac-sha256:<key id>`): someone who can write the database but does not
@@ -22,16 +24,18 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import event, insert, select, text
+from sqlalchemy import Dialect, Table, event, insert, select, text
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from bot.clock import Clock
-from bot.models import AuditEvent
+from bot.models import AuditEvent, UTCDateTime
 
 GENESIS = "0" * 64
 OUTCOMES = ("ok", "denied", "error")
@@ -130,22 +134,29 @@ def record(session: Session, clock: Clock, actor: str, action: str, target: str,
 @event.listens_for(Session, "before_commit")
 def _write_pending(session: Session) -> None:
     queue: list[Pending] = session.info.pop(_PENDING, [])
+    head: Head | None = session.info.pop(_HEAD, None)
     if queue:
-        _append(session, queue)
+        _append(session, queue, head)
 
 
 @event.listens_for(Session, "after_rollback")
 def _drop_pending(session: Session) -> None:
     session.info.pop(_PENDING, None)
+    session.info.pop(_HEAD, None)
 
 
-def _append(session: Session, queue: list[Pending]) -> None:
-    """Chain the queued events onto the head, under the lock, in one ORM bulk INSERT of plain
-    rows (no objects for the unit of work to track)."""
-    head = _locked_head(session)
-    row_id, prev = (head[0], head[1]) if head else (0, GENESIS)
+Head = tuple[tuple[int, str] | None]  # the chain's head (id, hash), or None on an empty chain
+_HEAD = "audit_head"  # session.info: the head read under the lock by `lock_after`
+
+
+def _append(session: Session, queue: list[Pending], head: Head | None = None) -> None:
+    """Chain the queued events onto the head, under the lock, in one INSERT of plain rows (no
+    ORM objects): on PostgreSQL one statement with the rows as a JSON parameter, elsewhere a
+    Core executemany (psycopg's executemany of five rows took twice the CPU of this statement)."""
+    top = head[0] if head is not None else _locked_head(session)
+    row_id, prev = (top[0], top[1]) if top else (0, GENESIS)
     keyring: Keyring = session.info.get(KEYRING_INFO) or NO_KEY
-    rows = []
+    rows: list[dict[str, Any]] = []
     for p in queue:
         row_id += 1
         alg, digest = keyring.sign(prev, canonical(row_id, p.at, p.actor, p.action, p.target,
@@ -154,25 +165,83 @@ def _append(session: Session, queue: list[Pending]) -> None:
                      "details": p.details, "outcome": p.outcome, "prev_hash": prev, "hash": digest,
                      "alg": alg})
         prev = digest
-    session.execute(insert(AuditEvent), rows)
+    dialect = session.get_bind().dialect
+    if dialect.name != "postgresql":
+        session.execute(_INSERT, rows)
+        return
+    for r in rows:
+        r["at"] = _stored_at(r["at"], dialect)
+    session.execute(_INSERT_PG, {"rows": json.dumps(rows, ensure_ascii=False)})
+
+
+def _stored_at(at: datetime, dialect: Dialect) -> str:
+    """`at` as the column stores it (UTCDateTime: naive UTC, a naive input refused): what
+    `verify` reads back and hashes again."""
+    value = UTCDateTime().process_bind_param(at, dialect)
+    assert value is not None
+    return value.isoformat()
+
+
+_INSERT = insert(cast(Table, AuditEvent.__table__))
+_INSERT_PG = text("""INSERT INTO audit_events (id, at, actor, action, target, details, outcome, prev_hash,
+  hash, alg)
+SELECT r.id, r.at, r.actor, r.action, r.target, r.details, r.outcome, r.prev_hash, r.hash, r.alg
+FROM json_to_recordset(CAST(:rows AS json)) AS r(id bigint, at timestamp, actor text, action text,
+  target text, details text, outcome text, prev_hash text, hash text, alg text)""")
+_LOCK = "SELECT pg_advisory_xact_lock(%s)"
+_HEAD_SQL = "SELECT id, hash FROM audit_events ORDER BY id DESC LIMIT 1"
+
+
+def pipelined(session: Session) -> Any | None:
+    """The psycopg 3 connection under this session's transaction when it can pipeline
+    (PostgreSQL), else None."""
+    if session.get_bind().dialect.name != "postgresql":
+        return None
+    raw = session.connection().connection.driver_connection
+    return raw if raw is not None and hasattr(raw, "pipeline") else None
+
+
+def lock_after(session: Session, raw: Any, sql: str, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
+    """Run `sql` (psycopg placeholders) on `raw` (from `pipelined`), then take the chain lock and
+    read the head, all in one pipeline: with the transaction's BEGIN, one round trip instead
+    of three. The head is kept for this transaction's append at commit (the lock is held until
+    then, so it cannot move); returns `sql`'s rows. The lock comes after `sql`, as it would at
+    commit, so a statement waiting on another transaction's row never does so holding it."""
+    with _as_sqlalchemy_errors(session, sql), raw.pipeline():
+        cur = raw.execute(sql, params)
+        raw.execute(_LOCK, (_PG_LOCK_KEY,))
+        head = raw.execute(_HEAD_SQL)
+    rows: list[tuple[Any, ...]] = cur.fetchall()
+    got = head.fetchone()
+    session.info[_HEAD] = ((int(got[0]), str(got[1])) if got else None,)
+    return rows
+
+
+@contextmanager
+def _as_sqlalchemy_errors(session: Session, sql: str) -> Iterator[None]:
+    """Statements sent on the driver's connection raise what the engine would have raised
+    (sqlalchemy.exc.IntegrityError, OperationalError …), so callers catch one family."""
+    dbapi = session.get_bind().dialect.loaded_dbapi
+    try:
+        yield
+    except dbapi.Error as exc:
+        raise DBAPIError.instance(sql, None, exc, dbapi.Error) from exc
 
 
 def _locked_head(session: Session) -> tuple[int, str] | None:
     """Take the chain lock, then read the head (id, hash). The head is read by a statement that
     starts after the lock is held, so it sees every append committed before (READ COMMITTED: a
     snapshot per statement). With psycopg 3 both statements go in one pipeline: one round trip."""
-    head_query = select(AuditEvent.id, AuditEvent.hash).order_by(AuditEvent.id.desc()).limit(1)
-    if session.get_bind().dialect.name != "postgresql":
-        row = session.execute(head_query).first()
-        return (row[0], row[1]) if row else None
-    raw = session.connection().connection.driver_connection
-    if raw is not None and hasattr(raw, "pipeline"):
-        with raw.pipeline():
-            raw.execute("SELECT pg_advisory_xact_lock(%s)", (_PG_LOCK_KEY,))
-            cur = raw.execute("SELECT id, hash FROM audit_events ORDER BY id DESC LIMIT 1")
+    raw = pipelined(session)
+    if raw is not None:
+        with _as_sqlalchemy_errors(session, _HEAD_SQL), raw.pipeline():
+            raw.execute(_LOCK, (_PG_LOCK_KEY,))
+            cur = raw.execute(_HEAD_SQL)
         got = cur.fetchone()
         return (int(got[0]), str(got[1])) if got else None
-    session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_LOCK_KEY})
+    head_query = select(AuditEvent.id, AuditEvent.hash).order_by(AuditEvent.id.desc()).limit(1)
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_LOCK_KEY})
     row = session.execute(head_query).first()
     return (row[0], row[1]) if row else None
 

@@ -7,15 +7,14 @@ limit's action; OK posts a recovery note and does not restore. Anything else is 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import delete, select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy import String, bindparam, delete, select, text, update
 from sqlalchemy.orm import Session
 
 from bot.aws.alarms import parse_alarm_name
@@ -23,7 +22,7 @@ from bot.aws.budgets import parse_budget_name
 from bot.aws.notifications import AlarmEvent, BudgetEvent, UnrecognisedMessage, parse_any
 from bot.aws.sns import SnsEnvelope
 from bot.clock import Clock
-from bot.models import Limit, Revocation, SnsMessage, Subject
+from bot.models import Limit, Revocation, SnsMessage, Subject, UTCDateTime
 from bot.quantities import Window
 from bot.services import access, audit, budget_window
 from bot.services.access import RevocationView
@@ -63,21 +62,45 @@ def claim(session: Session, clock: Clock, env: SnsEnvelope, final: EventOutcome 
     return env.message_id in claim_many(session, clock, [(env, final)])
 
 
-def claim_many(session: Session, clock: Clock,
-               items: Sequence[tuple[SnsEnvelope, EventOutcome | None]]) -> set[str]:
+def claim_many(session: Session, clock: Clock, items: Sequence[tuple[SnsEnvelope, EventOutcome | None]],
+               lock_chain: bool = False) -> set[str]:
     """One INSERT … ON CONFLICT DO NOTHING RETURNING for several messages (distinct MessageIds):
-    the ids this call claimed; the others were there already."""
+    the ids this call claimed; the others were there already. The rows go in as one JSON
+    parameter of a statement compiled once (a multi-row VALUES was compiled anew per batch).
+
+    `lock_chain` (audit rows will follow): on PostgreSQL the audit chain's lock and head are
+    taken in the same pipeline as the claim (`audit.lock_after`), one round trip for the lot."""
     if not items:
         return set()
-    now = clock()
-    rows = [{"message_id": env.message_id, "topic_arn": env.topic_arn[:512], "type": env.type,
-             "received_at": now, "outcome": final.outcome if final else "received",
-             "processed_at": now if final else None,
-             "body": env.message[:20000].replace("\x00", "")} for env, final in items]
-    insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
-    stmt = insert(SnsMessage).values(rows).on_conflict_do_nothing()
+    rows = json.dumps([{"message_id": env.message_id, "topic_arn": env.topic_arn[:512], "type": env.type,
+                        "outcome": final.outcome if final else "received", "final": final is not None,
+                        "body": env.message[:20000].replace("\x00", "")} for env, final in items],
+                      ensure_ascii=False)  # a lone surrogate fails to encode, before anything is sent
+    raw = audit.pipelined(session) if lock_chain else None
+    if raw is not None:
+        now = UTCDateTime().process_bind_param(clock(), session.get_bind().dialect)  # naive UTC, as stored
+        return {r[0] for r in audit.lock_after(session, raw, _CLAIM_RAW, {"rows": rows, "now": now})}
     # RETURNING, not rowcount: psycopg reports -1 for INSERT … ON CONFLICT.
-    return set(session.scalars(stmt.returning(SnsMessage.message_id)))
+    return set(session.scalars(_CLAIM[session.get_bind().dialect.name], {"rows": rows, "now": clock()}))
+
+
+_CLAIM_INTO = ("INSERT INTO sns_messages (message_id, topic_arn, type, received_at, outcome, "
+               "processed_at, body) ")
+_CLAIM_PG = _CLAIM_INTO + """SELECT r.message_id, r.topic_arn, r.type, :now, r.outcome,
+  CASE WHEN r.final THEN :now END, r.body
+FROM json_to_recordset(CAST(:rows AS json))
+  AS r(message_id text, topic_arn text, type text, outcome text, final boolean, body text)
+ON CONFLICT DO NOTHING RETURNING message_id"""
+# WHERE true: SQLite's parser needs it between a SELECT and ON CONFLICT.
+_CLAIM_SQLITE = _CLAIM_INTO + """SELECT json_extract(j.value, '$.message_id'),
+  json_extract(j.value, '$.topic_arn'), json_extract(j.value, '$.type'), :now,
+  json_extract(j.value, '$.outcome'), CASE WHEN json_extract(j.value, '$.final') THEN :now END,
+  json_extract(j.value, '$.body')
+FROM json_each(:rows) AS j WHERE true
+ON CONFLICT DO NOTHING RETURNING message_id"""
+_CLAIM = {dialect: text(sql).bindparams(bindparam("now", type_=UTCDateTime())).columns(message_id=String())
+          for dialect, sql in (("postgresql", _CLAIM_PG), ("sqlite", _CLAIM_SQLITE))}
+_CLAIM_RAW = _CLAIM_PG.replace(":now", "%(now)s").replace(":rows", "%(rows)s")  # psycopg's placeholders
 
 
 def store(session: Session, clock: Clock,
@@ -88,7 +111,7 @@ def store(session: Session, clock: Clock,
     first: dict[str, tuple[SnsEnvelope, EventOutcome]] = {}
     for env, result in items:
         first.setdefault(env.message_id, (env, result))
-    claimed = claim_many(session, clock, list(first.values()))
+    claimed = claim_many(session, clock, list(first.values()), lock_chain=True)
     out: list[EventOutcome] = []
     for env, result in items:
         if env.message_id in claimed and first[env.message_id][1] is result:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from datetime import UTC, datetime
 
 from sqlalchemy import delete, select, text, update
 
@@ -96,3 +97,19 @@ def test_concurrent_appends_keep_one_chain(db: Database, clock: FixedClock) -> N
     with db.session_scope() as s:
         result = audit.verify(s)
     assert result.ok and result.rows == 40
+
+
+def test_rows_appended_together_keep_their_text_and_instants(db: Database) -> None:
+    """Several rows in one append (on PostgreSQL one JSON statement): `at` with and without
+    microseconds, quotes, backslashes, newlines and non-ASCII come back exactly as hashed."""
+    ats = [datetime(2026, 11, 25, 10, 30, 0, 123456, tzinfo=UTC), datetime(2026, 11, 25, 10, 31, tzinfo=UTC)]
+    with db.session_scope() as s:
+        for i, at in enumerate(ats):
+            audit.record(s, lambda at=at: at, 'slack:U"1\\', "test.action", f"line\n{i} ü ✓",
+                         {"quote": '"', "tab": "\t", "emoji": "🧾"})
+    with db.session_scope() as s:
+        rows = s.scalars(select(AuditEvent).order_by(AuditEvent.id)).all()
+        assert [r.at for r in rows] == ats
+        assert [r.target for r in rows] == ["line\n0 ü ✓", "line\n1 ü ✓"]
+        assert rows[0].actor == 'slack:U"1\\' and rows[1].prev_hash == rows[0].hash
+        assert audit.verify(s).ok
