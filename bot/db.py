@@ -22,7 +22,20 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
     kwargs.setdefault("pool_pre_ping", True)
     kwargs.setdefault("pool_size", 10)
     kwargs.setdefault("max_overflow", 20)
-    return create_engine(url, **kwargs)
+    # psycopg prepares a statement on its 5th execution and PostgreSQL then switches to a
+    # generic plan, one that ignores the values: a team's usage sum (meters IN members, a day
+    # range) went from 7 ms to 23 ms from the 10th report on a connection. The answers' and
+    # jobs' statements are planned for their values (PostgreSQL 12+); the gateway's quick
+    # engine keeps generic plans for its one-row statements.
+    engine = create_engine(url, **kwargs)
+
+    @event.listens_for(engine, "connect")
+    def _custom_plans(dbapi_conn: Any, _record: Any) -> None:  # once per new connection
+        with dbapi_conn.cursor() as cur:
+            cur.execute("SET plan_cache_mode = force_custom_plan")
+        dbapi_conn.commit()
+
+    return engine
 
 
 def make_quick_engine(url: str) -> Engine:
