@@ -11,6 +11,7 @@ makes it. The variant comes from BENCH_SERVE_VARIANT:
   the request thread and the 200 goes out as it returns, without Bolt's 10 ms polling for the ack. Only
   sound when every listener hands its work off the same way (handlers/approvals.py does not yet).
 
+- `answers1`: one answer thread instead of one per core (at least 2).
 - `switch5ms`: serve keeps Python's default GIL switch interval (5 ms) instead of 1 ms.
 
 - `before`: 8fafb28's handlers (the baseline of issue 19): the `/bedrock` listener computes its answer
@@ -96,8 +97,14 @@ def _switch5ms() -> None:
     main_module.SWITCH_INTERVAL = 0.005  # Python's default
 
 
+def _answers1() -> None:
+    from handlers import answers_pool
+    original = answers_pool.answer_pool
+    app_module.answer_pool = lambda workers=None: original(workers or 1)
+
+
 VARIANTS = {"pool32": _pool32, "handoff": _handoff, "inline": _inline, "before": _before,
-            "switch5ms": _switch5ms}
+            "switch5ms": _switch5ms, "answers1": _answers1}
 
 if __name__ == "__main__":
     VARIANTS[os.environ["BENCH_SERVE_VARIANT"]]()
