@@ -86,20 +86,18 @@ class _GatedConnection(sqlite3.Connection):
     query_only = False
 
     def commit(self) -> None:
-        try:
-            super().commit()
-        finally:
-            self.release()
+        self._ending(super().commit)
 
     def rollback(self) -> None:
-        try:
-            super().rollback()
-        finally:
-            self.release()
+        self._ending(super().rollback)
 
     def close(self) -> None:
+        self._ending(super().close)
+
+    def _ending(self, end: Any) -> None:
+        """However the transaction ends (or fails to), the gate is given back."""
         try:
-            super().close()
+            end()
         finally:
             self.release()
 
