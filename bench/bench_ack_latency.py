@@ -52,12 +52,13 @@ from bench.common import (
     BenchDb,
     Figures,
     Seed,
-    cpu_seconds,
     databases,
+    family_cpu_seconds,
     git_revision,
     load_average,
     machine,
     percentile,
+    pss_mb,
     rss_mb,
     seed,
     table,
@@ -99,6 +100,7 @@ class Run:
     rss_idle: float = 0.0
     rss_after: float = 0.0
     hwm_after: float = 0.0
+    pss_after: float = 0.0  # serve and its answer processes, shared pages counted once
 
 
 class Answers:
@@ -275,6 +277,7 @@ def load(db: BenchDb, s: Seed, args: argparse.Namespace, workdir: Path, variant:
             stop_py_spy(spy)
             time.sleep(0.5)  # let the last response threads finish before reading memory
             run.rss_after, run.hwm_after = rss_mb(proc.pid)
+            run.pss_after = pss_mb(proc.pid)
     return run
 
 
@@ -294,13 +297,13 @@ def phase(pace: str, kind: str, port: int, fake: FakeSlack, answers: Answers, s:
             sent.append(settle(answers, x) if pace == "answer" else x)
         return [settle(answers, x) for x in sent] if pace == "ack" else sent
 
-    cpu0, mine0 = cpu_seconds(pid), time.process_time()
+    cpu0, mine0 = family_cpu_seconds(pid), time.process_time()
     began = time.perf_counter()
     with ThreadPoolExecutor(args.threads) as pool:
         for samples in pool.map(client, range(args.threads)):
             out.samples.extend(samples)
     out.wall_s = time.perf_counter() - began
-    out.serve_cpu_s = cpu_seconds(pid) - cpu0
+    out.serve_cpu_s = family_cpu_seconds(pid) - cpu0
     out.client_cpu_s = time.process_time() - mine0
     return out
 
@@ -384,18 +387,20 @@ def report(runs: list[Run], args: argparse.Namespace, out: Figures) -> bool:
                            verdict(good) if r.variant == "shipped" else "(baseline)"))
     print(table(("database, code, pace", *HEAVY, "worst", "result"), ratios))
 
-    print("\nResident memory of the serve process (VmRSS after the load; peak = VmHWM):")
+    print("\nMemory of the serve process (VmRSS after the load; peak = VmHWM) and of serve with its "
+          "answer processes (PSS: a page shared by n processes counts 1/n); the target holds for both:")
     mem = []
     for r in runs:
-        good = r.rss_after < RSS_TARGET_MB
+        good = max(r.rss_after, r.pss_after) < RSS_TARGET_MB
         if r.variant == "shipped":
             ok = ok and good
-            out.add(f"{r.db}: serve RSS after the load", f"{r.rss_after:,.0f} MB",
-                    f"< {RSS_TARGET_MB:.0f} MB", good)
+            out.add(f"{r.db}: serve RSS / with answer processes PSS, after the load",
+                    f"{r.rss_after:,.0f} / {r.pss_after:,.0f} MB", f"< {RSS_TARGET_MB:.0f} MB", good)
         mem.append((f"{r.db}, {r.variant}", f"{r.rss_idle:,.0f} MB", f"{r.rss_after:,.0f} MB",
-                    f"{r.hwm_after:,.0f} MB", f"< {RSS_TARGET_MB:.0f} MB",
+                    f"{r.hwm_after:,.0f} MB", f"{r.pss_after:,.0f} MB", f"< {RSS_TARGET_MB:.0f} MB",
                     verdict(good) if r.variant == "shipped" else "(baseline)"))
-    print(table(("database, code", "idle", "after the load", "peak", "target", "result"), mem))
+    print(table(("database, code", "idle RSS", "RSS after the load", "peak RSS", "PSS, with workers",
+                 "target", "result"), mem))
 
     print()
     for r in runs:

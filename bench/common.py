@@ -125,11 +125,42 @@ def rss_mb(pid: int) -> tuple[float, float]:
     return field("VmRSS"), field("VmHWM")
 
 
+def family(pid: int) -> list[int]:
+    """`pid` and its descendants (serve forks its answer processes), from /proc (Linux)."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        with contextlib.suppress(OSError):
+            todo += [int(c) for c in Path(f"/proc/{p}/task/{p}/children").read_text().split()]
+    return out
+
+
+def pss_mb(pid: int) -> float:
+    """Proportional set size of `pid` and its descendants together, in MiB: each page shared by
+    n of them counts 1/n, so forked workers sharing the parent's pages are not counted twice."""
+    total = 0
+    for p in family(pid):
+        with contextlib.suppress(OSError):
+            m = re.search(r"^Pss:\s+(\d+) kB", Path(f"/proc/{p}/smaps_rollup").read_text(), re.M)
+            total += int(m.group(1)) if m else 0
+    return total / 1024
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU seconds a process has used, from /proc/<pid>/stat."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     ticks = os.sysconf("SC_CLK_TCK")
     return (int(fields[11]) + int(fields[12])) / ticks
+
+
+def family_cpu_seconds(pid: int) -> float:
+    """CPU seconds of `pid` and its live descendants (serve's answer processes) together."""
+    total = 0.0
+    for p in family(pid):
+        with contextlib.suppress(OSError):
+            total += cpu_seconds(p)
+    return total
 
 
 # ---- figures `make bench` collects --------------------------------------------------------

@@ -13,6 +13,8 @@ makes it. The variant comes from BENCH_SERVE_VARIANT:
 
 - `answers1`: one answer thread instead of one per core (at least 2).
 - `switch5ms`: serve keeps Python's default GIL switch interval (5 ms) instead of 1 ms.
+- `threads`: every answer on serve's answer threads, no answer processes (BOT_ANSWER_PROCESSES=0:
+  what shipped before the processes, bbb96d9).
 
 - `before`: 8fafb28's handlers (the baseline of issue 19): the `/bedrock` listener computes its answer
   in Bolt's listener thread, on a pool of 32, before it returns.
@@ -103,8 +105,12 @@ def _answers1() -> None:
     app_module.answer_pool = lambda workers=None: original(workers or 1)
 
 
+def _threads() -> None:
+    os.environ["BOT_ANSWER_PROCESSES"] = "0"
+
+
 VARIANTS = {"pool32": _pool32, "handoff": _handoff, "inline": _inline, "before": _before,
-            "switch5ms": _switch5ms, "answers1": _answers1}
+            "switch5ms": _switch5ms, "answers1": _answers1, "threads": _threads}
 
 if __name__ == "__main__":
     VARIANTS[os.environ["BENCH_SERVE_VARIANT"]]()

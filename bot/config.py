@@ -254,6 +254,9 @@ class BotSettings(BaseSettings):
     model_tpm: Annotated[dict[str, int], NoDecode] = Field(default_factory=dict,
                                                            validation_alias="BOT_MODEL_TPM")
     port: int = Field(3000, ge=1, le=65535, validation_alias="BOT_PORT")
+    # serve's worker processes for read-only /bedrock answers (handlers/answer_procs.py):
+    # unset = one per core, 0 = answer on threads only.
+    answer_processes: int | None = Field(None, ge=0, le=64, validation_alias="BOT_ANSWER_PROCESSES")
     # serve writes the port it listens on here, so the image's HEALTHCHECK follows `--port`
     port_file: str | None = Field(None, validation_alias="BOT_PORT_FILE")
     request_ttl_hours: int = Field(72, ge=1, le=24 * 30, validation_alias="BOT_REQUEST_TTL_HOURS")

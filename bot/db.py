@@ -224,3 +224,9 @@ class Database:
     def dispose(self) -> None:
         for engine in self.engines():
             engine.dispose()
+
+    def after_fork(self) -> None:
+        """In a forked child: forget the parent's pooled connections without closing them (they
+        are the parent's to use; SQLAlchemy, "Using Connection Pools with Multiprocessing")."""
+        for engine in self.engines():
+            engine.dispose(close=False)

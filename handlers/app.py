@@ -17,6 +17,7 @@ from bot.runtime import Services
 from bot.slack.notifier import NullNotifier, SlackNotifier
 from bot.slack.outbox import OutboxNotifier
 from handlers import approvals, errors, raises, slash
+from handlers.answer_procs import AnswerProcesses
 from handlers.answers_pool import answer_pool
 
 
@@ -37,7 +38,8 @@ def listener_pool() -> ThreadPoolExecutor:
 
 def create_app(settings: Settings, services: Services, client: WebClient | None = None,
                listener_executor: Executor | None = None,
-               answer_executor: Executor | None = None) -> App:
+               answer_executor: Executor | None = None,
+               answer_workers: AnswerProcesses | None = None) -> App:
     """The Bolt app with every listener and the one error handler behind them.
 
     Every listener acks and hands its work to `answer_executor` (tests pass executors they can
@@ -54,7 +56,7 @@ def create_app(settings: Settings, services: Services, client: WebClient | None 
               listener_executor=listener_executor or listener_pool())
     errors.register(app, services)
     answers = answer_executor or answer_pool()
-    slash.register(app, services, answers)
+    slash.register(app, services, answers, answer_workers)
     approvals.register(app, services, answers)
     raises.register(app, services, answers)
     return app

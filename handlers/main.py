@@ -21,7 +21,8 @@ SWITCH_INTERVAL = 0.001  # seconds; bench/serve_variant.py `switch5ms` measures 
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     from waitress.server import create_server
 
-    from handlers import preflight, shutdown
+    from handlers import preflight, shutdown, slash
+    from handlers.answers_pool import answer_pool
     from handlers.app import slack_client
     from handlers.server import Background, build_wsgi
 
@@ -35,12 +36,17 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     preflight.join_channels(services, client, me.user_id)
     background = Background(services, scheduler=not args.no_scheduler)
     port = args.port or settings.bot.port
-    app = build_wsgi(services)
+    answers = answer_pool()
+    workers = slash.worker_processes(services, client, answers)
+    app = build_wsgi(services, answers, workers)
     # Everything built so far lives as long as the process: move it out of the collector's
     # view, so the full collections that long-lived request threads set off scan only what
-    # requests allocate (each one pauses every thread, an ack included).
+    # requests allocate (each one pauses every thread, an ack included), and so the answer
+    # processes forked next share these pages instead of copying them when a collection runs.
     gc.collect()
     gc.freeze()
+    if workers is not None:
+        workers.start()  # before any thread exists (handlers/answer_procs.py)
     # A thread that blocked (on a socket, SQLite, a lock) waits up to the switch interval for
     # the GIL when another thread computes; the default 5 ms, paid at each of an ack's few
     # blocking calls while answers compute, made ack tails (issue 19). 1 ms costs the answers
@@ -54,6 +60,8 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         server.run()  # returns on SIGTERM/SIGINT
     finally:
         stop.finish(server.close, background)
+        if workers is not None:
+            workers.close(min(5.0, stop.remaining()))  # queued answers are still posted
         app.close()  # writes the last minute's refusal counts
     return 0
 
@@ -61,7 +69,8 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_socket(args: argparse.Namespace, settings: Settings) -> int:
     from slack_bolt.adapter.socket_mode import SocketModeHandler
 
-    from handlers import preflight, shutdown
+    from handlers import preflight, shutdown, slash
+    from handlers.answers_pool import answer_pool
     from handlers.app import create_app, slack_client
     from handlers.server import Background
 
@@ -74,7 +83,12 @@ def cmd_socket(args: argparse.Namespace, settings: Settings) -> int:
     services = _prepare(settings)
     preflight.join_channels(services, client, me.user_id)
     background = Background(services, scheduler=not args.no_scheduler)
-    handler = SocketModeHandler(create_app(settings, services, client), settings.slack.app_token)
+    answers = answer_pool()
+    workers = slash.worker_processes(services, client, answers)
+    handler = SocketModeHandler(create_app(settings, services, client, answer_executor=answers,
+                                           answer_workers=workers), settings.slack.app_token)
+    if workers is not None:
+        workers.start()
     try:
         background.start()
         handler.start()  # waits until SIGTERM/SIGINT
@@ -82,6 +96,8 @@ def cmd_socket(args: argparse.Namespace, settings: Settings) -> int:
         pass
     finally:
         stop.finish(handler.close, background)
+        if workers is not None:
+            workers.close(min(5.0, stop.remaining()))
     return 0
 
 

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import logging
 import threading
+from concurrent.futures import Executor
 
 from bot.flows.usage_stream_loop import StreamLoop
 from bot.runtime import Services
+from handlers.answer_procs import AnswerProcesses
 from handlers.app import create_app, slack_client
 from handlers.gateway import Gateway
 from handlers.http import WsgiApp
@@ -17,9 +19,11 @@ from jobs.sqs_poller import SqsPoller
 log = logging.getLogger(__name__)
 
 
-def build_wsgi(services: Services) -> WsgiApp:
+def build_wsgi(services: Services, answers: Executor | None = None,
+               answer_workers: AnswerProcesses | None = None) -> WsgiApp:
     settings = services.settings
-    app = create_app(settings, services, slack_client(settings))
+    app = create_app(settings, services, slack_client(settings), answer_executor=answers,
+                     answer_workers=answer_workers)
     return WsgiApp(services, app, sns=SnsEndpoint(services, services.sns_verifier()),
                    gateway=Gateway(services) if settings.bot.gateway_tokens else None)
 

@@ -1,12 +1,15 @@
 """`/bedrock`: ack at once in Bolt's listener thread, then parse → flow → render
-(bot.slash.registry) → respond() on the answer pool (handlers/answers_pool.py)."""
+(bot.slash.registry) → respond(): in a worker process for a command that only reads
+(handlers/answer_procs.py), else on the answer pool (handlers/answers_pool.py)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from concurrent.futures import Executor
 from typing import Any
 
 from slack_bolt import Ack, App, Respond
+from slack_bolt.context.respond import Respond as ResponseUrl
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
 
@@ -17,7 +20,8 @@ from bot.runtime import Services
 from bot.services.directory import Actor
 from bot.slash import registry
 from bot.slash.answers import Request
-from handlers.answers_pool import hand_off
+from handlers.answer_procs import AnswerProcesses, Job
+from handlers.answers_pool import cores, hand_off
 from handlers.replies import answering
 
 
@@ -42,11 +46,39 @@ def answer(services: Services, client: WebClient, user_id: str, text: str) -> Re
     return messages.text_reply(replies[0])
 
 
-def register(app: App, services: Services, answers: Executor) -> None:
+def run_in_worker(services: Services, client: WebClient) -> Callable[[Job], None]:
+    """What a worker process does with a queued command: answer it, post to its response_url."""
+    def run(job: Job) -> None:
+        _, user, text, response_url = job
+        reply, blocks = answer(services, client, user, text)
+        ResponseUrl(response_url=response_url)(text=reply, blocks=blocks, response_type="ephemeral")
+    return run
+
+
+def worker_processes(services: Services, client: WebClient,
+                     answers: Executor) -> AnswerProcesses | None:
+    """The answer processes `serve` forks (BOT_ANSWER_PROCESSES, default one per core); None
+    when set to 0 or when the database lives in this process's memory. A dead worker's owed
+    answers are given on `answers` instead."""
+    count = services.settings.bot.answer_processes
+    count = cores() if count is None else count
+    if count < 1 or ":memory:" in services.db.url:
+        return None
+    run = run_in_worker(services, client)
+    return AnswerProcesses(run, count, rescue=lambda job: hand_off(answers, lambda: run(job), "/bedrock"),
+                           after_fork=services.db.after_fork)
+
+
+def register(app: App, services: Services, answers: Executor,
+             workers: AnswerProcesses | None = None) -> None:
     @app.command("/bedrock")
     def bedrock(ack: Ack, body: dict[str, Any], respond: Respond, client: WebClient) -> None:
         ack()
         user, text = str(body.get("user_id", "")), str(body.get("text", ""))
+        url = body.get("response_url")
+        if (workers is not None and isinstance(url, str) and registry.reads_only(text)
+                and workers.submit(("slash", user, text, url))):
+            return
 
         def work() -> None:
             reply, blocks = answer(services, client, user, text)

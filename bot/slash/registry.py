@@ -28,6 +28,9 @@ class Subcommand:
     help: str
     parse: Parser
     answer: Answer
+    # Only reads: its answer may run in another process (handlers/answer_procs.py). It writes
+    # nothing but a refusal's audit row (SQLite's write gate is per process) and posts only its reply.
+    reads: bool = False
 
 
 def _help(req: Request, cmd: g.Command) -> Reply:
@@ -39,10 +42,11 @@ def _help(req: Request, cmd: g.Command) -> Reply:
 
 SUBCOMMANDS: dict[str, Subcommand] = {c.name: c for c in (
     Subcommand("help", "/bedrock help [subcommand]",
-               "Show this help, or the details of one subcommand.", g.help_topic, _help),
+               "Show this help, or the details of one subcommand.", g.help_topic, _help, reads=True),
     Subcommand("usage", "/bedrock usage [@user|team] [today|yesterday|week|month|7d|30d]",
                "Tokens in/out, estimated cost, each limit as a bar, forecast and status. "
-               "Anyone for themselves and their teams; admins for everyone.", g.usage_args, answers.usage),
+               "Anyone for themselves and their teams; admins for everyone.", g.usage_args, answers.usage,
+               reads=True),
     Subcommand("limit", "/bedrock limit <subject> <amount>/<window> [input|output|requests] "
                         "[warn=80,90] [action=revoke|notify] [alarm=on|off] [grace=10m]  ·  "
                         "/bedrock limit <subject> +<amount>/<window> [input|output|requests] "
@@ -53,7 +57,8 @@ SUBCOMMANDS: dict[str, Subcommand] = {c.name: c for c in (
                "<reason>` grants a temporary raise on that limit (default: until the window ends).",
                g.limit_args, answers.limit),
     Subcommand("limits", "/bedrock limits [subject]",
-               "List limits, for one subject or everyone.", g.optional_subject, answers.list_limits),
+               "List limits, for one subject or everyone.", g.optional_subject, answers.list_limits,
+               reads=True),
     Subcommand("unlimit", "/bedrock unlimit <subject> [window] [metric]",
                "Remove a subject's limit(s) (admin).", g.unlimit_args, answers.unlimit),
     Subcommand("provision", "/bedrock provision <subject> <model> [key=value …]",
@@ -62,7 +67,7 @@ SUBCOMMANDS: dict[str, Subcommand] = {c.name: c for c in (
                g.provision_args, answers.provision),
     Subcommand("profiles", "/bedrock profiles [subject]",
                "List inference profiles and the ARN to call them with.", g.optional_subject,
-               answers.list_profiles),
+               answers.list_profiles, reads=True),
     Subcommand("link", "/bedrock link @user <principal-arn> | <subject> mantle-project:<id>",
                "Bind a principal to a user, so revocation and log metering reach it (admin): an IAM "
                "user or role, a Bedrock API key's IAM user, or one session of a shared or SSO role "
@@ -94,7 +99,7 @@ SUBCOMMANDS: dict[str, Subcommand] = {c.name: c for c in (
                "access it is (four eyes). `break-glass` (owner only, reason required) restores at "
                "once and is announced in the alert channel.", g.restore_args, answers.restore),
     Subcommand("audit", "/bedrock audit [subject] [n]", "Recent audit events (admin).", g.audit_args,
-               answers.audit),
+               answers.audit, reads=True),
     Subcommand("admins", "/bedrock admins [add|remove @user [owner|admin|approver]]",
                "List admins, or add/remove one (owner).", g.admins_args, answers.admins),
     Subcommand("digest", "/bedrock digest", "Post the daily digest now (admin).", g.no_args,
@@ -104,6 +109,17 @@ SUBCOMMANDS: dict[str, Subcommand] = {c.name: c for c in (
 
 def usage_line(name: str) -> str:
     return SUBCOMMANDS[name].usage if name in SUBCOMMANDS else SUBCOMMANDS["help"].usage
+
+
+def reads_only(text: str) -> bool:
+    """Whether the command in `text` only reads (an unknown or unparsable one is answered with
+    its reason, which writes an audit row: False)."""
+    try:
+        words = g.tokenize(text)
+    except BadInput:
+        return False
+    sub = SUBCOMMANDS.get(words[0].lower()) if words else SUBCOMMANDS["help"]
+    return sub is not None and sub.reads
 
 
 def parse(text: str) -> g.Command:

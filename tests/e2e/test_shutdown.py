@@ -210,3 +210,78 @@ def test_a_private_channel_the_bot_is_not_in_is_reported_to_the_owner(
         assert rows == [("system:startup", "error")] * 2
     finally:
         db.dispose()
+
+
+def _children(pid: int) -> list[int]:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(c) for c in path.read_text().split()] if path.exists() else []
+
+
+def _gone(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except FileNotFoundError:
+        return True
+
+
+def test_read_only_answers_come_from_worker_processes_that_end_with_serve(
+        db_url: str, slack: FakeSlack, aws_url: str, tmp_path: Path) -> None:
+    """serve forks BOT_ANSWER_PROCESSES workers at start: a read-only command (`usage`, `help`)
+    is answered at its response_url by one of them and sees what serve's own threads just wrote
+    (`team`, `limit`: writes stay in serve), and SIGTERM ends the workers with serve."""
+    from tests.fakes.signing import signed_headers, slash_command_body
+
+    env = _env(db_url, slack, aws_url, tmp_path) | {"BOT_ANSWER_PROCESSES": "2"}
+    port = _free_port()
+    proc, log = _serve(env, tmp_path, port)
+    try:
+        _eventually("serve answers /healthz", lambda: _up(proc, log, port), 40)
+        workers = _children(proc.pid)
+        assert len(workers) == 2, log.read_text()
+        expected = {"usage": "no usage yet", "help": "/bedrock commands: help, usage",
+                    "team": "added to `team-eng`", "limit": "5M tokens/day", "limits": "1 limits"}
+
+        def ask(name: str, text: str) -> None:
+            body = slash_command_body(text, user_id=OWNER, response_url=slack.response_url(name))
+            req = urllib.request.Request(f"http://127.0.0.1:{port}/slack/events", data=body.encode(),
+                                         headers=signed_headers("shh", body), method="POST")
+            with urllib.request.urlopen(req, timeout=10) as resp:
+                assert resp.status == 200
+
+        def answered(name: str) -> str:
+            calls = _eventually(f"the {name} answer", lambda: slack.calls(f"response_url:{name}"), 20)
+            return str(calls[-1].args.get("text"))
+
+        for name, text in (("usage", "usage"), ("help", "help"), ("team", f"team team-eng add <@{OWNER}>"),
+                           ("limit", "limit team-eng 5M/day"), ("limits", "limits team-eng")):
+            ask(name, text)
+            assert expected[name] in answered(name)
+        # Stopped workers hold the read, not the write; the read is answered once they go on.
+        for w in workers:
+            os.kill(w, signal.SIGSTOP)
+        ask("held", "limits team-eng")
+        ask("write", "limit team-eng 6M/day")
+        assert "6M tokens/day" in answered("write")
+        assert not slack.calls("response_url:held")
+        for w in workers:
+            os.kill(w, signal.SIGCONT)
+        assert "1 limits" in answered("held")
+        # A worker killed with an answer owed: the next command finds it dead, and the owed
+        # answer and every later one are given on serve's threads.
+        for w in workers:
+            os.kill(w, signal.SIGSTOP)
+        ask("owed", "usage")
+        for w in workers:
+            os.kill(w, signal.SIGKILL)
+        _eventually("the workers are gone", lambda: all(_gone(w) for w in workers), 5)
+        ask("after", "help")
+        assert expected["help"] in answered("after")
+        assert "0 in, 0 out" in answered("owed")
+        assert "answers owed; answering them on threads" in log.read_text()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0, log.read_text()
+        _eventually("the workers end with serve", lambda: all(_gone(w) for w in workers), 5)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=5)
