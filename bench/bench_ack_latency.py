@@ -5,8 +5,8 @@ limit is 3,000 ms); resident memory serving < 200 MB.
 
 Per database (SQLite file, then a private PostgreSQL schema): seed 10k subjects with 30 days of
 hourly ledger rows (bench/common.py: 7.2M rows), start `python -m handlers.main serve --no-scheduler`
-on a free loopback port against a local Slack stand-in (tests/fakes/slack_api.FakeSlack: Web API and
-response_url sink), wait for /healthz, then 20 client threads each send `--requests` signed
+on a free loopback port against a local Slack stand-in in a process of its own (bench/slack_sink.py:
+tests/fakes/slack_api.FakeSlack, Web API and response_url sink), wait for /healthz, then 20 client threads each send `--requests` signed
 `/bedrock` slash commands in turn — `help`, `usage <@user>` and `usage team-…` as an owner — over a
 new connection each, as Slack does. A thread sends its next command once the previous one has been
 answered on its response_url, so 20 commands are in flight at any time.
@@ -20,8 +20,9 @@ from /proc, before and after the load. Run from the repo root:
 
 `--py-spy DIR` records serve's stacks during the load, idle threads included, as collapsed stacks
 (`py-spy record --format raw`; needs `pip install py-spy`).
-The client threads, FakeSlack and serve share this machine's cores: on a small machine part of
-the measured latency is the client's own CPU time.
+The client threads, the stand-in and serve share this machine's cores: on a small machine part of
+the measured latency is the client's own CPU time. The stand-in parses the answers in its own
+process, so they do not take the GIL from the threads timing acks.
 """
 
 from __future__ import annotations
@@ -64,8 +65,8 @@ from bench.common import (
     table,
     verdict,
 )
+from bench.slack_sink import SlackSink
 from tests.fakes.signing import signed_headers, slash_command_body
-from tests.fakes.slack_api import Call, FakeSlack
 
 SECRET = "bench-signing-secret"
 ADMIN = "UADMIN0001"  # BOT_ADMINS: an owner, so `usage` may look at anyone
@@ -101,10 +102,11 @@ class Run:
     rss_after: float = 0.0
     hwm_after: float = 0.0
     pss_after: float = 0.0  # serve and its answer processes, shared pages counted once
+    pss_parts: str = ""  # each process's RSS / PSS / USS
 
 
 class Answers:
-    """Arrival times at the response_url, by response name (FakeSlack calls `on_call` per request)."""
+    """Arrival times at the response_url, by response name (from bench/slack_sink.py's process)."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
@@ -116,12 +118,7 @@ class Answers:
             ev = self.events[name] = threading.Event()
             return ev
 
-    def on_call(self, call: Call) -> None:
-        if not call.method.startswith("response_url:"):
-            return
-        name = call.method.split(":", 1)[1]
-        now = time.perf_counter()
-        text = str(call.args.get("text", ""))
+    def on_answer(self, name: str, now: float, text: str) -> None:
         with self.lock:
             self.arrived[name] = (now, text)
             ev = self.events.get(name)
@@ -136,7 +133,7 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def serve(db: BenchDb, fake: FakeSlack, workdir: Path, port: int, threads: int,
+def serve(db: BenchDb, fake: SlackSink, workdir: Path, port: int, threads: int,
           variant: str = "shipped") -> Iterator[subprocess.Popen[bytes]]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("BOT_", "SLACK_", "AWS_"))}
     env.update({
@@ -182,7 +179,7 @@ def serve(db: BenchDb, fake: FakeSlack, workdir: Path, port: int, threads: int,
         log.close()
 
 
-def send(port: int, fake: FakeSlack, answers: Answers, name: str, kind: str, text: str,
+def send(port: int, fake: SlackSink, answers: Answers, name: str, kind: str, text: str,
          secret: str = SECRET) -> Sample:
     """POST one signed command and read the 200 (the ack); the answer is collected by `settle`."""
     body = slash_command_body(text, user_id=ADMIN, user_name="admin", channel_id="C0BENCH",
@@ -215,7 +212,7 @@ def settle(answers: Answers, sample: Sample) -> Sample:
     return sample
 
 
-def one(port: int, fake: FakeSlack, answers: Answers, name: str, kind: str, text: str) -> Sample:
+def one(port: int, fake: SlackSink, answers: Answers, name: str, kind: str, text: str) -> Sample:
     return settle(answers, send(port, fake, answers, name, kind, text))
 
 
@@ -250,7 +247,7 @@ def load(db: BenchDb, s: Seed, args: argparse.Namespace, workdir: Path, variant:
     run = Run(db.name, s, variant)
     answers = Answers()
     rng = random.Random(42)
-    with FakeSlack(on_call=answers.on_call) as fake:
+    with SlackSink(answers.on_answer) as fake:
         port = free_port()
         with serve(db, fake, workdir, port, args.serve_threads, variant) as proc:
             run.rss_idle = rss_mb(proc.pid)[0]
@@ -277,11 +274,11 @@ def load(db: BenchDb, s: Seed, args: argparse.Namespace, workdir: Path, variant:
             stop_py_spy(spy)
             time.sleep(0.5)  # let the last response threads finish before reading memory
             run.rss_after, run.hwm_after = rss_mb(proc.pid)
-            run.pss_after = pss_mb(proc.pid)
+            run.pss_after, run.pss_parts = pss_mb(proc.pid)
     return run
 
 
-def phase(pace: str, kind: str, port: int, fake: FakeSlack, answers: Answers, s: Seed,
+def phase(pace: str, kind: str, port: int, fake: SlackSink, answers: Answers, s: Seed,
           rng: random.Random, args: argparse.Namespace, pid: int) -> Phase:
     """`threads` clients each send `requests` commands of one kind. Pace `answer`: a client sends
     its next command once the previous one is answered (a person waiting for the reply: 20 in
@@ -401,6 +398,8 @@ def report(runs: list[Run], args: argparse.Namespace, out: Figures) -> bool:
                     verdict(good) if r.variant == "shipped" else "(baseline)"))
     print(table(("database, code", "idle RSS", "RSS after the load", "peak RSS", "PSS, with workers",
                  "target", "result"), mem))
+    for r in runs:
+        print(f"  {r.db}, {r.variant}, MB per process: {r.pss_parts}")
 
     print()
     for r in runs:
@@ -410,8 +409,8 @@ def report(runs: list[Run], args: argparse.Namespace, out: Figures) -> bool:
             errors = [x for x in ph.samples if x.error or x.status != 200]
             n = len(ph.samples)
             print(f"  pace {ph.pace}, {ph.kind}: {n:,} in {ph.wall_s:.1f} s ({n / ph.wall_s:,.0f}/s), serve "
-                  f"{ph.serve_cpu_s:.1f} CPU s ({ph.serve_cpu_s / n * 1000:.1f} ms a command), clients + "
-                  f"FakeSlack {ph.client_cpu_s:.1f} CPU s; {len(errors)} failed"
+                  f"{ph.serve_cpu_s:.1f} CPU s ({ph.serve_cpu_s / n * 1000:.1f} ms a command, answer "
+                  f"processes included), clients {ph.client_cpu_s:.1f} CPU s; {len(errors)} failed"
                   + (f" (e.g. {errors[0].status} {errors[0].error!r})" if errors else ""))
             ok = ok and not errors
             if errors:

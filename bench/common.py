@@ -136,15 +136,29 @@ def family(pid: int) -> list[int]:
     return out
 
 
-def pss_mb(pid: int) -> float:
-    """Proportional set size of `pid` and its descendants together, in MiB: each page shared by
-    n of them counts 1/n, so forked workers sharing the parent's pages are not counted twice."""
-    total = 0
+def memory_mb(pid: int) -> dict[str, float]:
+    """Rss, Pss and Uss (private pages) of one process in MiB, from /proc/<pid>/smaps_rollup."""
+    text = Path(f"/proc/{pid}/smaps_rollup").read_text()
+
+    def kb(name: str) -> int:
+        m = re.search(rf"^{name}:\s+(\d+) kB", text, re.M)
+        return int(m.group(1)) if m else 0
+
+    return {"rss": kb("Rss") / 1024, "pss": kb("Pss") / 1024,
+            "uss": (kb("Private_Clean") + kb("Private_Dirty")) / 1024}
+
+
+def pss_mb(pid: int) -> tuple[float, str]:
+    """Proportional set size of `pid` and its descendants together, in MiB (each page shared by
+    n of them counts 1/n, so forked workers sharing the parent's pages are not counted twice),
+    and each one's RSS/PSS/USS as text."""
+    total, parts = 0.0, []
     for p in family(pid):
         with contextlib.suppress(OSError):
-            m = re.search(r"^Pss:\s+(\d+) kB", Path(f"/proc/{p}/smaps_rollup").read_text(), re.M)
-            total += int(m.group(1)) if m else 0
-    return total / 1024
+            m = memory_mb(p)
+            total += m["pss"]
+            parts.append(f"{p}: RSS {m['rss']:.0f}, PSS {m['pss']:.0f}, USS {m['uss']:.0f}")
+    return total, "; ".join(parts)
 
 
 def cpu_seconds(pid: int) -> float:

@@ -255,7 +255,7 @@ class BotSettings(BaseSettings):
                                                            validation_alias="BOT_MODEL_TPM")
     port: int = Field(3000, ge=1, le=65535, validation_alias="BOT_PORT")
     # serve's worker processes for read-only /bedrock answers (handlers/answer_procs.py):
-    # unset = one per core, 0 = answer on threads only.
+    # unset = one per core but one (at least 1), 0 = answer on threads only.
     answer_processes: int | None = Field(None, ge=0, le=64, validation_alias="BOT_ANSWER_PROCESSES")
     # serve writes the port it listens on here, so the image's HEALTHCHECK follows `--port`
     port_file: str | None = Field(None, validation_alias="BOT_PORT_FILE")
