@@ -51,6 +51,11 @@ class GroupCommit(Generic[I, R]):
         self.batches = 0  # batches run and items in them (for benches and logs)
         self.items = 0
 
+    def waiting(self) -> int:
+        """Callers queued behind the running batch (for tests and logs)."""
+        with self._mu:
+            return len(self._queue)
+
     def submit(self, item: I) -> R:
         """Write `item` (with whoever else is waiting) and return its result, or raise its error."""
         me: _Waiter[I, R] = _Waiter(item)

@@ -537,3 +537,40 @@ def test_without_tokens_the_router_answers_404_on_the_gateway_paths() -> None:
         assert _through_router(app, method, "/v1/quota/check", b"{}")[0] == 404
         assert _through_router(app, method, "/v1/usage", b"{}")[0] == 404
     assert "bedrock_bot_gateway" not in _through_router(app, "GET", "/metrics")[2].decode()
+
+
+def test_usage_reports_that_arrive_together_commit_together_each_counted_once(api: Api) -> None:
+    """SQLite commits one writer at a time, each with an fsync: reports that queue while one
+    commits go in the next transaction together. 12 reports (two of them repeated request ids)
+    from 12 threads: each counted once, the repeats answered as duplicates, on both databases."""
+    set_limit(api.db, api.clock, "alice", 10_000_000)
+    ids = [f"r{i}" for i in range(10)] + ["r0", "r1"]
+    settles = api.gw.book.sql.settles
+    assert api.usage("warm", inp=1000, out=100)[0] == 202  # alice's gateway meter exists now
+    with ThreadPoolExecutor(len(ids)) as pool:
+        if api.db.dialect == "sqlite":  # hold the write lock so the reports queue up behind it
+            with api.db.engine.begin():
+                first = pool.submit(api.usage, ids[0], inp=1000, out=100)
+                _until(lambda: settles.waiting() == 0 and settles.items == 2)
+                rest = [pool.submit(api.usage, r, inp=1000, out=100) for r in ids[1:]]
+                _until(lambda: settles.waiting() == len(ids) - 1)
+            answers = [first.result(), *(f.result() for f in rest)]
+            assert (settles.batches, settles.items) == (3, len(ids) + 1)  # the queued 11 in one
+        else:
+            answers = list(pool.map(lambda r: api.usage(r, inp=1000, out=100), ids))
+    assert all(status == 202 for status, _ in answers)
+    assert sum(out["duplicate"] for _, out in answers) == 2
+    assert ledger_total(api.db) == 11 * 1100
+    with api.db.session_scope() as s:
+        assert_rollup_matches(s)
+        c = s.get(GatewayCounter, directory.get(s, SubjectRef(name="alice")).id)
+        assert c is not None and (c.settled_input, c.settled_output, c.settled_requests) == (11_000, 1100, 11)
+
+
+def _until(ready: Any, tries: int = 2000) -> None:
+    """Wait for other threads to reach a state (polled; no clock involved)."""
+    for _ in range(tries):
+        if ready():
+            return
+        threading.Event().wait(0.005)
+    raise AssertionError("the threads did not get there")
