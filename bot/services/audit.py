@@ -9,7 +9,8 @@ lock (an advisory lock on PostgreSQL) is therefore taken once, at the end, and h
 few milliseconds — never across the AWS calls a flow makes — and a transaction that rolls
 back leaves no audit row and never took the lock. One exception: `lock_after` takes the lock
 (and reads the head) earlier, pipelined after a statement of the caller's, for a transaction
-that goes straight on to commit (the SNS store).
+that goes straight on to commit (the SNS store); `locked_head_after` and `append_at_commit` do
+the same for a transaction with no session (`bot.db.Pipelined`, the SNS group commit).
 
 With `BOT_AUDIT_KEY` set, hash = HMAC-SHA256(key, prev_hash + canonical JSON) and the row's
 `alg` names the key (`hmac-sha256:<key id>`): someone who can write the database but does not
