@@ -22,7 +22,7 @@ from bot.aws.clients import aws_error
 from bot.aws.sns import SnsEnvelope
 from bot.flows import access as access_flow
 from bot.flows.group_commit import GroupCommit
-from bot.flows.runner import step
+from bot.flows.runner import audited, step
 from bot.models import Limit
 from bot.render.events import event_message
 from bot.runtime import Services
@@ -90,7 +90,11 @@ def store_together(s: Services, items: Sequence[Stored]) -> list[EventOutcome]:
 def store_alone(s: Services, item: Stored) -> EventOutcome:
     """One message in its own transaction, audited as a failed step if it fails."""
     env = item[0]
-    return step(s.db, s.clock, Actor(f"sns:{env.topic_arn}"), "sns.receive", env.topic_arn,
+    actor = Actor(f"sns:{env.topic_arn}")
+    if s.db.can_pipeline():
+        return audited(s.db, s.clock, actor, "sns.receive", env.topic_arn,
+                       lambda: store_together(s, [item])[0])
+    return step(s.db, s.clock, actor, "sns.receive", env.topic_arn,
                 lambda session: events.store(session, s.clock, [item])[0])
 
 
