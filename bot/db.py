@@ -9,7 +9,8 @@ from contextlib import contextmanager, nullcontext
 from contextvars import ContextVar
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Dialect, Engine, create_engine, event
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 from bot.services.audit import KEYRING_INFO, NO_KEY, Keyring
@@ -40,7 +41,8 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
 
 def make_quick_engine(url: str) -> Engine:
     """For the gateway's hot path (bot/services/quota_sql.py), statements that are each a whole
-    transaction. PostgreSQL: autocommit (no BEGIN/COMMIT round trips) and no pre-ping (no
+    transaction, and the SNS store's pipelined transactions (`Database.pipelined`, which sends its
+    own BEGIN). PostgreSQL: autocommit (no BEGIN/COMMIT round trips) and no pre-ping (no
     `SELECT 1` per checkout; a connection the server dropped fails one request, and the pool
     replaces it). SQLite: `synchronous=NORMAL` (WAL: a commit is not fsynced, it may be lost
     with power, never corrupt), the counterpart of PostgreSQL's `synchronous_commit = off`."""
@@ -171,6 +173,55 @@ def _check_fence(session: Session) -> None:
         fence.check(session)
 
 
+class Pipelined:
+    """A PostgreSQL transaction sent straight to psycopg 3 in pipelines, one round trip each:
+    `run` sends BEGIN with its first statements; `at_commit` holds statements that go with
+    COMMIT (the audit rows), so a transaction that reads once before it writes takes two
+    round trips. Driver errors are raised as SQLAlchemy's (IntegrityError, OperationalError …)."""
+
+    def __init__(self, conn: Any, dialect: Dialect) -> None:
+        self.conn = conn
+        self.dialect = dialect
+        self.at_commit: list[tuple[str, Any]] = []
+        self._begun = False
+
+    def run(self, *statements: tuple[str, Any]) -> list[Any]:
+        """(sql with psycopg placeholders, params) each, in order, in one pipeline: their cursors."""
+        with self.errors(statements[0][0]), self.conn.pipeline():
+            if not self._begun:
+                self.conn.execute("BEGIN")
+                self._begun = True
+            return [self.conn.execute(sql, params) for sql, params in statements]
+
+    def commit(self) -> None:
+        if not self._begun:
+            return
+        with self.errors("COMMIT"), self.conn.pipeline():
+            for sql, params in self.at_commit:
+                self.conn.execute(sql, params)
+            self.conn.execute("COMMIT")
+
+    @contextmanager
+    def errors(self, sql: str) -> Iterator[None]:
+        dbapi = self.dialect.loaded_dbapi
+        try:
+            yield
+        except dbapi.Error as exc:
+            raise DBAPIError.instance(sql, None, exc, dbapi.Error) from exc
+
+
+def _roll_back(proxy: Any, conn: Any) -> None:
+    """After a failure: roll back, or drop the connection from the pool when that fails too
+    (the first error is the one raised)."""
+    try:
+        if not conn.broken:
+            conn.rollback()
+            return
+    except Exception:  # the connection is discarded below
+        pass
+    proxy.invalidate()
+
+
 class Database:
     """Owns the engine and hands out sessions. Built once from settings."""
 
@@ -215,6 +266,28 @@ class Database:
         finally:
             self._current.reset(token)
             session.close()
+
+    def can_pipeline(self) -> bool:
+        """Whether `pipelined()` may be used here: PostgreSQL through psycopg 3, and not inside
+        `leases.fenced()` (whose commits check the lease in their session)."""
+        return (self.quick.dialect.name == "postgresql" and self.quick.dialect.driver == "psycopg"
+                and current_fence() is None)
+
+    @contextmanager
+    def pipelined(self) -> Iterator[Pipelined]:
+        """One transaction on the quick engine's connection (no pool ping: a connection the
+        server dropped fails this transaction, and the pool replaces it), committed when the
+        block ends cleanly, rolled back otherwise (see `Pipelined`). Only where `can_pipeline()`."""
+        proxy = self.quick.raw_connection()
+        tx = Pipelined(proxy.driver_connection, self.quick.dialect)
+        try:
+            yield tx
+            tx.commit()
+        except BaseException:
+            _roll_back(proxy, tx.conn)
+            raise
+        finally:
+            proxy.close()
 
     def engines(self) -> list[Engine]:
         """Every engine this database opens connections with (hooks such as the rotated

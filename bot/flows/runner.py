@@ -28,9 +28,16 @@ def step(db: Database, clock: Clock, actor: Actor, action: str, target: str,
          work: Callable[[Session], T], read_only: bool = False) -> T:
     """Run `work` in one transaction; on a BotError roll back, audit the refusal, re-raise.
     `read_only`: `work` only reads (on SQLite it then neither takes nor waits for the write lock)."""
-    try:
+    def run() -> T:
         with db.session_scope(read_only=read_only) as session:
             return work(session)
+    return audited(db, clock, actor, action, target, run)
+
+
+def audited(db: Database, clock: Clock, actor: Actor, action: str, target: str, fn: Callable[[], T]) -> T:
+    """`step` for a transaction `fn` runs itself (a pipelined one): its failure is audited, re-raised."""
+    try:
+        return fn()
     except BotError as exc:
         log.info("%s by %s refused: %s", action, actor.label, exc)
         audit_refusal(db, clock, actor, action, target, str(exc), exc.outcome)

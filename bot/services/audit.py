@@ -9,7 +9,8 @@ lock (an advisory lock on PostgreSQL) is therefore taken once, at the end, and h
 few milliseconds — never across the AWS calls a flow makes — and a transaction that rolls
 back leaves no audit row and never took the lock. One exception: `lock_after` takes the lock
 (and reads the head) earlier, pipelined after a statement of the caller's, for a transaction
-that goes straight on to commit (the SNS store).
+that goes straight on to commit (the SNS store); `locked_head_after` and `append_at_commit` do
+the same for a transaction with no session (`bot.db.Pipelined`, the SNS group commit).
 
 With `BOT_AUDIT_KEY` set, hash = HMAC-SHA256(key, prev_hash + canonical JSON) and the row's
 `alg` names the key (`hmac-sha256:<key id>`): someone who can write the database but does not
@@ -28,7 +29,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from sqlalchemy import Dialect, Table, event, insert, select, text
 from sqlalchemy.exc import DBAPIError
@@ -36,6 +37,9 @@ from sqlalchemy.orm import Session
 
 from bot.clock import Clock
 from bot.models import AuditEvent, UTCDateTime
+
+if TYPE_CHECKING:
+    from bot.db import Pipelined
 
 GENESIS = "0" * 64
 OUTCOMES = ("ok", "denied", "error")
@@ -124,11 +128,20 @@ def record(session: Session, clock: Clock, actor: str, action: str, target: str,
            details: dict[str, Any] | None = None, outcome: str = "ok") -> None:
     """Queue one event in the caller's transaction: it is written when that transaction
     commits and vanishes with it when it rolls back."""
+    enqueue(session, pending(clock, actor, action, target, details, outcome))
+
+
+def enqueue(session: Session, event: Pending) -> None:
+    """Queue an event built by `pending` in the caller's transaction (as `record`)."""
+    session.info.setdefault(_PENDING, []).append(event)
+
+
+def pending(clock: Clock, actor: str, action: str, target: str, details: dict[str, Any] | None = None,
+            outcome: str = "ok") -> Pending:
+    """One event, checked and clipped to its columns, to be chained at commit."""
     if outcome not in OUTCOMES:
         raise ValueError(f"unknown audit outcome {outcome!r}")
-    queue: list[Pending] = session.info.setdefault(_PENDING, [])
-    queue.append(Pending(clock(), actor[:160], action[:64], target[:512], _details_json(details),
-                         outcome))
+    return Pending(clock(), actor[:160], action[:64], target[:512], _details_json(details), outcome)
 
 
 @event.listens_for(Session, "before_commit")
@@ -154,8 +167,25 @@ def _append(session: Session, queue: list[Pending], head: Head | None = None) ->
     ORM objects): on PostgreSQL one statement with the rows as a JSON parameter, elsewhere a
     Core executemany (psycopg's executemany of five rows took twice the CPU of this statement)."""
     top = head[0] if head is not None else _locked_head(session)
+    rows = _chain(queue, top, session.info.get(KEYRING_INFO) or NO_KEY)
+    dialect = session.get_bind().dialect
+    if dialect.name != "postgresql":
+        session.execute(_INSERT, rows)
+        return
+    session.execute(_INSERT_PG, {"rows": _rows_json(rows, dialect)})
+
+
+def append_at_commit(tx: Pipelined, keyring: Keyring, queue: Sequence[Pending],
+                     head: tuple[int, str] | None) -> None:
+    """`_append` for a pipelined transaction (`bot.db.Pipelined`) whose chain lock is held and
+    head read (`locked_head_after`): the INSERT goes in the pipeline of its COMMIT."""
+    if queue:
+        tx.at_commit.append((_INSERT_PG_RAW, {"rows": _rows_json(_chain(queue, head, keyring), tx.dialect)}))
+
+
+def _chain(queue: Sequence[Pending], top: tuple[int, str] | None, keyring: Keyring) -> list[dict[str, Any]]:
+    """The queued events as rows chained onto the head `top` (id, hash)."""
     row_id, prev = (top[0], top[1]) if top else (0, GENESIS)
-    keyring: Keyring = session.info.get(KEYRING_INFO) or NO_KEY
     rows: list[dict[str, Any]] = []
     for p in queue:
         row_id += 1
@@ -165,13 +195,14 @@ def _append(session: Session, queue: list[Pending], head: Head | None = None) ->
                      "details": p.details, "outcome": p.outcome, "prev_hash": prev, "hash": digest,
                      "alg": alg})
         prev = digest
-    dialect = session.get_bind().dialect
-    if dialect.name != "postgresql":
-        session.execute(_INSERT, rows)
-        return
+    return rows
+
+
+def _rows_json(rows: list[dict[str, Any]], dialect: Dialect) -> str:
+    """The rows as `_INSERT_PG`'s parameter."""
     for r in rows:
         r["at"] = _stored_at(r["at"], dialect)
-    session.execute(_INSERT_PG, {"rows": json.dumps(rows, ensure_ascii=False)})
+    return json.dumps(rows, ensure_ascii=False)
 
 
 def _stored_at(at: datetime, dialect: Dialect) -> str:
@@ -183,11 +214,13 @@ def _stored_at(at: datetime, dialect: Dialect) -> str:
 
 
 _INSERT = insert(cast(Table, AuditEvent.__table__))
-_INSERT_PG = text("""INSERT INTO audit_events (id, at, actor, action, target, details, outcome, prev_hash,
+_INSERT_PG_SQL = """INSERT INTO audit_events (id, at, actor, action, target, details, outcome, prev_hash,
   hash, alg)
 SELECT r.id, r.at, r.actor, r.action, r.target, r.details, r.outcome, r.prev_hash, r.hash, r.alg
 FROM json_to_recordset(CAST(:rows AS json)) AS r(id bigint, at timestamp, actor text, action text,
-  target text, details text, outcome text, prev_hash text, hash text, alg text)""")
+  target text, details text, outcome text, prev_hash text, hash text, alg text)"""
+_INSERT_PG = text(_INSERT_PG_SQL)
+_INSERT_PG_RAW = _INSERT_PG_SQL.replace(":rows", "%(rows)s")  # psycopg's placeholder
 _LOCK = "SELECT pg_advisory_xact_lock(%s)"
 _HEAD_SQL = "SELECT id, hash FROM audit_events ORDER BY id DESC LIMIT 1"
 
@@ -215,6 +248,15 @@ def lock_after(session: Session, raw: Any, sql: str, params: Mapping[str, Any]) 
     got = head.fetchone()
     session.info[_HEAD] = ((int(got[0]), str(got[1])) if got else None,)
     return rows
+
+
+def locked_head_after(tx: Pipelined, sql: str, params: Mapping[str, Any]
+                      ) -> tuple[list[tuple[Any, ...]], tuple[int, str] | None]:
+    """`lock_after` for a pipelined transaction: BEGIN, `sql`, the chain lock and the head read in
+    one round trip; (`sql`'s rows, the head) for `append_at_commit`."""
+    cur, _, head = tx.run((sql, params), (_LOCK, (_PG_LOCK_KEY,)), (_HEAD_SQL, None))
+    got = head.fetchone()
+    return cur.fetchall(), (int(got[0]), str(got[1])) if got else None
 
 
 @contextmanager

@@ -11,7 +11,7 @@ import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import String, bindparam, delete, select, text, update
@@ -22,13 +22,16 @@ from bot.aws.budgets import parse_budget_name
 from bot.aws.notifications import AlarmEvent, BudgetEvent, UnrecognisedMessage, parse_any
 from bot.aws.sns import SnsEnvelope
 from bot.clock import Clock
-from bot.models import Limit, Revocation, SnsMessage, Subject, UTCDateTime
+from bot.models import Limit, Revocation, SnsMessage, Subject, UTCDateTime, naive_utc
 from bot.quantities import Window
 from bot.services import access, audit, budget_window
 from bot.services.access import RevocationView
 from bot.services.directory import SubjectInfo, info
 from bot.services.enforce import suspended
 from bot.services.limit_usage import LimitStatus, limit_status
+
+if TYPE_CHECKING:
+    from bot.db import Pipelined
 
 Confirm = Callable[[str, str], None]  # (topic ARN, token) → ConfirmSubscription
 
@@ -72,16 +75,21 @@ def claim_many(session: Session, clock: Clock, items: Sequence[tuple[SnsEnvelope
     taken in the same pipeline as the claim (`audit.lock_after`), one round trip for the lot."""
     if not items:
         return set()
-    rows = json.dumps([{"message_id": env.message_id, "topic_arn": env.topic_arn[:512], "type": env.type,
+    rows = _claim_rows(items)
+    raw = audit.pipelined(session) if lock_chain else None
+    if raw is not None:
+        params = {"rows": rows, "now": naive_utc(clock())}  # naive UTC, as stored
+        return {r[0] for r in audit.lock_after(session, raw, _CLAIM_RAW, params)}
+    # RETURNING, not rowcount: psycopg reports -1 for INSERT … ON CONFLICT.
+    return set(session.scalars(_CLAIM[session.get_bind().dialect.name], {"rows": rows, "now": clock()}))
+
+
+def _claim_rows(items: Sequence[tuple[SnsEnvelope, EventOutcome | None]]) -> str:
+    """The claim's rows as one JSON parameter."""
+    return json.dumps([{"message_id": env.message_id, "topic_arn": env.topic_arn[:512], "type": env.type,
                         "outcome": final.outcome if final else "received", "final": final is not None,
                         "body": env.message[:20000].replace("\x00", "")} for env, final in items],
                       ensure_ascii=False)  # a lone surrogate fails to encode, before anything is sent
-    raw = audit.pipelined(session) if lock_chain else None
-    if raw is not None:
-        now = UTCDateTime().process_bind_param(clock(), session.get_bind().dialect)  # naive UTC, as stored
-        return {r[0] for r in audit.lock_after(session, raw, _CLAIM_RAW, {"rows": rows, "now": now})}
-    # RETURNING, not rowcount: psycopg reports -1 for INSERT … ON CONFLICT.
-    return set(session.scalars(_CLAIM[session.get_bind().dialect.name], {"rows": rows, "now": clock()}))
 
 
 _CLAIM_INTO = ("INSERT INTO sns_messages (message_id, topic_arn, type, received_at, outcome, "
@@ -108,18 +116,45 @@ def store(session: Session, clock: Clock,
     """Messages whose outcome needs no AWS call (see `classify`), stored finished and audited in
     the caller's transaction; one outcome per item, `duplicate` for a MessageId already stored
     (or earlier in `items`)."""
+    first = _first(items)
+    claimed = claim_many(session, clock, first, lock_chain=True)
+    out = _outcomes(items, first, claimed)
+    for (env, result), answer in zip(items, out, strict=True):
+        if answer is result:
+            record_outcome(session, clock, env, result)
+    return out
+
+
+def store_pipelined(tx: Pipelined, clock: Clock, keyring: audit.Keyring,
+                    items: Sequence[tuple[SnsEnvelope, EventOutcome]]) -> list[EventOutcome]:
+    """`store` in a pipelined PostgreSQL transaction (`bot.db.Pipelined`), no session: BEGIN, the
+    claim, the chain lock and the head in one round trip; the audit rows go with COMMIT."""
+    first = _first(items)
+    params = {"rows": _claim_rows(first), "now": naive_utc(clock())}
+    rows, head = audit.locked_head_after(tx, _CLAIM_RAW, params)
+    out = _outcomes(items, first, {r[0] for r in rows})
+    audit.append_at_commit(tx, keyring, [outcome_event(clock, env, result) for (env, result), answer
+                                         in zip(items, out, strict=True) if answer is result], head)
+    return out
+
+
+def _first(items: Sequence[tuple[SnsEnvelope, EventOutcome]]) -> list[tuple[SnsEnvelope, EventOutcome]]:
+    """Each MessageId's first item."""
     first: dict[str, tuple[SnsEnvelope, EventOutcome]] = {}
     for env, result in items:
         first.setdefault(env.message_id, (env, result))
-    claimed = claim_many(session, clock, list(first.values()), lock_chain=True)
-    out: list[EventOutcome] = []
-    for env, result in items:
-        if env.message_id in claimed and first[env.message_id][1] is result:
-            record_outcome(session, clock, env, result)
-            out.append(result)
-        else:
-            out.append(EventOutcome("duplicate", env.message_id, env.topic_arn))
-    return out
+    return list(first.values())
+
+
+Item = tuple[SnsEnvelope, EventOutcome]
+
+
+def _outcomes(items: Sequence[Item], first: list[Item], claimed: set[str]) -> list[EventOutcome]:
+    """Each item's outcome: its own for a MessageId's first item that this call claimed, else
+    `duplicate`."""
+    stored = {env.message_id: result for env, result in first if env.message_id in claimed}
+    return [result if stored.get(env.message_id) is result
+            else EventOutcome("duplicate", env.message_id, env.topic_arn) for env, result in items]
 
 
 @dataclass(frozen=True)
@@ -152,10 +187,15 @@ def finish(session: Session, clock: Clock, env: SnsEnvelope, result: EventOutcom
 
 
 def record_outcome(session: Session, clock: Clock, env: SnsEnvelope, result: EventOutcome) -> None:
+    audit.enqueue(session, outcome_event(clock, env, result))
+
+
+def outcome_event(clock: Clock, env: SnsEnvelope, result: EventOutcome) -> audit.Pending:
+    """The audit event of a message's outcome."""
     name = getattr(result.event, "name", None) or getattr(result.event, "budget_name", None)
-    audit.record(session, clock, f"sns:{env.topic_arn}", f"sns.{result.outcome}", env.topic_arn,
-                 {"message_id": env.message_id, "type": env.type, "name": name,
-                  "subject": result.subject.name if result.subject else None})
+    return audit.pending(clock, f"sns:{env.topic_arn}", f"sns.{result.outcome}", env.topic_arn,
+                         {"message_id": env.message_id, "type": env.type, "name": name,
+                          "subject": result.subject.name if result.subject else None})
 
 
 def unclaim(session: Session, message_id: str) -> None:

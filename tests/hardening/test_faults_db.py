@@ -15,17 +15,22 @@ import time_machine
 from moto import mock_aws
 from sqlalchemy import select
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
 
+from bot.aws.sns import SnsEnvelope
 from bot.clock import FixedClock
 from bot.db import Database
+from bot.flows import events as flow_events
 from bot.migrate import upgrade
 from bot.models import SnsMessage
 from bot.runtime import Services
+from bot.services import events
 from handlers.app import create_app, slack_client
 from handlers.http import WsgiApp
 from handlers.sns import SnsEndpoint
 from jobs.scheduler import JobRunner
 from tests.conftest import drop_pg_schema, new_pg_schema_url
+from tests.fakes.services import make_services
 from tests.fakes.signing import slash_command_body
 from tests.fakes.slack_api import FakeSlack
 from tests.fakes.sns_signing import make_notification, write_cert
@@ -165,3 +170,29 @@ def test_database_down_button_click_gets_a_reply(outage: tuple[Harness, WsgiApp,
     assert bot.action(payload).status == 200
     told = reply_text(bot.slack.wait_for("response_url:click", timeout=3)[0].args)
     _polite(told)
+
+
+def test_a_group_commit_on_a_dropped_connection_fails_then_the_pool_reconnects(
+        proxied_db: tuple[Database, TcpProxy], clock: FixedClock) -> None:
+    """The SNS group commit's pipelined transaction runs on the quick engine, which does not
+    ping: a pooled connection the server dropped fails that batch (a DBAPIError, so each message
+    is retried alone on the main engine), is discarded, and the next batch connects anew."""
+    db, proxy = proxied_db
+    services = make_services(db, clock)
+    assert db.can_pipeline()
+
+    def batch(*ids: str) -> list[str]:
+        envs = [SnsEnvelope("Notification", i, TOPIC, "not an alarm", clock(), None, None, None, "2",
+                            "https://sns.us-east-1.amazonaws.com/x.pem", {}) for i in ids]
+        items = [(e, r) for e in envs if (r := events.classify(e)) is not None]
+        return [r.outcome for r in flow_events.store_together(services, items)]
+
+    assert batch("m-1", "m-2") == ["unrecognised", "unrecognised"]  # its connection stays pooled
+    proxy.down()
+    proxy.up()
+    with pytest.raises(DBAPIError):
+        batch("m-3", "m-4")
+    assert batch("m-3", "m-4", "m-1") == ["unrecognised", "unrecognised", "duplicate"]
+    with db.session_scope() as s:
+        assert sorted(s.scalars(select(SnsMessage.message_id))) == ["m-1", "m-2", "m-3", "m-4"]
+    assert_chain_intact(db)
