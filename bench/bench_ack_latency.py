@@ -5,11 +5,12 @@ limit is 3,000 ms); resident memory serving < 200 MB.
 
 Per database (SQLite file, then a private PostgreSQL schema): seed 10k subjects with 30 days of
 hourly ledger rows (bench/common.py: 7.2M rows), start `python -m handlers.main serve --no-scheduler`
-on a free loopback port against a local Slack stand-in in a process of its own (bench/slack_sink.py:
-tests/fakes/slack_api.FakeSlack, Web API and response_url sink), wait for /healthz, then 20 client threads each send `--requests` signed
-`/bedrock` slash commands in turn — `help`, `usage <@user>` and `usage team-…` as an owner — over a
-new connection each, as Slack does. A thread sends its next command once the previous one has been
-answered on its response_url, so 20 commands are in flight at any time.
+on a free loopback port against a local Slack stand-in in a process of its own
+(bench/slack_sink.py: tests/fakes/slack_api.FakeSlack, Web API and response_url sink), wait for
+/healthz, then 20 client threads each send `--requests` signed `/bedrock` slash commands in turn
+— `help`, `usage <@user>` and `usage team-…` as an owner — over a new connection each, as Slack
+does. A thread sends its next command once the previous one has been answered on its
+response_url, so 20 commands are in flight at any time.
 
 Measured client-side: ack = POST sent → HTTP 200 read (what Slack's 3 s timer sees); answer = POST
 sent → the reply arrived at the response_url. Memory: VmRSS (and peak VmHWM) of the serve process
