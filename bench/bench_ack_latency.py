@@ -19,8 +19,8 @@ from /proc, before and after the load. Run from the repo root:
     .venv/bin/python bench/bench_ack_latency.py [--db both|sqlite|postgres] [--subjects 10000]
         [--days 30] [--hours-per-day 24] [--threads 20] [--requests 50] [--quick] [--py-spy DIR]
 
-`--py-spy DIR` records serve's stacks during the load, idle threads included, as collapsed stacks
-(`py-spy record --format raw`; needs `pip install py-spy`).
+`--py-spy DIR` records the stacks of serve and its answer processes during the load, idle threads
+included, as collapsed stacks (`py-spy record --format raw`; needs `pip install py-spy`).
 The client threads, the stand-in and serve share this machine's cores: on a small machine part of
 the measured latency is the client's own CPU time. The stand-in parses the answers in its own
 process, so they do not take the GIL from the threads timing acks.
@@ -315,8 +315,8 @@ def start_py_spy(directory: str | None, pid: int, db: str) -> subprocess.Popen[b
         return None
     Path(directory).mkdir(parents=True, exist_ok=True)
     out = Path(directory) / f"serve-{db.lower()}.txt"  # collapsed stacks, idle frames included
-    proc = subprocess.Popen([exe, "record", "--pid", str(pid), "--threads", "--idle", "--rate", "250",
-                             "--format", "raw", "-o", str(out)],
+    proc = subprocess.Popen([exe, "record", "--pid", str(pid), "--subprocesses", "--threads", "--idle",
+                             "--rate", "250", "--format", "raw", "-o", str(out)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     time.sleep(1.0)  # attached before the load starts
     print(f"  py-spy → {out}", file=sys.stderr)
