@@ -221,17 +221,17 @@ _PROBE_MIN = timedelta(hours=24)  # shorter intervals are cheap to scan anyway
 
 @dataclass(frozen=True)
 class Part:
-    """Interval k = [start, end): read for every meter (windows None), or only for the meters
-    of limits on one of `windows` (`meters` lists them, for the choice to probe)."""
+    """[start, end) read into interval k: for every meter (windows None), or only for the
+    meters of limits on one of `windows` (`meters` lists them, for the choice to probe).
+    With `less`, the part splits a coarser read (itself in interval `less`, starting there
+    and ending past this one) for these meters: its rows are also taken from `less`."""
 
     k: int
     start: datetime
     end: datetime
     windows: tuple[str, ...] | None
     meters: tuple[int, ...] = ()
-    # Starts after `now`: hours that hold no usage yet. Read by hours (an empty index range),
-    # where the rollup's cheapest pieces would read today's day row less every hour before.
-    ahead: bool = False
+    less: int | None = None
 
 
 def _limited_meters(windows: tuple[str, ...]) -> Select[tuple[int]]:
@@ -243,10 +243,11 @@ def _limited_meters(windows: tuple[str, ...]) -> Select[tuple[int]]:
     return select(Meter.id).where(Meter.subject_id.in_(covered))
 
 
-def _pieces(p: Part, rollup: bool) -> list[Span]:
-    """How part p is read: whole UTC days of the rollup and hourly edges (`ledger.spans`),
-    or (rollup False, the reference the tests and the bench compare with) its hours."""
-    return ledger.spans(p.start, p.end) if rollup and not p.ahead else [Span(False, p.start, p.end)]
+def _pieces(p: Part, rollup: bool, empty_from: datetime | None) -> list[Span]:
+    """How part p is read: whole UTC days of the rollup and hourly edges (`ledger.spans`;
+    hours from `empty_from` on hold no usage yet), or (rollup False, the reference the tests
+    and the bench compare with) its hours."""
+    return ledger.spans(p.start, p.end, empty_from) if rollup else [Span(False, p.start, p.end)]
 
 
 def _part_select(p: Part, pieces: list[Span], dialect: str, exact: bool, probe: bool) -> Select[Any]:
@@ -294,11 +295,12 @@ CONNECTIONS = 2
 
 
 def interval_sums(session: Session, parts: list[Part], n_meters: int, exact: bool = False,
-                  rollup: bool = True) -> list[Any]:
+                  rollup: bool = True, empty_from: datetime | None = None) -> list[Any]:
     """Rows (k, meter id, input, output, requests, micro-USD): each part's sums per meter
     with usage in it (floats on PostgreSQL: see _FLOAT_EXACT), several rows for one (k,
     meter) when probed. Grouped in the database: one statement (a UNION ALL of the parts),
-    or on PostgreSQL one per connection. `rollup` False reads hours only (the reference)."""
+    or on PostgreSQL one per connection. `rollup` False reads hours only (the reference);
+    `empty_from`: the first hour after now (none stored yet: priced as free to read)."""
     conn = session.connection()
     dialect = conn.dialect.name
     pg = dialect == "postgresql"
@@ -306,13 +308,13 @@ def interval_sums(session: Session, parts: list[Part], n_meters: int, exact: boo
     for p in parts:
         if p.windows is not None and not p.meters:
             continue
-        pieces = _pieces(p, rollup)
+        pieces = _pieces(p, rollup, empty_from)
         probe = (pg and p.windows is not None and p.end - p.start >= _PROBE_MIN
                  and len(p.meters) <= PROBE_SHARE * n_meters)
         # Rough cost, to share the parts out: rows read (a probed row costs ~4 scanned). Hours
-        # ahead of now hold no rows: weighed by their hours they took a connection for
+        # after now hold no rows: weighed by their hours they took a connection for
         # themselves while the other read the rest (a third more wall time at 10k limits).
-        per_meter = 0 if p.ahead else sum(piece.rows_per_meter for piece in pieces)
+        per_meter = sum(ledger.span_rows(piece, empty_from) for piece in pieces)
         cost = per_meter * (4 * len(p.meters) if probe else n_meters)
         work.append((cost, _part_select(p, pieces, dialect, exact, probe)))
     if not work:
@@ -327,7 +329,7 @@ def interval_sums(session: Session, parts: list[Part], n_meters: int, exact: boo
             for f in others:
                 rows += f.result()
     if pg and not exact and any(sum(map(itemgetter(c), rows)) >= _FLOAT_EXACT / 4 for c in range(2, 6)):
-        return interval_sums(session, parts, n_meters, exact=True, rollup=rollup)
+        return interval_sums(session, parts, n_meters, exact=True, rollup=rollup, empty_from=empty_from)
     return rows
 
 
@@ -385,7 +387,7 @@ class _Ledger:
     """
 
     def __init__(self, bounds: list[datetime], rows: Sequence[Any], owner: dict[int, int | None],
-                 groups: dict[int, list[int]]) -> None:
+                 groups: dict[int, list[int]], less: dict[int, int]) -> None:
         self.index = {b: i for i, b in enumerate(bounds)}
         self.slot: dict[int | None, int] = {None: 0}
         for sid in (*owner.values(), *groups, *(m for ids in groups.values() for m in ids)):
@@ -407,6 +409,11 @@ class _Ledger:
             for m, sid in owner.items():
                 lut[m] = self.slot[sid]
             np.add.at(self.acc, (lut[meters], ks), cols[:, 2:6])
+            if less:  # a split read's pieces, taken from its first interval (`Part.less`)
+                from_k = np.zeros(len(bounds) + 1, dtype=np.int64)
+                from_k[list(less)] = list(less.values())
+                sub = np.flatnonzero(from_k[ks])
+                np.add.at(self.acc, (lut[meters[sub]], from_k[ks[sub]]), -cols[sub, 2:6])
         self._covered: dict[tuple[str, int, int], Any] = {}
 
     def _cover(self, key: tuple[str, int, int], table: Callable[[], Any]) -> Any:
@@ -513,11 +520,12 @@ def _build(session: Session, now: datetime, tz: tzinfo, week_start: int, top_n: 
     kept = {starts[first], *starts[-3:]}
     bounds = sorted({*kept, *(b for s, _e, q in windows.values() for b in (s, q))})
     owner: dict[int, int | None] = dict(conn.execute(select(Meter.id, Meter.subject_id)).tuples().all())
-    parts = _plan(bounds, (starts[0], starts[-1]), limits, windows, covered, owner, now)
-    rows = interval_sums(session, parts, len(owner), rollup=rollup)
+    parts = _plan(bounds, sorted(kept), limits, windows, covered, owner)
+    rows = interval_sums(session, parts, len(owner), rollup=rollup,
+                         empty_from=ledger.floor_hour(now) + ledger.HOUR)
     overall, unpriced_day = aside.result() if aside is not None else side(session)
     groups = {sid: covered(sid) for sid, row in subjects.items() if row.kind == "team"}
-    folded = _Ledger(bounds, rows, owner, groups)
+    folded = _Ledger(bounds, rows, owner, groups, {p.k: p.less for p in parts if p.less is not None})
 
     per_subject = _per_subject(folded, subjects, starts)
     top = [s for s in per_subject if s.totals.cost_micro_usd or s.totals.tokens][:max(0, top_n)]
@@ -540,38 +548,48 @@ def _build(session: Session, now: datetime, tz: tzinfo, week_start: int, top_n: 
     )
 
 
-def _plan(bounds: list[datetime], every_meter: tuple[datetime, datetime], limits: Sequence[Any],
+def _plan(bounds: list[datetime], kept: list[datetime], limits: Sequence[Any],
           windows: dict[str, tuple[datetime, datetime, datetime]], covered: Covers,
-          owner: dict[int, int | None], now: datetime) -> list[Part]:
-    """Which interval is read for whom: the chart's days for every meter, the rest for the
-    meters of the limits whose windows reach into it."""
+          owner: dict[int, int | None]) -> list[Part]:
+    """Which interval is read for whom. Between two neighbouring `kept` bounds (the chart's
+    days, the digest's two days) every meter is read at once; a window starting or ending in
+    between splits that read only for the meters of its limits (the later pieces read for
+    them and taken from the first, `Part.less`): at 10k limits half the rows of reading
+    every piece for every meter. Outside the kept span, each interval for the meters of the
+    limits whose windows reach into it."""
     by_window: dict[str, set[int]] = defaultdict(set)  # window → the subjects its limits cover
     for lim in limits:
         by_window[lim.window].update(covered(lim.subject_id))
     meters_of: dict[int, list[int]] = defaultdict(list)
+    for meter_id, sid in owner.items():
+        if sid is not None:
+            meters_of[sid].append(meter_id)
+    owned = sum(map(len, meters_of.values()))
     wanted: dict[tuple[str, ...], tuple[int, ...]] = {}
-    owned = sum(1 for sid in owner.values() if sid is not None)
-    parts = []
-    for k, (a, b) in enumerate(pairwise(bounds), 1):
-        if every_meter[0] <= a and b <= every_meter[1]:
-            parts.append(Part(k, a, b, None))
-            continue
-        reaching = tuple(sorted(w for w, (start, _end, q_end) in windows.items()
-                                if start <= a and b <= q_end))
-        if reaching and not meters_of:
-            for meter_id, sid in owner.items():
-                if sid is not None:
-                    meters_of[sid].append(meter_id)
-        meters = wanted.get(reaching)
-        if meters is None:  # neighbouring intervals mostly have the same windows reaching in
-            subjects = set().union(*(by_window[w] for w in reaching))
-            meters = wanted[reaching] = tuple(sorted(m for sid in subjects for m in meters_of.get(sid, ())))
+
+    def part(k: int, a: datetime, b: datetime, ws: tuple[str, ...], less: int | None = None) -> Part:
+        meters = wanted.get(ws)
+        if meters is None:  # neighbouring intervals mostly have the same windows
+            subjects = set().union(*(by_window[w] for w in ws))
+            meters = wanted[ws] = tuple(sorted(m for sid in subjects for m in meters_of.get(sid, ())))
         if meters and len(meters) == owned:
             # Every meter with a subject: read without a filter (a fifth of the interval's
             # time at 10k meters). Meters without one add to the None slot, never read here.
-            parts.append(Part(k, a, b, None, ahead=a > now))
-            continue
-        parts.append(Part(k, a, b, reaching, meters, ahead=a > now))
+            return Part(k, a, b, None, less=less)
+        return Part(k, a, b, ws, meters, less)
+
+    intervals = list(enumerate(pairwise(bounds), 1))
+    parts = []
+    for ca, cb in pairwise(kept):
+        inside = [(k, a, b) for k, (a, b) in intervals if ca <= a and b <= cb]
+        parts.append(Part(inside[0][0], ca, cb, None))
+        split = tuple(sorted(w for w, (start, _end, q_end) in windows.items()
+                             if ca < start < cb or ca < q_end < cb))
+        parts += [part(k, a, b, split, less=inside[0][0]) for k, a, b in inside[1:]]
+    for k, (a, b) in intervals:
+        if not (kept[0] <= a and b <= kept[-1]):
+            parts.append(part(k, a, b, tuple(sorted(w for w, (start, _end, q_end) in windows.items()
+                                                    if start <= a and b <= q_end))))
     return parts
 
 
