@@ -61,7 +61,9 @@ def seed(db: Database, clock: FixedClock, rnd: random.Random) -> None:
             hours = [utc(12, 2) - (h + 1) * timedelta(hours=1) for h in range(40 * 24) if rnd.random() < 0.3]
             cost = rnd.choice([0, 500, 90000])  # equal costs: ties broken by tokens, then name
             ledger.upsert(s, [LedgerRow(m, h, rnd.randint(0, 5000), rnd.randint(0, 500), rnd.randint(0, 50),
-                                        rnd.randint(0, 20), rnd.randint(0, 9), cost) for h in hours], clock())
+                                        rnd.randint(0, 20), rnd.randint(0, 9), cost,
+                                        unpriced_tokens=rnd.choice([0, 0, 0, 250]),
+                                        unpriced_requests=rnd.choice([0, 0, 1])) for h in hours], clock())
         for j, owner in enumerate([*users, team_a, team_b]):
             for w in ["day", "week", "month", "24h", "7d", "30d"]:
                 metric = METRICS[(j + len(w)) % len(METRICS)]
@@ -159,6 +161,11 @@ def check_against_reference(db: Database, tz: ZoneInfo, at_risk: bool = True) ->
             want = reference(s, now, tz, week_start, top_n, chart_days)
         assert d.at_risk or not at_risk, "the random limits leave some at or above 80%"
         assert (d.totals, d.previous, d.subjects, d.top, d.at_risk, d.chart) == want
+        with db.session_scope() as s:  # the day's unpriced calls, summed hour by hour
+            unpriced = s.execute(select(func.coalesce(func.sum(Usage.unpriced_tokens), 0),
+                                        func.coalesce(func.sum(Usage.unpriced_requests), 0))
+                                 .where(Usage.hour >= d.start, Usage.hour < d.end)).one()
+        assert d.unpriced is not None and (d.unpriced.tokens, d.unpriced.requests) == tuple(unpriced)
         assert d.active_users == sum(1 for x in want[2]
                                      if x.kind == "user" and x.totals.tokens + x.totals.requests)
         assert len(d.subjects) < 11, "an idle user has no line"
