@@ -16,17 +16,20 @@ How the numbers add up (nothing is counted twice where it is summed):
 Scale (10k subjects × 30 days of hourly rows, a limit on each; `bench/bench_digest.py`): the
 ledger never leaves the database and there is no query per subject. Every boundary the
 per-meter read needs (the chart's first day, the digest's two days, the limit windows' starts
-and ends) is computed in Python (DST-safe) and sorted; for each interval between two
-neighbouring boundaries a `GROUP BY meter` over that range (whole UTC days of the rollup and
-hourly edges, `ledger.spans`) is UNION ALL-ed. Grouping by meter alone keeps each hash table
-small: grouping by meter *and* an interval expression is 3-4× slower at 10k meters. The
-chart's span and the two days are read for every meter; an interval outside them only limits
-need, so it is read only for the meters of the limits whose windows reach into it — on
-PostgreSQL through the (meter, hour) key when they are few (`PROBE_SHARE`); an interval
-after `now` by its (empty) hours. Each local day's total over every meter is summed apart,
-per UTC day and edge hour (`_day_sums`), and the chart's few stacked subjects per meter and
-day through the keys. Python folds the ~7·10^4 rows in numpy, selects the lines and the limits
-at or above WATCH_PERCENT there, and makes objects only for those.
+and ends) is computed in Python (DST-safe) and sorted; each read is a `GROUP BY meter` over a
+range (whole UTC days of the rollup and hourly edges, `ledger.spans`; hours after `now` priced
+as empty, so today is its day row less the empty hours), all UNION ALL-ed. Grouping by meter
+alone keeps each hash table small: grouping by meter *and* an interval expression is 3-4×
+slower at 10k meters. Between two neighbouring kept bounds (the chart's span before the two
+days, each of the two days) every meter is read once; a limit window starting inside one splits
+it only for that limit's meters (the later pieces read for them and taken from the whole,
+`Part.less`). Outside, an interval is read only for the meters of the limits whose windows
+reach into it — on PostgreSQL through the (meter, hour) key when they are few
+(`PROBE_SHARE`), else filtered on their ids as one constant array. Each local day's total over
+every meter is summed apart, per UTC day and edge hour (`_day_sums`), on a side connection
+with the other small reads while the per-meter read is planned; the chart's few stacked
+subjects per meter and day through the keys. Python folds the ~5·10^4 rows in numpy, selects
+the lines and the limits at or above WATCH_PERCENT there, and makes objects only for those.
 
 Limits are evaluated in bulk from the same rows, with exactly `limit_usage.limit_status`'s
 window and bucket rules (`limit_usage.limit_window`; the integration tests check the two
