@@ -261,8 +261,9 @@ def _part_select(p: Part, pieces: list[Span], dialect: str, exact: bool, probe: 
     if p.windows is not None:
         # PostgreSQL: the meters _plan listed, as one array a hash table is made of (= ANY of
         # a constant array); sent as text, split by the immutable string_to_array (folded
-        # into a constant when planned): psycopg spends ~1 µs in Python on each element of a
-        # list. SQLite: worked out again in SQL from the limits.
+        # into a constant when planned for its values, as the main engine always plans:
+        # bot.db): psycopg spends ~1 µs in Python on each element of a list. SQLite: worked
+        # out again in SQL from the limits.
         limited = (any_(cast(func.string_to_array(bindparam(f"ids_{p.k}", ",".join(map(str, p.meters)),
                                                             type_=Text), ","), ARRAY(Integer)))
                    if dialect == "postgresql" else _limited_meters(p.windows))
