@@ -13,21 +13,28 @@ GROUP BY, server-side). Then times `build_digest` reading the rollup and, as the
 the same run (interleaved, so both see the same load), `build_digest(rollup=False)` reading
 the hourly rows alone (the code before the rollup); checks both give the same digest; times
 `digest_blocks` and the chart; median of `--runs`. Exits 1 when a target is missed.
+`--baseline REV` also times `build_digest` as `bot/services/digest.py` is at git revision
+REV (the rest of the code as it is now), interleaved with the current one (turn about, which
+goes first), and checks it gives the same digest.
 
     .venv/bin/python bench/bench_digest.py [--subjects 10000] [--days 30] [--hours-per-day 24]
-                                           [--runs 5] [--limits-every 5]
+                                           [--runs 5] [--limits-every 5] [--baseline main]
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import importlib.util
 import os
 import statistics
+import subprocess
 import sys
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 from zoneinfo import ZoneInfo
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -37,7 +44,8 @@ from sqlalchemy import create_engine, text
 from bot.db import Database
 from bot.migrate import upgrade
 from bot.render.digest import digest_blocks, digest_chart
-from bot.services.digest import DigestData, build_digest
+from bot.services import digest as digest_service
+from bot.services.digest import DigestData
 from bot.services.ledger import VALUE_COLS
 
 PG_BASE = os.environ.get("BENCH_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
@@ -129,6 +137,20 @@ def seed(url: str, subjects: int, days: int, hours_per_day: int, limits_every: i
     return rows
 
 
+def digest_at(rev: str):  # type: ignore[no-untyped-def]
+    """bot/services/digest.py as it is at git revision `rev`, loaded as a module of its own."""
+    root = Path(__file__).resolve().parents[1]
+    src = subprocess.run(["git", "-C", str(root), "show", f"{rev}:bot/services/digest.py"],
+                         capture_output=True, text=True, check=True).stdout
+    name = f"digest_at_{rev.replace('/', '_').replace('-', '_')}"
+    spec = importlib.util.spec_from_loader(name, loader=None)
+    assert spec is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up
+    exec(compile(src, f"{rev}:bot/services/digest.py", "exec"), module.__dict__)
+    return module
+
+
 def timed(fn, runs: int):  # type: ignore[no-untyped-def]
     out, times = None, []
     for _ in range(runs):
@@ -146,7 +168,10 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--limits-every", type=int, default=5,
                     help="a limit on every n-th subject (1: every subject, the worst case)")
+    ap.add_argument("--baseline", metavar="REV",
+                    help="also time build_digest as bot/services/digest.py is at this git revision")
     args = ap.parse_args()
+    before = digest_at(args.baseline) if args.baseline else None
 
     schema = f"bench_digest_{uuid.uuid4().hex[:10]}"
     admin = create_engine(PG_BASE, isolation_level="AUTOCOMMIT")
@@ -170,21 +195,27 @@ def main() -> int:
               f"wall times)\n")
         db = Database(url)
 
-        def build(rollup: bool) -> DigestData:
+        def build(rollup: bool, module: Any = digest_service) -> DigestData:
             assert db is not None
             with db.session_scope() as s:
-                return build_digest(s, NOW, TZ, 0, rollup=rollup)
+                return module.build_digest(s, NOW, TZ, 0, rollup=rollup)
 
         t_build: list[float] = []
         t_base: list[float] = []
-        data = base = None
-        for _ in range(args.runs):  # interleaved: both paths under the same load
+        t_rev: list[float] = []
+        data = base = at_rev = None
+        for i in range(args.runs):  # interleaved: every path under the same load
             base, (t,) = timed(lambda: build(False), 1)
             t_base.append(t)
-            data, (t,) = timed(lambda: build(True), 1)
-            t_build.append(t)
+            for current in ((True, False) if i % 2 else (False, True)):
+                if current:
+                    data, (t,) = timed(lambda: build(True), 1)
+                    t_build.append(t)
+                elif before is not None:
+                    at_rev, (t,) = timed(lambda: build(True, before), 1)
+                    t_rev.append(t)
         assert data is not None and base is not None
-        same = data == base
+        same = data == base and (at_rev is None or dataclasses.asdict(at_rev) == dataclasses.asdict(data))
         _, t_blocks = timed(lambda: digest_blocks(data, TZ), args.runs)
         _, t_chart = timed(lambda: digest_chart(data), args.runs)
         med = {k: statistics.median(v) for k, v in
@@ -194,6 +225,8 @@ def main() -> int:
         target = f"< {TARGET_S:g} s"
         rows_out = [
             (f"baseline: hourly rows only, median of {args.runs}", "—", med["base"], None),
+            *([(f"baseline: build_digest at {args.baseline}, median of {args.runs}", "—",
+                statistics.median(t_rev), None)] if t_rev else []),
             ("build_digest with the rollup, first run", target, t_build[0], TARGET_S),
             (f"build_digest with the rollup, median of {args.runs}", target, med["build"], TARGET_S),
             (f"digest_blocks, median of {args.runs}", "—", med["blocks"], None),
@@ -207,8 +240,9 @@ def main() -> int:
             verdict = "—" if limit is None else ("pass" if measured < limit else "MISS")
             ok = ok and verdict != "MISS"
             print(f"{name:<50} {tgt:>7} {measured * 1000:>8.0f} ms  {verdict}")
-        print(f"\nspeed-up of build_digest over the baseline: {med['base'] / med['build']:.1f}x; "
-              f"the same digest from both: {'yes' if same else 'NO (a bug: exit 1)'}")
+        print(f"\nspeed-up of build_digest over the hourly baseline: {med['base'] / med['build']:.1f}x"
+              + (f", over {args.baseline}: {statistics.median(t_rev) / med['build']:.2f}x" if t_rev else "")
+              + f"; the same digest from all: {'yes' if same else 'NO (a bug: exit 1)'}")
         load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
         print(f"load average after the runs: {load}")
         print(f"\ndigest for {data.day}: {data.totals.tokens:,} tokens, "

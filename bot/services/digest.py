@@ -16,17 +16,20 @@ How the numbers add up (nothing is counted twice where it is summed):
 Scale (10k subjects × 30 days of hourly rows, a limit on each; `bench/bench_digest.py`): the
 ledger never leaves the database and there is no query per subject. Every boundary the
 per-meter read needs (the chart's first day, the digest's two days, the limit windows' starts
-and ends) is computed in Python (DST-safe) and sorted; for each interval between two
-neighbouring boundaries a `GROUP BY meter` over that range (whole UTC days of the rollup and
-hourly edges, `ledger.spans`) is UNION ALL-ed. Grouping by meter alone keeps each hash table
-small: grouping by meter *and* an interval expression is 3-4× slower at 10k meters. The
-chart's span and the two days are read for every meter; an interval outside them only limits
-need, so it is read only for the meters of the limits whose windows reach into it — on
-PostgreSQL through the (meter, hour) key when they are few (`PROBE_SHARE`); an interval
-after `now` by its (empty) hours. Each local day's total over every meter is summed apart,
-per UTC day and edge hour (`_day_sums`), and the chart's few stacked subjects per meter and
-day through the keys. Python folds the ~7·10^4 rows in numpy, selects the lines and the limits
-at or above WATCH_PERCENT there, and makes objects only for those.
+and ends) is computed in Python (DST-safe) and sorted; each read is a `GROUP BY meter` over a
+range (whole UTC days of the rollup and hourly edges, `ledger.spans`; hours after `now` priced
+as empty, so today is its day row less the empty hours), all UNION ALL-ed. Grouping by meter
+alone keeps each hash table small: grouping by meter *and* an interval expression is 3-4×
+slower at 10k meters. Between two neighbouring kept bounds (the chart's span before the two
+days, each of the two days) every meter is read once; a limit window starting inside one splits
+it only for that limit's meters (the later pieces read for them and taken from the whole,
+`Part.less`). Outside, an interval is read only for the meters of the limits whose windows
+reach into it — on PostgreSQL through the (meter, hour) key when they are few
+(`PROBE_SHARE`), else filtered on their ids as one constant array. Each local day's total over
+every meter is summed apart, per UTC day and edge hour (`_day_sums`), on a side connection
+with the other small reads while the per-meter read is planned; the chart's few stacked
+subjects per meter and day through the keys. Python folds the ~5·10^4 rows in numpy, selects
+the lines and the limits at or above WATCH_PERCENT there, and makes objects only for those.
 
 Limits are evaluated in bulk from the same rows, with exactly `limit_usage.limit_status`'s
 window and bucket rules (`limit_usage.limit_window`; the integration tests check the two
@@ -49,7 +52,7 @@ from datetime import date, datetime, timedelta, tzinfo
 from functools import lru_cache
 from itertools import chain, pairwise
 from operator import itemgetter
-from typing import Any
+from typing import Any, NamedTuple, TypeVar
 
 import numpy as np
 from sqlalchemy import (
@@ -59,6 +62,7 @@ from sqlalchemy import (
     Integer,
     Select,
     Text,
+    any_,
     bindparam,
     cast,
     func,
@@ -93,6 +97,7 @@ _COLS = ("input_tokens", "output_tokens", "requests", "cost_micro_usd")
 # stays below 2**53, checked), made int where they leave this module.
 Sums = tuple[float, float, float, float]
 Covers = Callable[[int], list[int]]
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -219,17 +224,17 @@ _PROBE_MIN = timedelta(hours=24)  # shorter intervals are cheap to scan anyway
 
 @dataclass(frozen=True)
 class Part:
-    """Interval k = [start, end): read for every meter (windows None), or only for the meters
-    of limits on one of `windows` (`meters` lists them, for the choice to probe)."""
+    """[start, end) read into interval k: for every meter (windows None), or only for the
+    meters of limits on one of `windows` (`meters` lists them, for the choice to probe).
+    With `less`, the part splits a coarser read (itself in interval `less`, starting there
+    and ending past this one) for these meters: its rows are also taken from `less`."""
 
     k: int
     start: datetime
     end: datetime
     windows: tuple[str, ...] | None
     meters: tuple[int, ...] = ()
-    # Starts after `now`: hours that hold no usage yet. Read by hours (an empty index range),
-    # where the rollup's cheapest pieces would read today's day row less every hour before.
-    ahead: bool = False
+    less: int | None = None
 
 
 def _limited_meters(windows: tuple[str, ...]) -> Select[tuple[int]]:
@@ -241,10 +246,11 @@ def _limited_meters(windows: tuple[str, ...]) -> Select[tuple[int]]:
     return select(Meter.id).where(Meter.subject_id.in_(covered))
 
 
-def _pieces(p: Part, rollup: bool) -> list[Span]:
-    """How part p is read: whole UTC days of the rollup and hourly edges (`ledger.spans`),
-    or (rollup False, the reference the tests and the bench compare with) its hours."""
-    return ledger.spans(p.start, p.end) if rollup and not p.ahead else [Span(False, p.start, p.end)]
+def _pieces(p: Part, rollup: bool, empty_from: datetime | None) -> list[Span]:
+    """How part p is read: whole UTC days of the rollup and hourly edges (`ledger.spans`;
+    hours from `empty_from` on hold no usage yet), or (rollup False, the reference the tests
+    and the bench compare with) its hours."""
+    return ledger.spans(p.start, p.end, empty_from) if rollup else [Span(False, p.start, p.end)]
 
 
 def _part_select(p: Part, pieces: list[Span], dialect: str, exact: bool, probe: bool) -> Select[Any]:
@@ -253,10 +259,17 @@ def _part_select(p: Part, pieces: list[Span], dialect: str, exact: bool, probe: 
         return _probe_select(p, k, pieces, dialect, exact)
     where = None
     if p.windows is not None:
-        limited = _limited_meters(p.windows)
+        # PostgreSQL: the meters _plan listed, as one array a hash table is made of (= ANY of
+        # a constant array); sent as text, split by the immutable string_to_array (folded
+        # into a constant when planned for its values, as the main engine always plans:
+        # bot.db): psycopg spends ~1 µs in Python on each element of a list. SQLite: worked
+        # out again in SQL from the limits.
+        limited = (any_(cast(func.string_to_array(bindparam(f"ids_{p.k}", ",".join(map(str, p.meters)),
+                                                            type_=Text), ","), ARRAY(Integer)))
+                   if dialect == "postgresql" else _limited_meters(p.windows))
 
         def where(m: ledger.Model) -> ColumnElement[bool]:
-            return m.meter_id.in_(limited)
+            return m.meter_id == limited if dialect == "postgresql" else m.meter_id.in_(limited)
     selects = [ledger.span_select(piece, _exprs, where) for piece in pieces]
     rows = (union_all(*selects) if len(selects) > 1 else selects[0]).subquery(f"r_{p.k}")
     sums = [_sum(dialect, exact, rows.c[f"v{i}"]) for i in range(len(_COLS))]
@@ -289,11 +302,12 @@ CONNECTIONS = 2
 
 
 def interval_sums(session: Session, parts: list[Part], n_meters: int, exact: bool = False,
-                  rollup: bool = True) -> list[Any]:
+                  rollup: bool = True, empty_from: datetime | None = None) -> list[Any]:
     """Rows (k, meter id, input, output, requests, micro-USD): each part's sums per meter
     with usage in it (floats on PostgreSQL: see _FLOAT_EXACT), several rows for one (k,
     meter) when probed. Grouped in the database: one statement (a UNION ALL of the parts),
-    or on PostgreSQL one per connection. `rollup` False reads hours only (the reference)."""
+    or on PostgreSQL one per connection. `rollup` False reads hours only (the reference);
+    `empty_from`: the first hour after now (none stored yet: priced as free to read)."""
     conn = session.connection()
     dialect = conn.dialect.name
     pg = dialect == "postgresql"
@@ -301,11 +315,13 @@ def interval_sums(session: Session, parts: list[Part], n_meters: int, exact: boo
     for p in parts:
         if p.windows is not None and not p.meters:
             continue
-        pieces = _pieces(p, rollup)
+        pieces = _pieces(p, rollup, empty_from)
         probe = (pg and p.windows is not None and p.end - p.start >= _PROBE_MIN
                  and len(p.meters) <= PROBE_SHARE * n_meters)
-        # Rough cost, to share the parts out: rows read (a probed row costs ~4 scanned).
-        per_meter = sum(piece.rows_per_meter for piece in pieces)
+        # Rough cost, to share the parts out: rows read (a probed row costs ~4 scanned). Hours
+        # after now hold no rows: weighed by their hours they took a connection for
+        # themselves while the other read the rest (a third more wall time at 10k limits).
+        per_meter = sum(ledger.span_rows(piece, empty_from) for piece in pieces)
         cost = per_meter * (4 * len(p.meters) if probe else n_meters)
         work.append((cost, _part_select(p, pieces, dialect, exact, probe)))
     if not work:
@@ -320,7 +336,7 @@ def interval_sums(session: Session, parts: list[Part], n_meters: int, exact: boo
             for f in others:
                 rows += f.result()
     if pg and not exact and any(sum(map(itemgetter(c), rows)) >= _FLOAT_EXACT / 4 for c in range(2, 6)):
-        return interval_sums(session, parts, n_meters, exact=True, rollup=rollup)
+        return interval_sums(session, parts, n_meters, exact=True, rollup=rollup, empty_from=empty_from)
     return rows
 
 
@@ -351,11 +367,16 @@ def _fetch(conn: Connection, selects: list[Select[Any]]) -> list[Any]:
 
 
 def _fetch_apart(engine: Engine, selects: list[Select[Any]]) -> list[Any]:
-    with engine.connect() as conn:
+    return _apart(engine, lambda s: _fetch(s.connection(), selects))
+
+
+def _apart(engine: Engine, read: Callable[[Session], _T]) -> _T:
+    """`read` on a connection of its own (for another thread), rolled back: read only."""
+    with engine.connect() as conn, Session(bind=conn) as session:
         try:
-            return _fetch(conn, selects)
+            return read(session)
         finally:
-            conn.rollback()  # read only
+            conn.rollback()
 
 
 def _totals(v: Sums) -> Totals:
@@ -373,7 +394,7 @@ class _Ledger:
     """
 
     def __init__(self, bounds: list[datetime], rows: Sequence[Any], owner: dict[int, int | None],
-                 groups: dict[int, list[int]]) -> None:
+                 groups: dict[int, list[int]], less: dict[int, int]) -> None:
         self.index = {b: i for i, b in enumerate(bounds)}
         self.slot: dict[int | None, int] = {None: 0}
         for sid in (*owner.values(), *groups, *(m for ids in groups.values() for m in ids)):
@@ -395,6 +416,11 @@ class _Ledger:
             for m, sid in owner.items():
                 lut[m] = self.slot[sid]
             np.add.at(self.acc, (lut[meters], ks), cols[:, 2:6])
+            if less:  # a split read's pieces, taken from its first interval (`Part.less`)
+                from_k = np.zeros(len(bounds) + 1, dtype=np.int64)
+                from_k[list(less)] = list(less.values())
+                sub = np.flatnonzero(from_k[ks])
+                np.add.at(self.acc, (lut[meters[sub]], from_k[ks[sub]]), -cols[sub, 2:6])
         self._covered: dict[tuple[str, int, int], Any] = {}
 
     def _cover(self, key: tuple[str, int, int], table: Callable[[], Any]) -> Any:
@@ -435,12 +461,22 @@ class _Ledger:
 
 # ---- the digest ----------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class _SubjectRow:
+class _SubjectRow(NamedTuple):  # 10^4 of them per build: a tuple is made 3x faster than a dataclass
     id: int
     kind: str
     name: str
     slack_user_id: str | None
+
+
+class _Side(NamedTuple):
+    """What the build reads apart from the per-meter sums (`_build`'s `side`)."""
+
+    overall: list[Sums]
+    unpriced: UnpricedSummary
+    revocations: list[RevokedLine]
+    requests: list[PendingLine]
+    bill: DayBill | None
+    raises: list[RaiseView]
 
 
 @contextmanager
@@ -464,18 +500,27 @@ def build_digest(session: Session, now: datetime, tz: tzinfo, week_start: int, t
                  rollup: bool = True) -> DigestData:
     """Everything the daily digest shows, for the local day before `now` in `tz`. `rollup`
     False reads the hourly ledger alone (the reference the tests and the bench compare with)."""
-    with _collector_paused():
-        return _build(session, now, tz, week_start, top_n, chart_days, bill_divergence_pct, rollup)
+    with _collector_paused(), ThreadPoolExecutor(max_workers=1) as pool:
+        return _build(session, now, tz, week_start, top_n, chart_days, bill_divergence_pct, rollup, pool)
 
 
 def _build(session: Session, now: datetime, tz: tzinfo, week_start: int, top_n: int, chart_days: int,
-           bill_divergence_pct: float, rollup: bool) -> DigestData:
+           bill_divergence_pct: float, rollup: bool, pool: ThreadPoolExecutor) -> DigestData:
     chart_days = max(1, chart_days)
     starts = day_starts(now, tz, max(chart_days, 2))
     first = len(starts) - 1 - chart_days  # the chart's first day
     y_start, y_end = starts[-2], starts[-1]
 
+    def side(s: Session) -> _Side:
+        return _Side(_day_totals(s, starts, rollup), unpriced.summary(s, y_start, y_end), _revocations(s),
+                     _pending(s, now), billing.latest_day_bill(s, now, bill_divergence_pct),
+                     raise_service.granted_between(s, y_start, y_end))
+
     conn = session.connection()  # Core rows for the big reads: no ORM bookkeeping
+    # PostgreSQL: the days' totals over every meter, the day's unpriced usage (a fifth of the
+    # build's database time) and the small reads are made on another connection meanwhile,
+    # while this thread works in Python and the per-meter read has not taken both cores yet.
+    aside = pool.submit(_apart, conn.engine, side) if conn.dialect.name == "postgresql" else None
     subjects = {sid: _SubjectRow(sid, kind, name, slack) for sid, kind, name, slack in conn.execute(
         select(Subject.id, Subject.kind, Subject.name, Subject.slack_user_id)).tuples().all()}
     members: dict[int, list[int]] = defaultdict(list)
@@ -494,11 +539,13 @@ def _build(session: Session, now: datetime, tz: tzinfo, week_start: int, top_n: 
     kept = {starts[first], *starts[-3:]}
     bounds = sorted({*kept, *(b for s, _e, q in windows.values() for b in (s, q))})
     owner: dict[int, int | None] = dict(conn.execute(select(Meter.id, Meter.subject_id)).tuples().all())
-    parts = _plan(bounds, (starts[0], starts[-1]), limits, windows, covered, owner, now)
-    rows = interval_sums(session, parts, len(owner), rollup=rollup)
-    overall = _day_totals(session, starts, rollup)
+    parts = _plan(bounds, sorted(kept), limits, windows, covered, owner)
+    rows = interval_sums(session, parts, len(owner), rollup=rollup,
+                         empty_from=ledger.floor_hour(now) + ledger.HOUR)
+    got = aside.result() if aside is not None else side(session)
+    overall = got.overall
     groups = {sid: covered(sid) for sid, row in subjects.items() if row.kind == "team"}
-    folded = _Ledger(bounds, rows, owner, groups)
+    folded = _Ledger(bounds, rows, owner, groups, {p.k: p.less for p in parts if p.less is not None})
 
     per_subject = _per_subject(folded, subjects, starts)
     top = [s for s in per_subject if s.totals.cost_micro_usd or s.totals.tokens][:max(0, top_n)]
@@ -510,43 +557,59 @@ def _build(session: Session, now: datetime, tz: tzinfo, week_start: int, top_n: 
         previous=_totals(overall[-2]),
         top=top,
         at_risk=_at_risk(limits, windows, folded, subjects, now),
-        revocations=_revocations(session),
-        requests=_pending(session, now),
+        revocations=got.revocations,
+        requests=got.requests,
         chart=_chart(subjects, named, _stack_tokens(session, named, owner, starts[first:], rollup),
                      overall[first:], starts[first:], tz),
         subjects=per_subject,
-        unpriced=unpriced.summary(session, y_start, y_end),
-        bill=billing.latest_day_bill(session, now, bill_divergence_pct),
-        raises=raise_service.granted_between(session, y_start, y_end),
+        unpriced=got.unpriced,
+        bill=got.bill,
+        raises=got.raises,
     )
 
 
-def _plan(bounds: list[datetime], every_meter: tuple[datetime, datetime], limits: Sequence[Any],
+def _plan(bounds: list[datetime], kept: list[datetime], limits: Sequence[Any],
           windows: dict[str, tuple[datetime, datetime, datetime]], covered: Covers,
-          owner: dict[int, int | None], now: datetime) -> list[Part]:
-    """Which interval is read for whom: the chart's days for every meter, the rest for the
-    meters of the limits whose windows reach into it."""
+          owner: dict[int, int | None]) -> list[Part]:
+    """Which interval is read for whom. Between two neighbouring `kept` bounds (the chart's
+    days, the digest's two days) every meter is read at once; a window starting or ending in
+    between splits that read only for the meters of its limits (the later pieces read for
+    them and taken from the first, `Part.less`): at 10k limits half the rows of reading
+    every piece for every meter. Outside the kept span, each interval for the meters of the
+    limits whose windows reach into it."""
     by_window: dict[str, set[int]] = defaultdict(set)  # window → the subjects its limits cover
     for lim in limits:
         by_window[lim.window].update(covered(lim.subject_id))
     meters_of: dict[int, list[int]] = defaultdict(list)
+    for meter_id, sid in owner.items():
+        if sid is not None:
+            meters_of[sid].append(meter_id)
+    owned = sum(map(len, meters_of.values()))
     wanted: dict[tuple[str, ...], tuple[int, ...]] = {}
+
+    def part(k: int, a: datetime, b: datetime, ws: tuple[str, ...], less: int | None = None) -> Part:
+        meters = wanted.get(ws)
+        if meters is None:  # neighbouring intervals mostly have the same windows
+            subjects = set().union(*(by_window[w] for w in ws))
+            meters = wanted[ws] = tuple(sorted(m for sid in subjects for m in meters_of.get(sid, ())))
+        if meters and len(meters) == owned:
+            # Every meter with a subject: read without a filter (a fifth of the interval's
+            # time at 10k meters). Meters without one add to the None slot, never read here.
+            return Part(k, a, b, None, less=less)
+        return Part(k, a, b, ws, meters, less)
+
+    intervals = list(enumerate(pairwise(bounds), 1))
     parts = []
-    for k, (a, b) in enumerate(pairwise(bounds), 1):
-        if every_meter[0] <= a and b <= every_meter[1]:
-            parts.append(Part(k, a, b, None))
-            continue
-        reaching = tuple(sorted(w for w, (start, _end, q_end) in windows.items()
-                                if start <= a and b <= q_end))
-        if reaching and not meters_of:
-            for meter_id, sid in owner.items():
-                if sid is not None:
-                    meters_of[sid].append(meter_id)
-        meters = wanted.get(reaching)
-        if meters is None:  # neighbouring intervals mostly have the same windows reaching in
-            subjects = set().union(*(by_window[w] for w in reaching))
-            meters = wanted[reaching] = tuple(sorted(m for sid in subjects for m in meters_of.get(sid, ())))
-        parts.append(Part(k, a, b, reaching, meters, ahead=a > now))
+    for ca, cb in pairwise(kept):
+        inside = [(k, a, b) for k, (a, b) in intervals if ca <= a and b <= cb]
+        parts.append(Part(inside[0][0], ca, cb, None))
+        split = tuple(sorted(w for w, (start, _end, q_end) in windows.items()
+                             if ca < start < cb or ca < q_end < cb))
+        parts += [part(k, a, b, split, less=inside[0][0]) for k, a, b in inside[1:]]
+    for k, (a, b) in intervals:
+        if not (kept[0] <= a and b <= kept[-1]):
+            parts.append(part(k, a, b, tuple(sorted(w for w, (start, _end, q_end) in windows.items()
+                                                    if start <= a and b <= q_end))))
     return parts
 
 
@@ -595,20 +658,23 @@ def _at_risk(limits: Sequence[Any], windows: dict[str, tuple[datetime, datetime,
     out = []
     for window, lims in by_window.items():
         start, end, q_end = windows[window]
+        win = Window(window)
         table = folded.window(start, q_end)[folded.slots_of([lim.subject_id for lim in lims])]
         values = np.column_stack([table[:, 0] + table[:, 1], table])
         used = values[np.arange(len(lims)), [_METRIC_COL[lim.metric] for lim in lims]]
         amount = np.array([lim.amount for lim in lims], dtype=table.dtype)
         near = np.flatnonzero(used * 100 >= amount * (WATCH_PERCENT - 1))
         for i, a, b, c, d in zip(near.tolist(), *_columns(table[near]), strict=True):
-            lim, s = lims[i], subjects[lims[i].subject_id]
-            totals = Totals(a, b, 0, 0, c, d)
-            status = LimitStatus(lim.id, s.name, lim.metric, lim.amount, lim.window,
-                                 totals.metric(lim.metric), start, end, lim.action, _warn(lim.warn))
+            lim = lims[i]
+            # Totals(a, b, 0, 0, c, d).metric(lim.metric), without the Totals
+            metric_used = (a + b, a, b, c, d)[_METRIC_COL[lim.metric]]
+            status = LimitStatus(lim.id, subjects[lim.subject_id].name, lim.metric, lim.amount, lim.window,
+                                 metric_used, start, end, lim.action, _warn(lim.warn))
             if status.percent < WATCH_PERCENT:
                 continue
-            projected = _forecast(totals, start, end, now, Window(lim.window))
-            out.append(AtRisk(status, s.kind, projected.metric(lim.metric) if projected else None))
+            projected = _forecast(Totals(a, b, 0, 0, c, d), start, end, now, win)
+            out.append(AtRisk(status, subjects[lim.subject_id].kind,
+                              projected.metric(lim.metric) if projected else None))
     out.sort(key=lambda a: (-a.status.percent, a.status.subject, a.status.metric, a.status.window))
     return out
 

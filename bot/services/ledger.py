@@ -364,9 +364,19 @@ def _hours(lo: datetime, hi: datetime) -> int:
     return max(0, -(-(hi - first) // HOUR))
 
 
-def spans(start: datetime, end: datetime) -> list[Span]:
+def span_rows(p: Span, empty_from: datetime | None = None) -> int:
+    """What reading `p` costs, in rows per meter (hours from `empty_from` on: none, see `spans`)."""
+    if p.daily:
+        return p.rows_per_meter * _DAY_COST
+    return p.rows_per_meter if empty_from is None else _hours(p.lo, min(p.hi, empty_from))
+
+
+def spans(start: datetime, end: datetime, empty_from: datetime | None = None) -> list[Span]:
     """The cheapest way to sum the hour buckets that start in [start, end) from whole UTC days
-    of `usage_daily` and hour edges of `usage` (pure).
+    of `usage_daily` and hour edges of `usage` (pure). Hours from `empty_from` on (the hours
+    after now) are priced as free to read: none is stored yet, so today's day row less the
+    hours after now is cheaper than the hours before it. Only the choice depends on it: any
+    choice sums exactly [start, end).
 
     Each edge either adds the hours between it and the next whole day, or takes whole days
     up to the edge's own day and subtracts the hours beyond it — whichever reads fewer rows:
@@ -376,7 +386,11 @@ def spans(start: datetime, end: datetime) -> list[Span]:
     """
     if end <= start:
         return []
-    best = (_hours(start, end), [Span(False, start, end)])
+
+    def rows(p: Span) -> int:
+        return span_rows(p, empty_from)
+
+    best = (rows(Span(False, start, end)), [Span(False, start, end)])
     for lo in sorted({floor_day(start), ceil_day(start)}):
         for hi in sorted({floor_day(end), ceil_day(end)}):
             if hi <= lo:
@@ -390,7 +404,7 @@ def spans(start: datetime, end: datetime) -> list[Span]:
                 pieces.append(Span(False, hi, end))
             elif end < hi:
                 pieces.append(Span(False, end, hi, -1))
-            cost = sum(p.rows_per_meter * (_DAY_COST if p.daily else 1) for p in pieces)
+            cost = sum(map(rows, pieces))
             if cost < best[0]:
                 best = (cost, pieces)
     return best[1]

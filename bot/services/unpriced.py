@@ -13,10 +13,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, union_all
 from sqlalchemy.orm import Session
 
 from bot.models import Meter, Profile, Usage
+from bot.services import ledger
 
 
 @dataclass(frozen=True)
@@ -42,10 +43,14 @@ def models(session: Session, subject_ids: Iterable[int] | None, start: datetime,
 
 
 def summary(session: Session, start: datetime, end: datetime) -> UnpricedSummary:
-    """Every meter's unpriced usage over [start, end) (the digest's day)."""
+    """Every meter's unpriced usage over [start, end) (the digest's day), from whole UTC days
+    of the rollup and hour edges (`ledger.spans`): a local day is ~3 rows a meter, not 24."""
+    selects = [ledger.span_select(p, lambda m: [m.unpriced_tokens.expression, m.unpriced_requests.expression])
+               for p in ledger.spans(start, end)]
+    if not selects:
+        return UnpricedSummary(0, 0, ())
+    rows = (union_all(*selects) if len(selects) > 1 else selects[0]).subquery()
     tokens, requests = session.execute(
-        select(func.coalesce(func.sum(Usage.unpriced_tokens), 0),
-               func.coalesce(func.sum(Usage.unpriced_requests), 0))
-        .where(Usage.hour >= start, Usage.hour < end)).one()
+        select(func.coalesce(func.sum(rows.c.v0), 0), func.coalesce(func.sum(rows.c.v1), 0))).one()
     found = models(session, None, start, end) if tokens or requests else []
     return UnpricedSummary(int(tokens), int(requests), tuple(found))

@@ -24,7 +24,7 @@ from bot.migrate import downgrade, upgrade
 from bot.models import Meter, Subject, Usage, UsageDay
 from bot.services import directory, ledger
 from bot.services.directory import Actor, SubjectRef
-from bot.services.ledger import LedgerRow, floor_day
+from bot.services.ledger import LedgerRow, floor_day, floor_hour
 from tests.conftest import _pg_reachable, drop_pg_schema, new_pg_schema_url
 from tests.rollup_check import hourly_by_day, rollup
 
@@ -106,10 +106,11 @@ def test_rollup_equals_the_hourly_sum_after_any_writes(db: Database, meters: tup
 
 
 @settings(max_examples=500, deadline=None)
-@given(a=st.integers(-3000, 3000), b=st.integers(-3000, 3000))
-def test_spans_count_each_hour_bucket_of_the_window_exactly_once(a: int, b: int) -> None:
+@given(a=st.integers(-3000, 3000), b=st.integers(-3000, 3000), e=st.none() | st.integers(-3000, 3000))
+def test_spans_count_each_hour_bucket_of_the_window_exactly_once(a: int, b: int, e: int | None) -> None:
     start, end = BASE + timedelta(minutes=a * 7), BASE + timedelta(minutes=b * 7)
-    pieces = ledger.spans(start, end)
+    empty_from = None if e is None else floor_hour(BASE + timedelta(minutes=e * 7))  # "after now"
+    pieces = ledger.spans(start, end, empty_from)
     first = floor_day(min(start, end)) - 2 * ledger.DAY
     for i in range(int((max(start, end) - first) / H) + 72):
         hour = first + i * H
