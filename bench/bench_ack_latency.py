@@ -55,6 +55,7 @@ from bench.common import (
     Figures,
     Seed,
     databases,
+    family,
     family_cpu_seconds,
     git_revision,
     load_average,
@@ -306,31 +307,34 @@ def phase(pace: str, kind: str, port: int, fake: SlackSink, answers: Answers, s:
     return out
 
 
-def start_py_spy(directory: str | None, pid: int, db: str) -> subprocess.Popen[bytes] | None:
+def start_py_spy(directory: str | None, pid: int, db: str) -> list[subprocess.Popen[bytes]]:
+    """One py-spy per process of serve's family (its `--subprocesses` missed the forked workers)."""
     if not directory:
-        return None
+        return []
     exe = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
     if not Path(exe).exists():
         print("(py-spy not installed: no flame graph)", file=sys.stderr)
-        return None
+        return []
     Path(directory).mkdir(parents=True, exist_ok=True)
-    out = Path(directory) / f"serve-{db.lower()}.txt"  # collapsed stacks, idle frames included
-    proc = subprocess.Popen([exe, "record", "--pid", str(pid), "--subprocesses", "--threads", "--idle",
-                             "--rate", "250", "--format", "raw", "-o", str(out)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    procs = []
+    for i, p in enumerate(family(pid)):  # collapsed stacks, idle frames included
+        out = Path(directory) / f"serve-{db.lower()}{'' if i == 0 else f'-worker{i}'}.txt"
+        procs.append(subprocess.Popen([exe, "record", "--pid", str(p), "--threads", "--idle", "--rate", "250",
+                                       "--format", "raw", "-o", str(out)],
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        print(f"  py-spy → {out}", file=sys.stderr)
     time.sleep(1.0)  # attached before the load starts
-    print(f"  py-spy → {out}", file=sys.stderr)
-    return proc
+    return procs
 
 
-def stop_py_spy(proc: subprocess.Popen[bytes] | None) -> None:
-    if proc is None:
-        return
-    proc.send_signal(signal.SIGINT)
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+def stop_py_spy(procs: list[subprocess.Popen[bytes]]) -> None:
+    for proc in procs:
+        proc.send_signal(signal.SIGINT)
+    for proc in procs:
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
 
 
 def ms(v: float) -> str:

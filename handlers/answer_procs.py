@@ -12,7 +12,10 @@ the calling thread, so a lock another thread held would stay held in the child f
 the services built so far and drops the parent's database connections without closing them
 (SQLAlchemy's rule for forks). Each worker has its own pipe (a queue shared by the workers has a
 lock that a killed worker would keep forever): `submit` writes a small tuple to the worker with the
-fewest jobs outstanding and never waits for one; the worker writes a token back per job done.
+fewest jobs outstanding and never waits for one; the worker writes the job's number back when it
+is done. Inside a worker, `THREADS` threads take the jobs: an answer spends much of its time
+waiting (on PostgreSQL, on Slack's response_url, on users.info), and one at a time a worker would
+answer no faster than Slack replies; its threads share a GIL with each other, never with an ack.
 A worker found dead has its outstanding jobs answered again on the caller's thread pool (`rescue`:
 read-only answers, so at worst one is posted twice), and the others carry on.
 
@@ -24,13 +27,14 @@ its thread pool, as before.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import multiprocessing
 import os
 import signal
 import threading
-from collections import deque
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from multiprocessing.context import ForkProcess
@@ -40,13 +44,14 @@ Job = tuple[str, ...]
 NICENESS = 10  # CFS weight 110 against an ack's 1024: the worker yields a core within a tick
 PARENT_CHECK_S = 2.0  # a worker whose parent died exits within this (it gets no SIGTERM)
 MAX_PENDING = 200  # jobs outstanding per worker (a few KB of pipe); past it, answer on threads
+THREADS = 4  # answer threads in each worker
 
 
 @dataclass
 class _Worker:
     proc: ForkProcess
     conn: Connection  # the parent's end of this worker's pipe
-    pending: deque[Job] = field(default_factory=deque)
+    pending: dict[int, Job] = field(default_factory=dict)  # by job number, until done
 
 
 class AnswerProcesses:
@@ -58,6 +63,7 @@ class AnswerProcesses:
         self.after_fork, self.niceness = after_fork, niceness
         self._workers: list[_Worker] = []
         self._lock = threading.Lock()  # one submit writes a pipe at a time
+        self._numbers = itertools.count()
 
     def start(self) -> bool:
         """Fork the workers; False (and nothing started) when forking is not safe here."""
@@ -87,8 +93,9 @@ class AnswerProcesses:
             w = min(self._workers, key=lambda w: len(w.pending))
             if len(w.pending) >= MAX_PENDING:
                 return False
-            w.conn.send(job)
-            w.pending.append(job)
+            number = next(self._numbers)
+            w.conn.send((number, job))
+            w.pending[number] = job
             return True
 
     def close(self, timeout: float = 5.0) -> None:
@@ -110,8 +117,7 @@ class AnswerProcesses:
         """Count the jobs `w` has done; if it is dead, rescue the rest and drop it."""
         with contextlib.suppress(EOFError, OSError):  # a dead worker's pipe ends here
             while w.conn.poll():
-                w.conn.recv()
-                w.pending.popleft()
+                w.pending.pop(w.conn.recv(), None)
         if w.proc.is_alive():
             return
         self._workers.remove(w)
@@ -119,7 +125,7 @@ class AnswerProcesses:
         if w.pending:
             log.error("answer worker %s ended (exit %s) with %d answers owed; answering them on threads",
                       w.proc.name, w.proc.exitcode, len(w.pending))
-        for job in w.pending:
+        for job in w.pending.values():
             self.rescue(job)
 
     def _child(self, conn: Connection, parent: int) -> None:
@@ -129,15 +135,21 @@ class AnswerProcesses:
             w.conn.close()
         self.after_fork()
         os.nice(self.niceness)
-        while os.getppid() == parent:
-            if not conn.poll(PARENT_CHECK_S):
-                continue
-            job = conn.recv()
-            if job is None:
-                return
+        sending = threading.Lock()
+
+        def answer(number: int, job: Job) -> None:
             try:
                 self.run(job)
             except Exception:
                 log.exception("answer %s failed in a worker process", job[0] if job else "?")
-            conn.send(True)
+            with sending:
+                conn.send(number)
 
+        with ThreadPoolExecutor(THREADS, thread_name_prefix="answer") as pool:
+            while os.getppid() == parent:
+                if not conn.poll(PARENT_CHECK_S):
+                    continue
+                message = conn.recv()
+                if message is None:
+                    return  # the pool finishes what it has first
+                pool.submit(answer, *message)

@@ -249,7 +249,10 @@ def test_read_only_answers_come_from_worker_processes_that_end_with_serve(
                 assert resp.status == 200
 
         def answered(name: str) -> str:
-            calls = _eventually(f"the {name} answer", lambda: slack.calls(f"response_url:{name}"), 20)
+            try:
+                calls = _eventually(f"the {name} answer", lambda: slack.calls(f"response_url:{name}"), 60)
+            except AssertionError as exc:
+                raise AssertionError(f"{exc}; serve's log ends:\n{log.read_text()[-3000:]}") from None
             return str(calls[-1].args.get("text"))
 
         for name, text in (("usage", "usage"), ("help", "help"), ("team", f"team team-eng add <@{OWNER}>"),
