@@ -55,6 +55,7 @@ def make_quick_engine(url: str) -> Engine:
 
 
 _READING: ContextVar[bool] = ContextVar("sqlite_reading", default=False)
+_INHERITED: list[Any] = []  # a forked child's copies of the parent's pools (Database.after_fork)
 _GATES: dict[str, threading.Lock] = {}
 _GATES_LOCK = threading.Lock()
 GATE_WAIT = 30.0  # seconds, as the busy timeout; past it BEGIN IMMEDIATE waits and fails as before
@@ -299,7 +300,10 @@ class Database:
             engine.dispose()
 
     def after_fork(self) -> None:
-        """In a forked child: forget the parent's pooled connections without closing them (they
-        are the parent's to use; SQLAlchemy, "Using Connection Pools with Multiprocessing")."""
+        """In a forked child: new pools, the parent's connections neither used nor closed (they
+        are the parent's; SQLAlchemy, "Using Connection Pools with Multiprocessing"). The old
+        pools stay referenced, so no connection of the parent's is finalized here either (a
+        closing sqlite3 connection may checkpoint the parent's WAL)."""
         for engine in self.engines():
+            _INHERITED.append(engine.pool)
             engine.dispose(close=False)

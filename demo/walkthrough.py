@@ -39,6 +39,7 @@ ALERTS = "CALERTS001"
 NAMES = {ADMIN: "dana (admin)", ALICE: "alice", BOB: "bob", CAROL: "carol", "UBOT": "bedrock-bot",
          ALERTS: "alerts"}
 MODEL = "anthropic.claude-3-haiku-20240307-v1:0"
+ANSWER_WAIT_S = 15.0  # an answer comes after the ack, from another thread: wait for it, never a fixed nap
 
 
 class DemoFailed(Exception):
@@ -125,8 +126,12 @@ class Demo:
         with urllib.request.urlopen(req, timeout=10) as resp:
             return int(resp.status)
 
-    def click(self, user: str, action_id: str, value: str) -> str:
+    def click(self, user: str, action_id: str, value: str, until: str = "") -> str:
+        """Click a button; return the answer posted to its response_url (the listener answers
+        after the ack, on another thread), or "" once the Slack call `until` (`views.open` for
+        a form, `chat.update` for a decided request's message) has been made."""
         name = f"demo{next(self.seq)}"
+        seen = len(self.slack.calls(until)) if until else 0
         print(f"\n  {NAMES[user]} clicks [{action_id}]")
         self.interact({"type": "block_actions", "user": {"id": user, "username": NAMES[user]},
                        "team": {"id": "T0001"}, "api_app_id": "A0001", "token": "x",
@@ -134,19 +139,28 @@ class Demo:
                        "channel": {"id": ALERTS}, "container": {"type": "message", "channel_id": ALERTS},
                        "actions": [{"action_id": action_id, "value": value, "type": "button",
                                     "block_id": "b", "action_ts": "1"}]})
-        time.sleep(0.3)  # the listener answers asynchronously, after the ack
-        said = [c for c in self.slack.calls(f"response_url:{name}")]
-        return blocks_to_text(said[0].args.get("blocks"), str(said[0].args.get("text", "")), NAMES) \
-            if said else ""
+        try:
+            if until:
+                self.slack.wait_for(until, seen + 1, timeout=ANSWER_WAIT_S)
+                return ""
+            said = self.slack.wait_for(f"response_url:{name}", timeout=ANSWER_WAIT_S)
+        except TimeoutError as exc:
+            raise DemoFailed(f"no answer to {action_id}: {exc}") from None
+        return blocks_to_text(said[0].args.get("blocks"), str(said[0].args.get("text", "")), NAMES)
 
     def submit(self, user: str, callback_id: str, metadata: str, reason: str) -> None:
         print(f"\n  {NAMES[user]} submits the form: {reason!r}")
+        before = _latest_request(self)
         self.interact({"type": "view_submission", "user": {"id": user, "username": NAMES[user]},
                        "team": {"id": "T0001"}, "api_app_id": "A0001", "token": "x",
                        "view": {"id": "V1", "type": "modal", "callback_id": callback_id,
                                 "private_metadata": metadata, "state": {"values": {"reason": {
                                     "reason_input": {"type": "plain_text_input", "value": reason}}}}}})
-        time.sleep(0.3)
+        deadline = time.monotonic() + ANSWER_WAIT_S  # the request row is its answer
+        while _latest_request(self) == before:
+            if time.monotonic() > deadline:
+                raise DemoFailed(f"the {callback_id} form was not taken within {ANSWER_WAIT_S:.0f} s")
+            time.sleep(0.05)
 
     def traffic(self, profile_id: str, input_tokens: int, output_tokens: int, calls: int) -> None:
         cw = self.svc.aws_client("cloudwatch")
@@ -262,13 +276,13 @@ def enforcement(d: Demo) -> None:
         from bot.services.directory import SubjectRef, get
 
         rev_id = active(s, get(s, SubjectRef(name="alice")).id)[-1].id
-    d.click(ALICE, "request_restore", str(rev_id))
+    d.click(ALICE, "request_restore", str(rev_id), until="views.open")
     expect(bool(d.slack.calls("views.open")), "a form opened asking alice why")
     d.submit(ALICE, "restore_request_modal", str(rev_id), "customer demo at 3pm")
     req_id = _latest_request(d)
     told = d.click(ALICE, "approve_request", str(req_id))
     expect("four eyes" in told, "alice, an approver, still cannot approve her own request")
-    d.click(ADMIN, "approve_request", str(req_id))
+    d.click(ADMIN, "approve_request", str(req_id), until="chat.update")
     names = iam.list_user_policies(UserName="alice")["PolicyNames"]
     expect(names == [], "the deny policy is gone: alice can call Bedrock again")
     digest(d)

@@ -114,17 +114,22 @@ class AnswerProcesses:
                 self._settle(w)
 
     def _settle(self, w: _Worker) -> None:
-        """Count the jobs `w` has done; if it is dead, rescue the rest and drop it."""
-        with contextlib.suppress(EOFError, OSError):  # a dead worker's pipe ends here
+        """Count the jobs `w` has done; if it is dead, rescue the rest and drop it. Death shows as
+        the end of its pipe (the kernel closes a dead worker's end) or in waitpid."""
+        ended = False
+        try:
             while w.conn.poll():
                 w.pending.pop(w.conn.recv(), None)
-        if w.proc.is_alive():
+        except (EOFError, OSError):  # its end of the pipe closed: the worker is gone
+            ended = True
+        if not ended and w.proc.is_alive():
             return
+        w.proc.join(1.0)  # reaped, so its exit code is known
         self._workers.remove(w)
         w.conn.close()
-        if w.pending:
-            log.error("answer worker %s ended (exit %s) with %d answers owed; answering them on threads",
-                      w.proc.name, w.proc.exitcode, len(w.pending))
+        log.error("answer worker %s ended (exit %s) with %d answers owed; answering on threads from now on"
+                  if not self._workers else "answer worker %s ended (exit %s) with %d answers owed",
+                  w.proc.name, w.proc.exitcode, len(w.pending))
         for job in w.pending.values():
             self.rescue(job)
 
