@@ -20,6 +20,7 @@ import pytest
 from moto import mock_aws
 from prometheus_client import CollectorRegistry, generate_latest
 from sqlalchemy import event, func, select
+from sqlalchemy.exc import DataError
 
 from bot.clock import FixedClock
 from bot.db import Database
@@ -620,3 +621,20 @@ def _until(ready: Any, tries: int = 2000) -> None:
             return
         threading.Event().wait(0.005)
     raise AssertionError("the threads did not get there")
+
+
+def test_quick_statement_is_autocommit_and_raises_sqlalchemys_errors(db: Database) -> None:
+    """The driver path keeps the engine's contract: each statement its own transaction (the
+    quick engine's autocommit), psycopg's errors as SQLAlchemy's, and the connection usable next."""
+    if not db.on_psycopg():
+        pytest.skip("the driver path is PostgreSQL through psycopg 3")
+    with pytest.raises(DataError):
+        db.quick_statement("SELECT 1 / %(z)s", {"z": 0})
+    assert db.quick_statement("SELECT CAST(%(x)s AS int), current_setting('transaction_isolation')",
+                              {"x": 5}) == [(5, "read committed")]
+    proxy = db.quick.raw_connection()
+    try:
+        assert cast(Any, proxy.driver_connection).autocommit
+    finally:
+        proxy.close()
+    assert db.quick_statement("SET LOCAL statement_timeout = 1000", {}) == []  # no rows, no error
