@@ -11,6 +11,7 @@ Per database: seed 10k subjects with `--days` of hourly ledger rows (bench/commo
    check is reported apart), then `--clients` threads each do `--requests` rounds of: a check
    with `estimated_tokens` (a reservation where a revoking limit applies) and, if allowed, the
    `/v1/usage` settling it. One client alone is the service time; 200 at once is the target.
+   After that warm-up the worker freezes the GC's generations, as serve does after its start.
 2. over HTTP — the real `serve --no-scheduler` process with `BOT_GATEWAY_TOKENS`, the same
    clients on keep-alive connections: `/healthz` alone; `/healthz` each followed by a `/v1/usage`
    (the floor under the gateway's own load); then `/v1/quota/check`, each allowed check followed
@@ -35,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import http.client
 import inspect
 import json
@@ -164,6 +166,10 @@ def in_process(db: Database, active: list[str], clients: int, rounds: int) -> li
         book.check(CheckRequest(Who(subject=name), MODEL, 0))
         cold.ms.append((time.perf_counter() - t) * 1000)
     cold.seconds = time.perf_counter() - started
+    # As serve does once it has started (handlers/main.py): what the set-up allocated is left
+    # out of later collections.
+    gc.collect()
+    gc.freeze()
     seq = iter(range(10**9))
 
     def pair(rnd: random.Random) -> tuple[float, bool]:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from collections.abc import Iterator, Mapping
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from contextvars import ContextVar
 from typing import Any
 
@@ -202,13 +202,19 @@ class Pipelined:
                 self.conn.execute(sql, params)
             self.conn.execute("COMMIT")
 
-    @contextmanager
-    def errors(self, sql: str) -> Iterator[None]:
-        dbapi = self.dialect.loaded_dbapi
-        try:
-            yield
-        except dbapi.Error as exc:
-            raise DBAPIError.instance(sql, None, exc, dbapi.Error) from exc
+    def errors(self, sql: str) -> AbstractContextManager[None]:
+        return driver_errors(self.dialect, sql)
+
+
+@contextmanager
+def driver_errors(dialect: Dialect, sql: str) -> Iterator[None]:
+    """psycopg's errors raised as SQLAlchemy's (IntegrityError, OperationalError …), as the
+    statements sent through the engine would raise them."""
+    dbapi = dialect.loaded_dbapi
+    try:
+        yield
+    except dbapi.Error as exc:
+        raise DBAPIError.instance(sql, None, exc, dbapi.Error) from exc
 
 
 def _roll_back(proxy: Any, conn: Any) -> None:
@@ -271,8 +277,11 @@ class Database:
     def can_pipeline(self) -> bool:
         """Whether `pipelined()` may be used here: PostgreSQL through psycopg 3, and not inside
         `leases.fenced()` (whose commits check the lease in their session)."""
-        return (self.quick.dialect.name == "postgresql" and self.quick.dialect.driver == "psycopg"
-                and current_fence() is None)
+        return self.on_psycopg() and current_fence() is None
+
+    def on_psycopg(self) -> bool:
+        """PostgreSQL through psycopg 3: where `quick_statement()` may be used."""
+        return self.quick.dialect.name == "postgresql" and self.quick.dialect.driver == "psycopg"
 
     @contextmanager
     def pipelined(self) -> Iterator[Pipelined]:
@@ -286,6 +295,24 @@ class Database:
             tx.commit()
         except BaseException:
             _roll_back(proxy, tx.conn)
+            raise
+        finally:
+            proxy.close()
+
+    def quick_statement(self, sql: str, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
+        """One statement that is a whole transaction (the connection is in autocommit) sent
+        straight to the quick engine's psycopg connection, as `pipelined()` sends its own: `sql`
+        with psycopg placeholders, its rows back. SQLAlchemy's execution layer around a gateway
+        check's one statement was about half of its Python time (issue 18). Only where
+        `on_psycopg()`; errors are SQLAlchemy's, and a broken connection leaves the pool."""
+        proxy = self.quick.raw_connection()
+        conn: Any = proxy.driver_connection
+        try:
+            with driver_errors(self.quick.dialect, sql):
+                cur = conn.execute(sql, params)
+                return cur.fetchall() if cur.description is not None else []
+        except BaseException:
+            _roll_back(proxy, conn)
             raise
         finally:
             proxy.close()

@@ -29,6 +29,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection, Engine, bindparam, text
+from sqlalchemy.dialects import postgresql
 
 from bot.db import Database, reading
 from bot.flows.group_commit import GroupCommit  # generic batching, no flow logic
@@ -128,6 +129,12 @@ _READ = {"sqlite": text(_READ_SQLITE), "postgresql": text(_READ_PG)}
 _RESERVE_PG_TEXT = text(compact(_RESERVE_PG)).bindparams(bindparam("now", type_=UTCDateTime()),
                                                 bindparam("expires", type_=UTCDateTime()))
 
+# The same three statements for psycopg itself (`Database.quick_statement`): `%(name)s`
+# placeholders, times bound as naive UTC by the caller (what UTCDateTime would bind).
+_PSYCOPG = postgresql.psycopg.dialect()
+_DRIVER_READ = str(text(compact(_READ_PG)).compile(dialect=_PSYCOPG))
+_DRIVER_RESERVE = str(text(compact(_RESERVE_PG)).compile(dialect=_PSYCOPG))
+
 Row = tuple[int, ...]  # one owner's counters, in COLS order
 
 
@@ -163,6 +170,8 @@ class CheckSql:
 
     def __init__(self, db: Database) -> None:
         self.dialect = db.dialect
+        self.db = db
+        self.direct = db.on_psycopg()  # the hot statements go straight to psycopg
         self.engine: Engine = db.quick
         self.durable: Engine = db.engine  # commits with a full fsync (SQLite's usage reports)
         # SQLite commits one writer at a time, each with an fsync: reports that arrive while one
@@ -179,6 +188,10 @@ class CheckSql:
             return _settle_sqlite(conn, u)
 
     def read(self, owners: Sequence[int], stamp: Stamp) -> Outcome:
+        if self.direct:
+            rows = self.db.quick_statement(_DRIVER_READ, {"owners": list(owners), "gov": stamp.gov,
+                                                          "led": stamp.led})
+            return _outcome(rows)
         with reading(), self.engine.connect() as conn:
             out = self._read(conn, owners, stamp)
             conn.commit()
@@ -186,8 +199,8 @@ class CheckSql:
 
     def _read(self, conn: Connection, owners: Sequence[int], stamp: Stamp) -> Outcome:
         ids: Any = json.dumps(list(owners)) if self.dialect == "sqlite" else list(owners)
-        rows = conn.execute(_READ[self.dialect], {"owners": ids, "gov": stamp.gov, "led": stamp.led}).all()
-        return Outcome(bool(rows[0][0]), {r[-1]: tuple(r[1:-1]) for r in rows if r[-1] is not None})
+        return _outcome(conn.execute(_READ[self.dialect], {"owners": ids, "gov": stamp.gov,
+                                                           "led": stamp.led}).all())
 
     def reserve(self, subject: int, owners: Sequence[int], caps: Mapping[int, Mapping[str, int]],
                 ask: Mapping[str, int], now: datetime, expires: datetime, stamp: Stamp) -> Outcome:
@@ -220,12 +233,22 @@ class CheckSql:
         for m in METRICS:
             params[f"cap_{m}"] = [caps[o].get(m) for o in capped]
             params[f"ask_{m}"] = ask[m]
-        with self.engine.connect() as conn:
-            rows = conn.execute(_RESERVE_PG_TEXT, params).all()
-            conn.commit()
+        rows: Sequence[Any]
+        if self.direct:
+            rows = self.db.quick_statement(_DRIVER_RESERVE, {**params, "now": naive_utc(params["now"]),
+                                                             "expires": naive_utc(params["expires"])})
+        else:
+            with self.engine.connect() as conn:
+                rows = conn.execute(_RESERVE_PG_TEXT, params).all()
+                conn.commit()
         stale, go = bool(rows[0][0]), bool(rows[0][1])
         counters = {r[-1]: tuple(r[2:-1]) for r in rows if r[-1] is not None}
         return Outcome(stale, counters, params["rid"] if go and not stale else None)
+
+
+def _outcome(rows: Sequence[Any]) -> Outcome:
+    """A read's rows: the freshness, then each owner's counters and id (none for a missing row)."""
+    return Outcome(bool(rows[0][0]), {r[-1]: tuple(r[1:-1]) for r in rows if r[-1] is not None})
 
 
 def stamp_now(conn: Any) -> Stamp:
@@ -317,6 +340,7 @@ SELECT (SELECT count(*) FROM req), (SELECT count(*) FROM rel), (SELECT subject_i
 # Its times are bound as naive UTC by `settle` (no `CAST(… AS TIMESTAMP WITHOUT TIME ZONE)` from
 # the UTCDateTime type: that kept the text over psycopg's cache limit).
 _SETTLE_PG_TEXT = text(compact(_SETTLE_PG))
+_DRIVER_SETTLE = str(_SETTLE_PG_TEXT.compile(dialect=_PSYCOPG))
 TIMES = ("now", "hour", "day")
 _OTHER_SQLITE = text("SELECT subject_id, state FROM gateway_reservations WHERE id = :reservation")
 _REQUEST_SQLITE = text(f"{_REQUEST_INSERT} VALUES ({_REQUEST_VALUES}) ON CONFLICT DO NOTHING "
@@ -383,9 +407,13 @@ def settle(sql: CheckSql, u: Usage) -> Done:
     params = _settle_params(u)
     if sql.dialect == "postgresql":
         params.update({k: naive_utc(params[k]) for k in TIMES})
-        with sql.engine.connect() as conn:
-            row = conn.execute(_SETTLE_PG_TEXT, params).one()
-            conn.commit()
+        row: Any
+        if sql.direct:
+            (row,) = sql.db.quick_statement(_DRIVER_SETTLE, params)
+        else:
+            with sql.engine.connect() as conn:
+                row = conn.execute(_SETTLE_PG_TEXT, params).one()
+                conn.commit()
         return Done(bool(row[0]), bool(row[1]), (int(row[2]), str(row[3])) if row[2] is not None else None)
     return sql.settles.submit(u)
 

@@ -15,10 +15,12 @@ from typing import Any, cast
 from zoneinfo import ZoneInfo
 
 import boto3
+import psycopg
 import pytest
 from moto import mock_aws
 from prometheus_client import CollectorRegistry, generate_latest
 from sqlalchemy import event, func, select
+from sqlalchemy.exc import DataError
 
 from bot.clock import FixedClock
 from bot.db import Database
@@ -446,36 +448,81 @@ def test_audit_rows_that_change_no_answer_keep_the_views(api: Api) -> None:
     assert api.gw.book.stats.loads == loads + 1
 
 
-def test_a_check_from_memory_is_one_statement(api: Api) -> None:
+def test_a_check_from_memory_is_one_statement(api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
     """The hot path's promise: a cached view costs one SQL statement per check (freshness and
-    counters, or freshness, counters and the reservation), on either database."""
+    counters, or freshness, counters and the reservation), on either database. On PostgreSQL
+    it goes straight to psycopg on one pooled connection, past SQLAlchemy's execution layer
+    (`Database.quick_statement`), and so does the usage report that settles it."""
     set_limit(api.db, api.clock, "alice", 1_000_000)
     set_limit(api.db, api.clock, "team-eng", 5_000_000)
     api.check("alice", 10)
     api.check("carol", 10)
-    seen: list[str] = []
+    api.usage("warm", inp=1)  # alice's gateway meter exists from here on
+    seen: list[str] = []  # through SQLAlchemy
+    sent: list[str] = []  # straight to psycopg
+    checkouts: list[int] = []
 
     def count(conn: Any, cursor: Any, statement: str, *_: Any) -> None:
         seen.append(statement.split()[0].upper())
 
-    event.listen(api.db.quick, "before_cursor_execute", count)
-    if api.db.quick is not api.db.engine:
-        event.listen(api.db.engine, "before_cursor_execute", count)
+    if api.db.on_psycopg():
+        direct = psycopg.Connection.execute
+
+        def execute(self: psycopg.Connection[Any], query: Any, *args: Any, **kw: Any) -> Any:
+            sent.append(str(query).split()[0].upper())
+            return direct(self, query, *args, **kw)
+
+        monkeypatch.setattr(psycopg.Connection, "execute", execute)
+    engines = [api.db.quick] if api.db.quick is api.db.engine else [api.db.quick, api.db.engine]
+    checkout = lambda *_: checkouts.append(1)  # noqa: E731
+    for e in engines:
+        event.listen(e, "before_cursor_execute", count)
+        event.listen(e.pool, "checkout", checkout)
+
+    def calls(run: Any) -> tuple[list[str], list[str], int]:
+        seen[:], sent[:], checkouts[:] = [], [], []
+        out = run()
+        assert out
+        return list(seen), list(sent), len(checkouts)
+
     try:
-        reserving = api.check("alice", 10)
-        seen_reserving, seen[:] = list(seen), []
-        plain = api.check("carol", 10)
-        seen_plain = list(seen)
+        reserving = calls(lambda: api.check("alice", 10)["reservation"])
+        plain = calls(lambda: not api.check("carol", 10)["reservation"])
+        settling = calls(lambda: api.usage("u1", inp=5)[0] == 202)
     finally:
-        event.remove(api.db.quick, "before_cursor_execute", count)
-        if api.db.quick is not api.db.engine:
-            event.remove(api.db.engine, "before_cursor_execute", count)
-    assert reserving["reservation"] and not plain["reservation"]
-    if api.db.dialect == "postgresql":  # autocommit: no BEGIN/COMMIT, no pre-ping
-        assert seen_reserving == ["WITH"] and seen_plain == ["SELECT"]
+        for e in engines:
+            event.remove(e, "before_cursor_execute", count)
+            event.remove(e.pool, "checkout", checkout)
+    if api.db.on_psycopg():  # autocommit: no BEGIN/COMMIT, no pre-ping, no SQLAlchemy statement
+        assert reserving == ([], ["WITH"], 1) and plain == ([], ["SELECT"], 1)
+        assert settling == ([], ["WITH"], 1)
     else:  # BEGIN IMMEDIATE, the read, the counters' UPDATE and the reservation's INSERT
-        assert seen_reserving == ["BEGIN", "SELECT", "UPDATE", "INSERT"]
-        assert seen_plain == ["BEGIN", "SELECT"]
+        assert reserving[0] == ["BEGIN", "SELECT", "UPDATE", "INSERT"]
+        assert plain[0] == ["BEGIN", "SELECT"]
+
+
+def test_a_denied_check_sweeps_only_when_expiry_could_give_headroom(api: Api) -> None:
+    """A subject over its limit with nothing held is denied without a sweep (a transaction of its
+    own); with a held reservation on the owner that does not fit, the sweep runs and may help."""
+    set_limit(api.db, api.clock, "alice", 1000)
+    api.usage("over", inp=2000)
+    swept: list[bool] = []
+    sweep_now = api.gw.book._sweep_now
+
+    def spy() -> bool:
+        swept.append(True)
+        return sweep_now()
+
+    api.gw.book._sweep_now = spy  # type: ignore[method-assign]
+    assert not api.check("alice", 10)["allowed"]
+    assert swept == []
+    set_limit(api.db, api.clock, "bob", 200_000)
+    assert api.check("bob", 200_000)["allowed"]
+    assert not api.check("bob", 1)["allowed"]
+    assert swept == [True]  # held, not yet expired: swept, nothing came back
+    api.clock.advance(minutes=11)
+    assert api.check("bob", 150_000)["allowed"]
+    assert swept == [True, True]
 
 
 def test_an_approved_exception_suspends_the_limit_for_the_gateway(api: Api, iam: Services) -> None:
@@ -574,3 +621,20 @@ def _until(ready: Any, tries: int = 2000) -> None:
             return
         threading.Event().wait(0.005)
     raise AssertionError("the threads did not get there")
+
+
+def test_quick_statement_is_autocommit_and_raises_sqlalchemys_errors(db: Database) -> None:
+    """The driver path keeps the engine's contract: each statement its own transaction (the
+    quick engine's autocommit), psycopg's errors as SQLAlchemy's, and the connection usable next."""
+    if not db.on_psycopg():
+        pytest.skip("the driver path is PostgreSQL through psycopg 3")
+    with pytest.raises(DataError):
+        db.quick_statement("SELECT 1 / %(z)s", {"z": 0})
+    assert db.quick_statement("SELECT CAST(%(x)s AS int), current_setting('transaction_isolation')",
+                              {"x": 5}) == [(5, "read committed")]
+    proxy = db.quick.raw_connection()
+    try:
+        assert cast(Any, proxy.driver_connection).autocommit
+    finally:
+        proxy.close()
+    assert db.quick_statement("SET LOCAL statement_timeout = 1000", {}) == []  # no rows, no error
