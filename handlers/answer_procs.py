@@ -16,8 +16,9 @@ fewest jobs outstanding and never waits for one; the worker writes the job's num
 is done. Inside a worker, `THREADS` threads take the jobs: an answer spends much of its time
 waiting (on PostgreSQL, on Slack's response_url, on users.info), and one at a time a worker would
 answer no faster than Slack replies; its threads share a GIL with each other, never with an ack.
-A worker found dead has its outstanding jobs answered again on the caller's thread pool (`rescue`:
-read-only answers, so at worst one is posted twice), and the others carry on.
+A thread of the parent's watches the pipes: a worker found dead (its pipe ends, or waitpid says so)
+has its outstanding jobs answered again on the caller's thread pool at once (`rescue`: read-only
+answers, so at worst one is posted twice), and the others carry on.
 
 When no worker can be used (threads were already running, the database is SQLite in memory, every
 worker died, the workers are MAX_PENDING behind) `submit` returns False and the caller answers on
@@ -36,7 +37,7 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from multiprocessing.connection import Connection
+from multiprocessing.connection import Connection, wait
 from multiprocessing.context import ForkProcess
 
 log = logging.getLogger(__name__)
@@ -64,6 +65,7 @@ class AnswerProcesses:
         self._workers: list[_Worker] = []
         self._lock = threading.Lock()  # one submit writes a pipe at a time
         self._numbers = itertools.count()
+        self._closing = threading.Event()
 
     def start(self) -> bool:
         """Fork the workers; False (and nothing started) when forking is not safe here."""
@@ -80,8 +82,25 @@ class AnswerProcesses:
             proc.start()
             theirs.close()
             self._workers.append(_Worker(proc, ours))
+        threading.Thread(target=self._watch, name="answer-watch", daemon=True).start()
         log.info("answers to read-only commands run in %d worker processes", self.count)
         return True
+
+    def _watch(self) -> None:
+        """Count done jobs as they are reported and rescue a dead worker's owed answers at once,
+        not only when the next command is submitted (there may be none for a long time)."""
+        while not self._closing.is_set():
+            with self._lock:
+                conns = [w.conn for w in self._workers]
+            if not conns:
+                return
+            with contextlib.suppress(OSError, ValueError):  # a pipe closed meanwhile: look again
+                wait(conns, timeout=PARENT_CHECK_S)
+            with self._lock:
+                if self._closing.is_set():
+                    return
+                for w in list(self._workers):
+                    self._settle(w)
 
     def submit(self, job: Job) -> bool:
         """Send `job` to the least busy live worker; False when none can take it."""
@@ -101,6 +120,7 @@ class AnswerProcesses:
     def close(self, timeout: float = 5.0) -> None:
         """Let the workers finish their jobs, then end them (terminate after `timeout`); what a
         worker did not answer is rescued."""
+        self._closing.set()
         with self._lock:
             for w in self._workers:
                 with contextlib.suppress(OSError):  # a dead worker's pipe

@@ -269,8 +269,8 @@ def test_read_only_answers_come_from_worker_processes_that_end_with_serve(
         for w in workers:
             os.kill(w, signal.SIGCONT)
         assert "1 limits" in answered("held")
-        # A worker killed with an answer owed: the next command finds it dead, and the owed
-        # answer and every later one are given on serve's threads.
+        # Workers killed with answers owed (a worker may still be exiting when the next command
+        # comes): serve's watcher rescues what each owed on its threads, then answers there.
         for w in workers:
             os.kill(w, signal.SIGSTOP)
         ask("owed", "usage")
