@@ -147,9 +147,11 @@ class AnswerProcesses:
         w.proc.join(1.0)  # reaped, so its exit code is known
         self._workers.remove(w)
         w.conn.close()
-        log.error("answer worker %s ended (exit %s) with %d answers owed; answering on threads from now on"
-                  if not self._workers else "answer worker %s ended (exit %s) with %d answers owed",
-                  w.proc.name, w.proc.exitcode, len(w.pending))
+        if self._closing.is_set() and not w.pending:  # a clean stop
+            log.info("answer worker %s stopped", w.proc.name)
+        else:
+            log.error("answer worker %s ended (exit %s) with %d answers owed%s", w.proc.name,
+                      w.proc.exitcode, len(w.pending), "" if self._workers else "; answering on threads now")
         for job in w.pending.values():
             self.rescue(job)
 

@@ -13,6 +13,7 @@ from bot.db_secret import DatabaseSecret, attach
 from bot.migrate import upgrade
 from bot.runtime import Services, build_services
 from bot.services import directory
+from handlers.answer_procs import AnswerProcesses
 
 log = logging.getLogger(__name__)
 SWITCH_INTERVAL = 0.001  # seconds; bench/serve_variant.py `switch5ms` measures the default beside it
@@ -39,14 +40,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     answers = answer_pool()
     workers = slash.worker_processes(services, client, answers)
     app = build_wsgi(services, answers, workers)
-    # Everything built so far lives as long as the process: move it out of the collector's
-    # view, so the full collections that long-lived request threads set off scan only what
-    # requests allocate (each one pauses every thread, an ack included), and so the answer
-    # processes forked next share these pages instead of copying them when a collection runs.
-    gc.collect()
-    gc.freeze()
-    if workers is not None:
-        workers.start()  # before any thread exists (handlers/answer_procs.py)
+    _freeze_then_fork(workers)
     # A thread that blocked (on a socket, SQLite, a lock) waits up to the switch interval for
     # the GIL when another thread computes; the default 5 ms, paid at each of an ack's few
     # blocking calls while answers compute, made ack tails (issue 19). 1 ms costs the answers
@@ -85,10 +79,9 @@ def cmd_socket(args: argparse.Namespace, settings: Settings) -> int:
     background = Background(services, scheduler=not args.no_scheduler)
     answers = answer_pool()
     workers = slash.worker_processes(services, client, answers)
-    handler = SocketModeHandler(create_app(settings, services, client, answer_executor=answers,
-                                           answer_workers=workers), settings.slack.app_token)
-    if workers is not None:
-        workers.start()
+    app = create_app(settings, services, client, answer_executor=answers, answer_workers=workers)
+    _freeze_then_fork(workers)  # before the handler: its Socket Mode client starts threads at once
+    handler = SocketModeHandler(app, settings.slack.app_token)
     try:
         background.start()
         handler.start()  # waits until SIGTERM/SIGINT
@@ -99,6 +92,18 @@ def cmd_socket(args: argparse.Namespace, settings: Settings) -> int:
         if workers is not None:
             workers.close(min(5.0, stop.remaining()))
     return 0
+
+
+def _freeze_then_fork(workers: AnswerProcesses | None) -> None:
+    """Everything built so far lives as long as the process: move it out of the collector's view,
+    so the full collections that long-lived request threads set off scan only what requests
+    allocate (each one pauses every thread, an ack included), and so the answer processes forked
+    next share these pages instead of copying them when a collection runs. The fork must come
+    before any thread exists (handlers/answer_procs.py)."""
+    gc.collect()
+    gc.freeze()
+    if workers is not None:
+        workers.start()
 
 
 def _prepare(settings: Settings) -> Services:

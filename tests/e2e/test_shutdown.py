@@ -288,3 +288,27 @@ def test_read_only_answers_come_from_worker_processes_that_end_with_serve(
         if proc.poll() is None:
             proc.kill()
             proc.wait(timeout=5)
+
+
+def test_socket_mode_forks_its_answer_worker_before_the_socket_client_starts_threads(
+        slack: FakeSlack, aws_url: str, tmp_path: Path) -> None:
+    """The Socket Mode client starts threads as it is built, and a fork after that is refused:
+    `socket` forks first, and SIGTERM stops the worker with it."""
+    env = _env(f"sqlite:///{tmp_path}/bot.db", slack, aws_url, tmp_path) | {
+        "SLACK_APP_TOKEN": "xapp-1-A0001-1-shutdowntest", "BOT_ANSWER_PROCESSES": "1"}
+    log = tmp_path / "socket.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "handlers.main", "socket", "--no-scheduler"],
+                                cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        workers = _eventually("socket forks its answer worker",
+                              lambda: _children(proc.pid) if proc.poll() is None else None, 40)
+        assert len(workers) == 1, log.read_text()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0, log.read_text()
+        _eventually("the worker ends with socket", lambda: all(_gone(w) for w in workers), 5)
+        assert "answer worker answer-0 stopped" in log.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=5)
