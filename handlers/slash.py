@@ -58,7 +58,7 @@ def run_in_worker(services: Services, client: WebClient) -> Callable[[Job], None
 def worker_processes(services: Services, client: WebClient,
                      answers: Executor) -> AnswerProcesses | None:
     """The answer processes `serve` forks (BOT_ANSWER_PROCESSES; by default one per core but
-    one, the core left to the acks: each costs ~23 MB of its own); None when set to 0 or when
+    one, the core left to the acks: each costs 26-39 MB of its own); None when set to 0 or when
     the database lives in this process's memory. A dead worker's owed answers are given on
     `answers` instead."""
     count = services.settings.bot.answer_processes
