@@ -81,14 +81,15 @@ def cmd_socket(args: argparse.Namespace, settings: Settings) -> int:
     workers = slash.worker_processes(services, client, answers)
     app = create_app(settings, services, client, answer_executor=answers, answer_workers=workers)
     _freeze_then_fork(workers)  # before the handler: its Socket Mode client starts threads at once
-    handler = SocketModeHandler(app, settings.slack.app_token)
+    handler: SocketModeHandler | None = None
     try:
+        handler = SocketModeHandler(app, settings.slack.app_token)
         background.start()
         handler.start()  # waits until SIGTERM/SIGINT
     except shutdown.Stopping:
         pass
     finally:
-        stop.finish(handler.close, background)
+        stop.finish(handler.close if handler is not None else None, background)
         if workers is not None:
             workers.close(min(5.0, stop.remaining()))
     return 0

@@ -304,6 +304,7 @@ def test_socket_mode_forks_its_answer_worker_before_the_socket_client_starts_thr
         workers = _eventually("socket forks its answer worker",
                               lambda: _children(proc.pid) if proc.poll() is None else None, 40)
         assert len(workers) == 1, log.read_text()
+        _eventually("socket is connected", lambda: "Bolt app is running" in log.read_text(), 40)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=10) == 0, log.read_text()
         _eventually("the worker ends with socket", lambda: all(_gone(w) for w in workers), 5)
