@@ -104,16 +104,18 @@ class AnswerProcesses:
 
     def submit(self, job: Job) -> bool:
         """Send `job` to the least busy live worker; False when none can take it."""
-        with self._lock:
-            for w in list(self._workers):
-                self._settle(w)
+        with self._lock:  # the watcher keeps `pending` current: no pipe is read on the ack's path
             if not self._workers:
                 return False
             w = min(self._workers, key=lambda w: len(w.pending))
             if len(w.pending) >= MAX_PENDING:
                 return False
             number = next(self._numbers)
-            w.conn.send((number, job))
+            try:
+                w.conn.send((number, job))
+            except OSError:  # it died since the watcher last looked
+                self._settle(w)
+                return False
             w.pending[number] = job
             return True
 
@@ -144,7 +146,7 @@ class AnswerProcesses:
             ended = True
         if not ended and w.proc.is_alive():
             return
-        w.proc.join(1.0)  # reaped, so its exit code is known
+        w.proc.join(0.1)  # reaped, so its exit code is known (a killed one may still be exiting)
         self._workers.remove(w)
         w.conn.close()
         if self._closing.is_set() and not w.pending:  # a clean stop
