@@ -22,6 +22,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.common import cpu_seconds
+
 OnAnswer = Callable[[str, float, str], None]
 
 
@@ -57,6 +59,10 @@ class SlackSink:
 
     def response_url(self, name: str) -> str:
         return f"{self.root}/response/{name}"
+
+    def cpu_seconds(self) -> float:
+        """The stand-in's CPU time so far (its work is Slack's, on another machine in production)."""
+        return cpu_seconds(self.proc.pid) if self.proc is not None else 0.0
 
     def _read(self) -> None:
         assert self.proc is not None and self.proc.stdout is not None
