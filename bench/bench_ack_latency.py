@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import http.client
 import itertools
 import json
@@ -107,6 +108,7 @@ class Run:
     pss_after: float = 0.0  # serve and its answer processes, shared pages counted once
     pss_parts: str = ""  # each process's RSS / PSS / USS
     trace: dict[str, tuple[float, ...]] = field(default_factory=dict)  # variant `trace`: serve's stamps
+    pauses: list[tuple[str, float, float]] = field(default_factory=list)  # `trace`: GCs (who, began, ended)
 
     def pooled(self) -> list[Phase]:
         """Each (pace, kind) with its rounds together: the samples the targets are read on."""
@@ -293,6 +295,9 @@ def load(db: BenchDb, s: Seed, args: argparse.Namespace, workdir: Path, variant:
 
                 run.floor = sorted(v for vs in pool.map(refused, range(args.threads)) for v in vs)
             spy = start_py_spy(args.py_spy, proc.pid, f"{db.name}-{variant}")
+            if variant == "trace":
+                CLIENT_GC.pauses.clear()
+                gc.callbacks.append(CLIENT_GC)
             for pace in PACES:
                 for rnd in range(args.rounds):
                     for kind in KINDS[rnd % len(KINDS):] + KINDS[:rnd % len(KINDS)]:  # no kind always first
@@ -300,22 +305,46 @@ def load(db: BenchDb, s: Seed, args: argparse.Namespace, workdir: Path, variant:
                         print(f"  {variant}, pace {pace}, round {rnd + 1}, {kind}: "
                               f"{run.phases[-1].wall_s:.1f} s", file=sys.stderr)
             stop_py_spy(spy)
+            if CLIENT_GC in gc.callbacks:
+                gc.callbacks.remove(CLIENT_GC)
             time.sleep(0.5)  # let the last response threads finish before reading memory
             run.rss_after, run.hwm_after = rss_mb(proc.pid)
             run.pss_after, run.pss_parts = pss_mb(proc.pid)
     if variant == "trace":
-        run.trace = read_trace(workdir / f"trace-{db.name}.tsv")
+        run.trace, serve_gc = read_trace(workdir / f"trace-{db.name}.tsv")
+        run.pauses = sorted([("serve " + g, a, b) for g, a, b in serve_gc] + CLIENT_GC.pauses,
+                            key=lambda x: x[1])
     return run
 
 
-def read_trace(path: Path) -> dict[str, tuple[float, ...]]:
+class GcPauses:
+    """This process's (the clients') garbage collections, for the `trace` variant."""
+
+    def __init__(self) -> None:
+        self.pauses: list[tuple[str, float, float]] = []
+        self._began = 0.0
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._began = time.perf_counter()
+        else:
+            self.pauses.append((f"client gc{info['generation']}", self._began, time.perf_counter()))
+
+
+CLIENT_GC = GcPauses()
+
+
+def read_trace(path: Path) -> tuple[dict[str, tuple[float, ...]], list[tuple[str, float, float]]]:
     """serve_variant.py `trace`'s lines: response name → (accepted, queued, entered, gate began,
-    gate done, answered), CLOCK_MONOTONIC seconds."""
-    out = {}
+    gate done, answered: CLOCK_MONOTONIC seconds; purge: seconds); and serve's collections."""
+    out, pauses = {}, []
     for line in path.read_text().splitlines():
         name, *stamps = line.split("\t")
-        out[name] = tuple(float(t) for t in stamps)
-    return out
+        if name.startswith("gc"):
+            pauses.append((name, float(stamps[0]), float(stamps[1])))
+        else:
+            out[name] = tuple(float(t) for t in stamps)
+    return out, pauses
 
 
 TRACE_STEPS = ("connect+accept", "read+queue", "wait for thread", "to gate", "gate (verify+claim)",
@@ -344,6 +373,16 @@ def print_trace(r: Run) -> None:
                          f"{sum(x.ack_ms for x in xs) / len(xs):.1f}", *(f"{v:.1f}" for v in mean)))
     print(f"\n{r.db}, {r.variant}: where an ack's time went (ms, mean over the acks named; serve's stamps)")
     print(table(("phase: acks", "ack", *TRACE_STEPS), rows))
+    timed = sorted((x for x in (y for ph in r.phases for y in ph.samples) if x.name in r.trace),
+                   key=lambda x: -x.ack_ms)[:12]
+    print(f"\n{r.db}, {r.variant}: the 12 slowest acks of the run, one by one (ms; `at`: s since the first)")
+    first = min(x.began for ph in r.phases for x in ph.samples)
+    print(table(("ack", "at", "ack ms", *TRACE_STEPS),
+                [(x.name, f"{x.began - first:.2f}", f"{x.ack_ms:.1f}",
+                  *(f"{v:.1f}" for v in trace_steps(x, r.trace[x.name]))) for x in timed]))
+    long = [(who, a, b) for who, a, b in r.pauses if b - a > 0.005 and a >= first]
+    print(f"\nGarbage collections over 5 ms during the load ({len(long)} of {len(r.pauses)}): "
+          + "; ".join(f"{who} at {a - first:.2f} s, {(b - a) * 1000:.0f} ms" for who, a, b in long[:20]))
 
 
 def phase(pace: str, kind: str, rnd: int, port: int, fake: SlackSink, answers: Answers, s: Seed,
@@ -364,7 +403,7 @@ def phase(pace: str, kind: str, rnd: int, port: int, fake: SlackSink, answers: A
 
     cpu0, mine0, sink0 = family_cpu_seconds(pid), time.process_time(), fake.cpu_seconds()
     began = time.perf_counter()
-    with ThreadPoolExecutor(args.threads) as pool:
+    with ThreadPoolExecutor(args.threads) as pool, collector_off():
         for samples in pool.map(client, range(args.threads)):
             out.samples.extend(samples)
     out.wall_s = time.perf_counter() - began
@@ -372,6 +411,19 @@ def phase(pace: str, kind: str, rnd: int, port: int, fake: SlackSink, answers: A
     out.client_cpu_s = time.process_time() - mine0
     out.sink_cpu_s = fake.cpu_seconds() - sink0
     return out
+
+
+@contextlib.contextmanager
+def collector_off() -> Iterator[None]:
+    """No garbage collection in the clients' process during a phase (it runs between phases):
+    with the `trace` variant a 100 ms collection of this process, which holds what the seeding
+    built, showed as a 100 ms ack on every client at once, the run's 12 slowest acks."""
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+        gc.collect()
 
 
 def start_py_spy(directory: str | None, pid: int, db: str) -> list[subprocess.Popen[bytes]]:
@@ -536,6 +588,8 @@ def main() -> int:
             with ctx as db:
                 print(f"{db.name}:", file=sys.stderr)
                 s = seed(db.url, args.subjects, args.days, args.hours_per_day)
+                gc.collect()
+                gc.freeze()  # what the seeding left is never scanned again (see collector_off)
                 for v in variants:
                     runs.append(load(db, s, args, workdir, v))
     for r in runs[::len(variants)]:

@@ -215,6 +215,15 @@ def _trace() -> None:
             with lock:
                 out.write("\t".join([url.rsplit("/", 1)[-1], *(repr(t) for t in stamps)]) + "\n")
 
+    def collected(phase: str, info: dict[str, int]) -> None:  # the collector's pauses, as lines of their own
+        if phase == "start":
+            local.gc_began = time.perf_counter()
+        elif hasattr(local, "gc_began"):
+            with lock:
+                out.write(f"gc{info['generation']}\t{local.gc_began!r}\t{time.perf_counter()!r}\n")
+
+    import gc
+    gc.callbacks.append(collected)
     HTTPChannel.__init__ = init  # type: ignore[method-assign]
     ThreadedTaskDispatcher.add_task = queued  # type: ignore[method-assign]
     SlackGate.check = gate  # type: ignore[method-assign]
