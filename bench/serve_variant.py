@@ -17,6 +17,7 @@ makes it. The variant comes from BENCH_SERVE_VARIANT:
   what shipped before the processes, bbb96d9).
 - `uncached`: the replay claim as it was before 2026-12-04 evening, an `insert(...).on_conflict_do_nothing()`
   that SQLAlchemy cannot cache, so it is compiled for every ack.
+- `nice19`: answer processes at nice 19 (CFS weight 15) instead of 10 (110).
 - `idle`: answer processes under SCHED_IDLE instead of nice 10, so a waking ack thread preempts a
   worker at once instead of at the end of the worker's slice.
 - `trace`: the shipped code, with each Slack request's way through serve stamped on CLOCK_MONOTONIC
@@ -148,6 +149,12 @@ def _uncached() -> None:
     replay.claim_many = claim_many  # type: ignore[assignment]
 
 
+def _nice19() -> None:
+    from handlers import answer_procs
+    answer_procs.NICENESS = 19
+    answer_procs.AnswerProcesses.__init__.__defaults__ = (lambda: None, 19)  # type: ignore[attr-defined]
+
+
 def _idle() -> None:
     from handlers.answer_procs import AnswerProcesses
 
@@ -234,7 +241,7 @@ def _trace() -> None:
 VARIANTS = {"pool32": _pool32, "handoff": _handoff, "inline": _inline, "before": _before,
             "switch5ms": _switch5ms, "answers1": _answers1, "threads": _threads,
             "trace": _trace, "idle": _idle,
-            "uncached": _uncached}
+            "uncached": _uncached, "nice19": _nice19}
 
 if __name__ == "__main__":
     VARIANTS[os.environ["BENCH_SERVE_VARIANT"]]()
