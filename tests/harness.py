@@ -129,3 +129,20 @@ def running_bot(db: Database, clock: FixedClock, **extra: str) -> Iterator[Harne
             yield Harness(settings, services, app, slack, listeners)
         finally:
             listeners.shutdown(wait=False)
+
+
+@contextmanager
+def waitress_serving(app: Any) -> Iterator[int]:
+    """`app` behind a real waitress server on a free loopback port (yielded), stopped from the
+    server's own thread: closed from another, its socket can vanish under the loop's select()
+    (EBADF in the server thread)."""
+    import waitress
+
+    srv = waitress.create_server(app, host="127.0.0.1", port=0)
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    try:
+        yield int(srv.socket.getsockname()[1])  # type: ignore[attr-defined]
+    finally:
+        srv.trigger.pull_trigger(srv.close)  # type: ignore[attr-defined]
+        thread.join(timeout=5)

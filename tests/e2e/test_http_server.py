@@ -3,34 +3,25 @@
 from __future__ import annotations
 
 import io
-import threading
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from typing import Any, cast
 
 import pytest
-import waitress
 from prometheus_client.parser import text_string_to_metric_families
 
 from bot.clock import FixedClock
 from bot.db import Database
 from handlers.http import MAX_BODY, WsgiApp
 from tests.fakes.signing import signed_headers, slash_command_body
-from tests.harness import ADMIN, SECRET, Harness, running_bot
+from tests.harness import ADMIN, SECRET, Harness, running_bot, waitress_serving
 
 
 @pytest.fixture
 def server(sqlite_db: Database, clock: FixedClock) -> Iterator[tuple[str, Harness]]:
-    with running_bot(sqlite_db, clock) as bot:
-        srv = waitress.create_server(WsgiApp(bot.services, bot.app), host="127.0.0.1", port=0)
-        port = srv.socket.getsockname()[1]  # type: ignore[attr-defined]
-        thread = threading.Thread(target=srv.run, daemon=True)
-        thread.start()
-        try:
-            yield f"http://127.0.0.1:{port}", bot
-        finally:
-            srv.close()
+    with running_bot(sqlite_db, clock) as bot, waitress_serving(WsgiApp(bot.services, bot.app)) as port:
+        yield f"http://127.0.0.1:{port}", bot
 
 
 def _post(url: str, body: bytes, headers: dict[str, str]) -> int:

@@ -7,7 +7,6 @@ or stored as typed."""
 from __future__ import annotations
 
 import json
-import threading
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -15,7 +14,6 @@ from typing import Any, cast
 from urllib.parse import urlencode
 
 import pytest
-import waitress
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import inspect, select
@@ -35,7 +33,7 @@ from tests.hardening.conftest import (
     snapshot,
 )
 from tests.hardening.payloads import ADMIN_USER, approve, button, view_submission
-from tests.harness import ADMIN, ALERTS, ALICE, BOB, reply_text
+from tests.harness import ADMIN, ALERTS, ALICE, BOB, reply_text, waitress_serving
 
 # ---- random text from a non-admin -------------------------------------------------------------
 
@@ -228,11 +226,7 @@ def _call_with_input(app: WsgiApp, path: str, stream: Any, length: str) -> tuple
 
 def test_chunked_body_over_the_cap_is_refused_by_the_real_server(bare_app: WsgiApp) -> None:
     """Without a Content-Length (chunked), waitress buffers the body and then tells the app its length."""
-    srv = waitress.create_server(bare_app, host="127.0.0.1", port=0)
-    port = srv.socket.getsockname()[1]  # type: ignore[attr-defined]
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    try:
+    with waitress_serving(bare_app) as port:
         def chunks() -> Iterator[bytes]:
             for _ in range(MAX_BODY // 65536 + 2):
                 yield b"x" * 65536
@@ -245,9 +239,6 @@ def test_chunked_body_over_the_cap_is_refused_by_the_real_server(bare_app: WsgiA
         except urllib.error.HTTPError as err:
             status = err.code
         assert status == 413
-    finally:
-        srv.trigger.pull_trigger(srv.close)  # close from the server's own thread: no EBADF in select
-        thread.join(timeout=5)
 
 
 # ---- escaping: what people type cannot ping or forge links ------------------------------------------
