@@ -167,6 +167,7 @@ def _idle() -> None:
 
 
 def _trace() -> None:
+    import gc
     import io
     import threading
     import time
@@ -229,7 +230,6 @@ def _trace() -> None:
             with lock:
                 out.write(f"gc{info['generation']}\t{local.gc_began!r}\t{time.perf_counter()!r}\n")
 
-    import gc
     gc.callbacks.append(collected)
     HTTPChannel.__init__ = init  # type: ignore[method-assign]
     ThreadedTaskDispatcher.add_task = queued  # type: ignore[method-assign]
